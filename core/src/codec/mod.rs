@@ -1,0 +1,1 @@
+//! Placeholder: the codec is being written.

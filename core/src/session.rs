@@ -1,0 +1,1 @@
+//! The per-connection protocol state machine.

@@ -1,0 +1,2 @@
+//! Placeholder: the retained-message index is being written.
+pub struct RetainedIndex;

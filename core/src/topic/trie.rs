@@ -1,0 +1,2 @@
+//! Placeholder: the subscription trie is being written.
+pub struct SubscriptionTrie;
