@@ -1,2 +1,1295 @@
-//! Placeholder: the subscription trie is being written.
-pub struct SubscriptionTrie;
+//! Topic filters → subscribers.
+//!
+//! # Layout
+//!
+//! Filters are split by kind, as EMQX does with its route table and trie:
+//!
+//! * **Exact filters** (no `+` or `#`, the large majority in practice:
+//!   `devices/42/telemetry`) live in one `HashMap<Box<str>, Subscribers>`
+//!   keyed by the whole filter. Matching them costs one hash of the topic,
+//!   whatever the depth, and one map slot plus one key allocation per filter.
+//! * **Wildcard filters** live in a trie of levels. Each [`Node`] holds its
+//!   literal children (a short `Vec` scanned linearly, turned into a
+//!   `HashMap` past [`SMALL_CHILDREN`] entries), a separate `plus` child slot
+//!   and a `hash` subscriber list for `<this level>/#`, so the wildcard
+//!   branches never cost a map lookup, and the subscribers of filters ending
+//!   at the node.
+//!
+//! A subscriber list ([`Subscribers`]) is inline for the common single
+//! subscriber, a `Vec` for a few, and a `Vec` plus a `HashMap<S, index>`
+//! (insert/remove in O(1) with `swap_remove`) once it holds more than
+//! [`INDEX_AT`] subscribers, so a 20,000-subscriber topic is as cheap to
+//! change as a one-subscriber one.
+//!
+//! Matching walks the trie iteratively (the explicit stack only holds the
+//! pending `+` branches and lives on the call stack for up to eight of them),
+//! so a deep filter cannot overflow the thread stack; dropping a deep trie is
+//! iterative for the same reason.
+
+use std::collections::HashMap;
+use std::collections::hash_map;
+use std::fmt;
+use std::hash::Hash;
+
+use crate::packet::QoS;
+
+/// Literal children are kept in a `Vec` up to this many, then in a `HashMap`.
+const SMALL_CHILDREN: usize = 8;
+/// A subscriber list gets a hash index once it is longer than this.
+const INDEX_AT: usize = 16;
+/// `matches_dedup` de-duplicates without allocating up to this many entries
+/// outside the largest matching list (or with any number of entries when
+/// only two lists match).
+const PAIRWISE_MAX: usize = 64;
+
+/// The subscriptions of a broker: which subscribers' filters match a topic.
+///
+/// Each (subscriber, filter) pair is stored once with its QoS; subscribing
+/// again replaces the QoS ([MQTT-3.8.4-3]). Filters are expected to have
+/// passed [`super::validate_topic_filter`] and topics
+/// [`super::validate_topic_name`].
+pub struct SubscriptionTrie<S> {
+    /// Filters without wildcards, by the whole filter. No entry is empty.
+    exact: HashMap<Box<str>, Subscribers<S>>,
+    /// Filters with at least one wildcard.
+    root: Node<S>,
+    /// (subscriber, filter) pairs.
+    len: usize,
+    /// Distinct filters with at least one subscriber.
+    filters: usize,
+}
+
+impl<S: Clone + Eq + Hash> Default for SubscriptionTrie<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> fmt::Debug for SubscriptionTrie<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionTrie")
+            .field("len", &self.len)
+            .field("filters", &self.filters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone + Eq + Hash> SubscriptionTrie<S> {
+    pub fn new() -> Self {
+        SubscriptionTrie {
+            exact: HashMap::new(),
+            root: Node::new(),
+            len: 0,
+            filters: 0,
+        }
+    }
+
+    /// Adds `subscriber` to `filter` with `qos`. Returns the previous QoS if
+    /// this subscriber already had this exact filter; it is then replaced
+    /// ([MQTT-3.8.4-3]).
+    pub fn insert(&mut self, filter: &str, subscriber: S, qos: QoS) -> Option<QoS> {
+        debug_assert!(
+            super::validate_topic_filter(filter).is_ok(),
+            "invalid filter {filter:?}"
+        );
+        let subs = if has_wildcard(filter) {
+            let mut node = &mut self.root;
+            let mut hash = false;
+            for level in filter.split('/') {
+                match level {
+                    "#" => {
+                        hash = true;
+                        break;
+                    }
+                    "+" => node = node.plus.get_or_insert_with(|| Box::new(Node::new())),
+                    _ => node = node.children.get_or_insert_with(level, Node::new),
+                }
+            }
+            if hash { &mut node.hash } else { &mut node.subs }
+        } else {
+            map_get_or_insert_with(&mut self.exact, filter, || Subscribers::Empty)
+        };
+        let was_empty = subs.is_empty();
+        let previous = subs.insert(subscriber, qos);
+        if previous.is_none() {
+            self.len += 1;
+            if was_empty {
+                self.filters += 1;
+            }
+        }
+        previous
+    }
+
+    /// Removes `subscriber` from `filter`. Returns true if it was there.
+    /// Nodes left empty are pruned and shrunk maps give memory back.
+    pub fn remove(&mut self, filter: &str, subscriber: &S) -> bool {
+        if !has_wildcard(filter) {
+            let Some(subs) = self.exact.get_mut(filter) else {
+                return false;
+            };
+            if subs.remove(subscriber).is_none() {
+                return false;
+            }
+            self.len -= 1;
+            if subs.is_empty() {
+                self.exact.remove(filter);
+                self.filters -= 1;
+                shrink_map(&mut self.exact);
+            }
+            return true;
+        }
+
+        let mut node = &mut self.root;
+        let mut hash = false;
+        for level in filter.split('/') {
+            let next = match level {
+                "#" => {
+                    hash = true;
+                    break;
+                }
+                "+" => node.plus.as_deref_mut(),
+                _ => node.children.get_mut(level),
+            };
+            match next {
+                Some(next) => node = next,
+                None => return false,
+            }
+        }
+        let subs = if hash { &mut node.hash } else { &mut node.subs };
+        if subs.remove(subscriber).is_none() {
+            return false;
+        }
+        self.len -= 1;
+        if subs.is_empty() {
+            self.filters -= 1;
+            if node.is_empty() {
+                self.prune(filter);
+            }
+        }
+        true
+    }
+
+    /// Cuts the chain of nodes that only led to the (now empty) node at the
+    /// end of `filter`'s path.
+    fn prune(&mut self, filter: &str) {
+        let levels = || filter.split('/').take_while(|level| *level != "#");
+        // The deepest node on the path that must stay: the root, or a node
+        // with subscribers or with another branch.
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels().enumerate() {
+            let branches = node.children.len() + usize::from(node.plus.is_some());
+            if depth == 0 || !node.subs.is_empty() || !node.hash.is_empty() || branches > 1 {
+                keep = depth;
+            }
+            match node.child(level) {
+                Some(next) => node = next,
+                None => return,
+            }
+        }
+        let mut node = &mut self.root;
+        for (depth, level) in levels().enumerate() {
+            if depth == keep {
+                if level == "+" {
+                    node.plus = None;
+                } else {
+                    node.children.remove(level);
+                }
+                return;
+            }
+            match node.child_mut(level) {
+                Some(next) => node = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Calls `f(subscriber, qos)` for every (subscriber, filter) pair whose
+    /// filter matches `topic`. A subscriber with several matching filters is
+    /// reported once per filter; see [`Self::matches_dedup`].
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&S, QoS)) {
+        self.visit_matches(topic, |subs| {
+            for (subscriber, qos) in subs.as_slice() {
+                f(subscriber, *qos);
+            }
+        });
+    }
+
+    /// Collects into `out` (cleared first) every subscriber with a filter
+    /// matching `topic`, once, with the highest QoS of its matching filters
+    /// ([MQTT-3.3.5-1]).
+    ///
+    /// Allocation-free apart from growing `out` in the usual cases: when the
+    /// matches come from a single filter there is nothing to de-duplicate.
+    /// Otherwise the largest matching list is copied first, so that a
+    /// subscriber's position in it is its position in `out`, and every entry
+    /// of the other (usually small) lists is looked up in the largest list and
+    /// the other lists; each lookup is O(1) for indexed lists and a scan of at
+    /// most [`INDEX_AT`] entries otherwise. Only when more than two lists match
+    /// and those outside the largest hold more than [`PAIRWISE_MAX`] entries
+    /// is a temporary map used, to keep the cost linear.
+    pub fn matches_dedup(&self, topic: &str, out: &mut Vec<(S, QoS)>) {
+        out.clear();
+        let mut lists: InlineVec<&Subscribers<S>, 8> = InlineVec::new();
+        self.visit_matches(topic, |subs| lists.push(subs));
+
+        let (mut largest_at, mut largest_len, mut total) = (0, 0, 0);
+        for (i, subs) in lists.iter().enumerate() {
+            let len = subs.len();
+            total += len;
+            if len > largest_len {
+                (largest_at, largest_len) = (i, len);
+            }
+        }
+        let Some(largest) = lists.get(largest_at) else {
+            return;
+        };
+        out.reserve(total);
+        out.extend_from_slice(largest.as_slice());
+        if lists.len() == 1 {
+            return;
+        }
+
+        let others = total - largest_len;
+        if lists.len() > 2 && others > PAIRWISE_MAX {
+            // Several long lists: pairwise lookups would cost O(others × lists),
+            // one map keeps it O(others). Its allocation is small next to
+            // delivering `others` messages.
+            let mut seen: HashMap<&S, usize> = HashMap::with_capacity(others);
+            for i in (0..lists.len()).filter(|&i| i != largest_at) {
+                let Some(subs) = lists.get(i) else { continue };
+                for (subscriber, qos) in subs.as_slice() {
+                    let at = match largest.position(subscriber) {
+                        Some(at) => at,
+                        None => match seen.entry(subscriber) {
+                            hash_map::Entry::Occupied(entry) => *entry.get(),
+                            hash_map::Entry::Vacant(entry) => {
+                                entry.insert(out.len());
+                                out.push((subscriber.clone(), *qos));
+                                continue;
+                            }
+                        },
+                    };
+                    if let Some((_, best)) = out.get_mut(at) {
+                        *best = (*best).max(*qos);
+                    }
+                }
+            }
+            return;
+        }
+
+        for i in (0..lists.len()).filter(|&i| i != largest_at) {
+            let Some(subs) = lists.get(i) else { continue };
+            'entry: for (subscriber, qos) in subs.as_slice() {
+                if let Some(at) = largest.position(subscriber) {
+                    if let Some((_, best)) = out.get_mut(at) {
+                        *best = (*best).max(*qos);
+                    }
+                    continue;
+                }
+                let mut best = *qos;
+                for j in (0..lists.len()).filter(|&j| j != largest_at && j != i) {
+                    let Some(other) = lists.get(j) else { continue };
+                    if let Some(other_qos) = other.qos_of(subscriber) {
+                        if j < i {
+                            // Reported when that earlier list was processed.
+                            continue 'entry;
+                        }
+                        best = best.max(other_qos);
+                    }
+                }
+                out.push((subscriber.clone(), best));
+            }
+        }
+    }
+
+    /// Calls `visit` with every non-empty subscriber list whose filter matches
+    /// `topic`.
+    fn visit_matches<'a>(&'a self, topic: &str, mut visit: impl FnMut(&'a Subscribers<S>)) {
+        if let Some(subs) = self.exact.get(topic) {
+            visit(subs);
+        }
+        if self.root.is_empty() {
+            return;
+        }
+        // [MQTT-4.7.2-1]: wildcards at the first level do not match `$...`.
+        let system = topic.starts_with('$');
+        let end = topic.len() + 1;
+        let mut pending: InlineVec<(&Node<S>, usize), 8> = InlineVec::new();
+        pending.push((&self.root, 0));
+        while let Some((mut node, mut pos)) = pending.pop() {
+            // `pos` is where the next level starts; `end` means none is left.
+            loop {
+                if pos == end {
+                    if !node.subs.is_empty() {
+                        visit(&node.subs);
+                    }
+                    // `a/#` matches `a` [MQTT-4.7.1-2].
+                    if !node.hash.is_empty() {
+                        visit(&node.hash);
+                    }
+                    break;
+                }
+                let rest = topic.get(pos..).unwrap_or_default();
+                let (level, next) = match rest.find('/') {
+                    Some(slash) => (rest.get(..slash).unwrap_or_default(), pos + slash + 1),
+                    None => (rest, end),
+                };
+                if pos != 0 || !system {
+                    if !node.hash.is_empty() {
+                        visit(&node.hash);
+                    }
+                    if let Some(plus) = node.plus.as_deref() {
+                        pending.push((plus, next));
+                    }
+                }
+                match node.children.get(level) {
+                    Some(child) => (node, pos) = (child, next),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Number of (subscriber, filter) pairs.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of distinct filters with at least one subscriber.
+    pub fn filter_count(&self) -> usize {
+        self.filters
+    }
+
+    /// Trie nodes (the root included) plus exact-filter entries; 1 when empty.
+    #[cfg(test)]
+    fn node_count(&self) -> usize {
+        let mut count = self.exact.len();
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            count += 1;
+            stack.extend(node.children.iter().map(|(_, child)| child));
+            stack.extend(node.plus.as_deref());
+        }
+        count
+    }
+}
+
+fn has_wildcard(filter: &str) -> bool {
+    filter.bytes().any(|b| b == b'+' || b == b'#')
+}
+
+/// A node of the wildcard-filter trie.
+struct Node<S> {
+    children: Children<Node<S>>,
+    plus: Option<Box<Node<S>>>,
+    /// Filters ending at this node.
+    subs: Subscribers<S>,
+    /// Filters ending at this node followed by `/#`.
+    hash: Subscribers<S>,
+}
+
+impl<S> Node<S> {
+    fn new() -> Self {
+        Node {
+            children: Children::default(),
+            plus: None,
+            subs: Subscribers::Empty,
+            hash: Subscribers::Empty,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.subs.is_empty()
+            && self.hash.is_empty()
+    }
+
+    fn child(&self, level: &str) -> Option<&Node<S>> {
+        if level == "+" {
+            self.plus.as_deref()
+        } else {
+            self.children.get(level)
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<S>> {
+        if level == "+" {
+            self.plus.as_deref_mut()
+        } else {
+            self.children.get_mut(level)
+        }
+    }
+
+    /// Moves this node's children onto `stack` so it drops shallowly.
+    fn detach(&mut self, stack: &mut Vec<ChildrenIntoIter<Node<S>>>) {
+        if let Some(plus) = self.plus.take() {
+            stack.push(ChildrenIntoIter::One(Some(*plus).into_iter()));
+        }
+        if !self.children.is_empty() {
+            stack.push(std::mem::take(&mut self.children).into_nodes());
+        }
+    }
+}
+
+impl<S> Drop for Node<S> {
+    /// Iterative, so that a trie thousands of levels deep cannot overflow the
+    /// stack when dropped; the stack holds one iterator per level.
+    fn drop(&mut self) {
+        let mut stack = Vec::new();
+        self.detach(&mut stack);
+        while let Some(top) = stack.last_mut() {
+            match top.next() {
+                Some(mut node) => node.detach(&mut stack),
+                None => {
+                    stack.pop();
+                }
+            }
+        }
+    }
+}
+
+/// The subscribers of one filter, each with its QoS, each at most once.
+enum Subscribers<S> {
+    Empty,
+    One((S, QoS)),
+    Many(Box<Many<S>>),
+}
+
+struct Many<S> {
+    list: Vec<(S, QoS)>,
+    /// Position of each subscriber in `list`, once it is longer than `INDEX_AT`.
+    index: Option<HashMap<S, usize>>,
+}
+
+impl<S> Subscribers<S> {
+    fn is_empty(&self) -> bool {
+        matches!(self, Subscribers::Empty)
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn as_slice(&self) -> &[(S, QoS)] {
+        match self {
+            Subscribers::Empty => &[],
+            Subscribers::One(entry) => std::slice::from_ref(entry),
+            Subscribers::Many(many) => &many.list,
+        }
+    }
+}
+
+impl<S: Clone + Eq + Hash> Subscribers<S> {
+    /// Position of `subscriber` in [`Self::as_slice`].
+    fn position(&self, subscriber: &S) -> Option<usize> {
+        match self {
+            Subscribers::Empty => None,
+            Subscribers::One((s, _)) => (s == subscriber).then_some(0),
+            Subscribers::Many(many) => self_position(many, subscriber),
+        }
+    }
+
+    fn qos_of(&self, subscriber: &S) -> Option<QoS> {
+        let at = self.position(subscriber)?;
+        self.as_slice().get(at).map(|(_, qos)| *qos)
+    }
+
+    /// Adds or replaces; returns the previous QoS.
+    fn insert(&mut self, subscriber: S, qos: QoS) -> Option<QoS> {
+        match self {
+            Subscribers::Empty => {
+                *self = Subscribers::One((subscriber, qos));
+                None
+            }
+            Subscribers::One((s, old)) if *s == subscriber => Some(std::mem::replace(old, qos)),
+            Subscribers::One(_) => {
+                let Subscribers::One(first) = std::mem::replace(self, Subscribers::Empty) else {
+                    return None;
+                };
+                let list = vec![first, (subscriber, qos)];
+                *self = Subscribers::Many(Box::new(Many { list, index: None }));
+                None
+            }
+            Subscribers::Many(many) => {
+                if let Some(at) = self_position(many, &subscriber) {
+                    return many
+                        .list
+                        .get_mut(at)
+                        .map(|(_, old)| std::mem::replace(old, qos));
+                }
+                let at = many.list.len();
+                match &mut many.index {
+                    Some(index) => {
+                        index.insert(subscriber.clone(), at);
+                    }
+                    None if at >= INDEX_AT => {
+                        let mut index = HashMap::with_capacity(at * 2);
+                        for (i, (s, _)) in many.list.iter().enumerate() {
+                            index.insert(s.clone(), i);
+                        }
+                        index.insert(subscriber.clone(), at);
+                        many.index = Some(index);
+                    }
+                    None => {}
+                }
+                many.list.push((subscriber, qos));
+                None
+            }
+        }
+    }
+
+    /// Removes; returns the QoS it had.
+    fn remove(&mut self, subscriber: &S) -> Option<QoS> {
+        match self {
+            Subscribers::Empty => None,
+            Subscribers::One((s, qos)) => {
+                if s != subscriber {
+                    return None;
+                }
+                let qos = *qos;
+                *self = Subscribers::Empty;
+                Some(qos)
+            }
+            Subscribers::Many(many) => {
+                let at = self_position(many, subscriber)?;
+                let (_, qos) = many.list.swap_remove(at);
+                if let Some(index) = &mut many.index {
+                    index.remove(subscriber);
+                    if let Some((moved, _)) = many.list.get(at)
+                        && let Some(slot) = index.get_mut(moved)
+                    {
+                        *slot = at;
+                    }
+                    if many.list.len() <= INDEX_AT / 2 {
+                        many.index = None;
+                    } else {
+                        shrink_map(index);
+                    }
+                }
+                match many.list.len() {
+                    0 => *self = Subscribers::Empty,
+                    1 => {
+                        if let Some(last) = many.list.pop() {
+                            *self = Subscribers::One(last);
+                        }
+                    }
+                    len => {
+                        if len * 4 < many.list.capacity() {
+                            many.list.shrink_to(len * 2);
+                        }
+                    }
+                }
+                Some(qos)
+            }
+        }
+    }
+}
+
+fn self_position<S: Eq + Hash>(many: &Many<S>, subscriber: &S) -> Option<usize> {
+    match &many.index {
+        Some(index) => index.get(subscriber).copied(),
+        None => many.list.iter().position(|(s, _)| s == subscriber),
+    }
+}
+
+/// Literal children of a trie node, by level.
+pub(super) enum Children<N> {
+    Small(Vec<(Box<str>, N)>),
+    /// Boxed so that `Children` (and every leaf node) stays 24 bytes.
+    #[expect(clippy::box_collection, reason = "keeps the common small case compact")]
+    Map(Box<HashMap<Box<str>, N>>),
+}
+
+impl<N> Default for Children<N> {
+    fn default() -> Self {
+        Children::Small(Vec::new())
+    }
+}
+
+impl<N> Children<N> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Children::Small(list) => list.len(),
+            Children::Map(map) => map.len(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn get(&self, level: &str) -> Option<&N> {
+        match self {
+            Children::Small(list) => list.iter().find(|(k, _)| **k == *level).map(|(_, n)| n),
+            Children::Map(map) => map.get(level),
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, level: &str) -> Option<&mut N> {
+        match self {
+            Children::Small(list) => list.iter_mut().find(|(k, _)| **k == *level).map(|(_, n)| n),
+            Children::Map(map) => map.get_mut(level),
+        }
+    }
+
+    pub(super) fn get_or_insert_with(&mut self, level: &str, make: impl FnOnce() -> N) -> &mut N {
+        if let Children::Small(list) = self
+            && list.len() >= SMALL_CHILDREN
+            && !list.iter().any(|(k, _)| **k == *level)
+        {
+            let map: HashMap<_, _> = std::mem::take(list).into_iter().collect();
+            *self = Children::Map(Box::new(map));
+        }
+        match self {
+            Children::Small(list) => {
+                let at = match list.iter().position(|(k, _)| **k == *level) {
+                    Some(at) => at,
+                    None => {
+                        if list.len() == list.capacity() {
+                            // Grow 1, 2, 4, 8: most nodes have a single child.
+                            list.reserve_exact(list.len().max(1));
+                        }
+                        list.push((level.into(), make()));
+                        list.len() - 1
+                    }
+                };
+                match list.get_mut(at) {
+                    Some((_, node)) => node,
+                    None => unreachable!("index {at} was just found or pushed"),
+                }
+            }
+            Children::Map(map) => map_get_or_insert_with(map, level, make),
+        }
+    }
+
+    pub(super) fn remove(&mut self, level: &str) -> Option<N> {
+        match self {
+            Children::Small(list) => {
+                let at = list.iter().position(|(k, _)| **k == *level)?;
+                let (_, node) = list.swap_remove(at);
+                if list.len() * 4 < list.capacity() {
+                    list.shrink_to(list.len() * 2);
+                }
+                Some(node)
+            }
+            Children::Map(map) => {
+                let node = map.remove(level)?;
+                if map.len() <= SMALL_CHILDREN / 2 {
+                    let list: Vec<_> = std::mem::take(&mut **map).into_iter().collect();
+                    *self = Children::Small(list);
+                } else {
+                    shrink_map(map);
+                }
+                Some(node)
+            }
+        }
+    }
+
+    /// The children in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &N)> {
+        let (small, map) = match self {
+            Children::Small(list) => (Some(list.iter()), None),
+            Children::Map(map) => (None, Some(map.iter())),
+        };
+        let small = small.into_iter().flatten().map(|(k, n)| (&**k, n));
+        let map = map.into_iter().flatten().map(|(k, n)| (&**k, n));
+        small.chain(map)
+    }
+
+    pub(super) fn into_nodes(self) -> ChildrenIntoIter<N> {
+        match self {
+            Children::Small(list) => ChildrenIntoIter::Small(list.into_iter()),
+            Children::Map(map) => ChildrenIntoIter::Map((*map).into_iter()),
+        }
+    }
+}
+
+/// The nodes of a [`Children`] by value, for iterative drops.
+pub(super) enum ChildrenIntoIter<N> {
+    Small(std::vec::IntoIter<(Box<str>, N)>),
+    Map(hash_map::IntoIter<Box<str>, N>),
+    One(std::option::IntoIter<N>),
+}
+
+impl<N> Iterator for ChildrenIntoIter<N> {
+    type Item = N;
+
+    fn next(&mut self) -> Option<N> {
+        match self {
+            ChildrenIntoIter::Small(iter) => iter.next().map(|(_, n)| n),
+            ChildrenIntoIter::Map(iter) => iter.next().map(|(_, n)| n),
+            ChildrenIntoIter::One(iter) => iter.next(),
+        }
+    }
+}
+
+/// `map.entry(key.into()).or_insert_with(make)` without allocating the key
+/// when it is already there.
+fn map_get_or_insert_with<'m, V>(
+    map: &'m mut HashMap<Box<str>, V>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.into(), make());
+    }
+    match map.get_mut(key) {
+        Some(value) => value,
+        None => unreachable!("{key:?} was just inserted"),
+    }
+}
+
+/// Gives memory back once a map is less than a quarter full; amortised O(1).
+pub(super) fn shrink_map<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// A vector that keeps its first `N` items on the stack.
+pub(super) struct InlineVec<T: Copy, const N: usize> {
+    inline: [Option<T>; N],
+    len: usize,
+    spill: Vec<T>,
+}
+
+impl<T: Copy, const N: usize> InlineVec<T, N> {
+    pub(super) fn new() -> Self {
+        InlineVec {
+            inline: [None; N],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len + self.spill.len()
+    }
+
+    pub(super) fn push(&mut self, item: T) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(item);
+                self.len += 1;
+            }
+            None => self.spill.push(item),
+        }
+    }
+
+    pub(super) fn pop(&mut self) -> Option<T> {
+        if let Some(item) = self.spill.pop() {
+            return Some(item);
+        }
+        self.len = self.len.checked_sub(1)?;
+        self.inline.get_mut(self.len).and_then(Option::take)
+    }
+
+    fn get(&self, i: usize) -> Option<T> {
+        match i.checked_sub(N) {
+            None => self.inline.get(i).copied().flatten(),
+            Some(i) => self.spill.get(i).copied(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.inline
+            .iter()
+            .take(self.len)
+            .flatten()
+            .copied()
+            .chain(self.spill.iter().copied())
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    use QoS::{AtLeastOnce as Q1, AtMostOnce as Q0, ExactlyOnce as Q2};
+
+    fn trie(filters: &[&str]) -> SubscriptionTrie<u32> {
+        let mut trie = SubscriptionTrie::new();
+        for (i, filter) in filters.iter().enumerate() {
+            trie.insert(filter, i as u32, Q0);
+        }
+        trie
+    }
+
+    /// Sorted subscribers (filter indexes) matching `topic`.
+    fn matching(trie: &SubscriptionTrie<u32>, topic: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        trie.matches_dedup(topic, &mut out);
+        let mut subs: Vec<u32> = out.into_iter().map(|(s, _)| s).collect();
+        subs.sort_unstable();
+        subs
+    }
+
+    fn matches(filter: &str, topic: &str) -> bool {
+        !matching(&trie(&[filter]), topic).is_empty()
+    }
+
+    #[test]
+    fn mqtt_4_7_1_2_multi_level_wildcard_matches_parent_and_children() {
+        let f = "sport/tennis/player1/#";
+        assert!(matches(f, "sport/tennis/player1"));
+        assert!(matches(f, "sport/tennis/player1/ranking"));
+        assert!(matches(f, "sport/tennis/player1/score/wimbledon"));
+        assert!(!matches(f, "sport/tennis/player2"));
+        assert!(!matches(f, "sport/tennis"));
+        assert!(matches("sport/#", "sport"));
+        assert!(matches("sport/#", "sport/"));
+        assert!(!matches("sport/#", "sports"));
+        assert!(matches("#", "sport"));
+        assert!(matches("#", "/"));
+        assert!(matches("#", "a/b/c/d"));
+        assert!(matches("/#", "/"));
+        assert!(matches("/#", "/a"));
+        assert!(!matches("/#", "a"));
+    }
+
+    #[test]
+    fn mqtt_4_7_1_3_single_level_wildcard_matches_one_level() {
+        let f = "sport/tennis/+";
+        assert!(matches(f, "sport/tennis/player1"));
+        assert!(matches(f, "sport/tennis/player2"));
+        assert!(!matches(f, "sport/tennis/player1/ranking"));
+        assert!(!matches(f, "sport/tennis"));
+        assert!(!matches("sport/+", "sport"));
+        assert!(matches("sport/+", "sport/"));
+        assert!(matches("+/+", "/finance"));
+        assert!(matches("/+", "/finance"));
+        assert!(!matches("+", "/finance"));
+        assert!(matches("+", "finance"));
+        assert!(matches("+/tennis/#", "sport/tennis/player1"));
+        assert!(matches("+/+/+", "//"));
+        assert!(!matches("+/+/+", "/"));
+        assert!(matches("a/+/+/#", "a//"));
+    }
+
+    #[test]
+    fn empty_levels_are_levels() {
+        assert!(matches("/a", "/a"));
+        assert!(!matches("/a", "a"));
+        assert!(!matches("a", "a/"));
+        assert!(matches("a//b", "a//b"));
+        assert!(matches("a/+/b", "a//b"));
+        assert!(!matches("a/+/b", "a/b"));
+    }
+
+    #[test]
+    fn mqtt_4_7_2_1_wildcards_at_first_level_do_not_match_dollar_topics() {
+        let t = "$SYS/monitor/Clients";
+        assert!(!matches("#", t));
+        assert!(!matches("+/monitor/Clients", t));
+        assert!(!matches("+/#", t));
+        assert!(matches("$SYS/#", t));
+        assert!(matches("$SYS/monitor/+", t));
+        assert!(matches("$SYS/monitor/Clients", t));
+        assert!(matches("$SYS/+/Clients", t));
+        assert!(matches("$SYS/#", "$SYS"));
+        // Only the first level is special.
+        assert!(matches("#", "a/$SYS"));
+        assert!(matches("a/+", "a/$SYS"));
+        assert!(matches("+/$x", "a/$x"));
+    }
+
+    #[test]
+    fn mqtt_3_3_5_1_overlapping_subscriptions_delivered_once_at_max_qos() {
+        let mut trie = SubscriptionTrie::new();
+        assert_eq!(trie.insert("a/b", 1u32, Q0), None);
+        assert_eq!(trie.insert("a/+", 1, Q2), None);
+        assert_eq!(trie.insert("#", 1, Q1), None);
+        assert_eq!(trie.insert("a/#", 2, Q1), None);
+        assert_eq!(trie.insert("+/b", 2, Q0), None);
+        assert_eq!(trie.insert("a/b", 3, Q1), None);
+
+        let mut per_filter = Vec::new();
+        trie.for_each_match("a/b", |s, q| per_filter.push((*s, q)));
+        per_filter.sort();
+        assert_eq!(
+            per_filter,
+            vec![(1, Q0), (1, Q1), (1, Q2), (2, Q0), (2, Q1), (3, Q1)]
+        );
+
+        let mut out = vec![(99, Q0)];
+        trie.matches_dedup("a/b", &mut out);
+        out.sort();
+        assert_eq!(out, vec![(1, Q2), (2, Q1), (3, Q1)]);
+    }
+
+    #[test]
+    fn mqtt_3_3_5_1_dedup_with_a_large_indexed_list() {
+        let mut trie = SubscriptionTrie::new();
+        for s in 0..1000u32 {
+            trie.insert("big/topic", s, Q0);
+        }
+        trie.insert("big/+", 7, Q2);
+        trie.insert("big/+", 5000, Q1);
+        trie.insert("#", 5000, Q0);
+        trie.insert("#", 7, Q1);
+        let mut out = Vec::new();
+        trie.matches_dedup("big/topic", &mut out);
+        assert_eq!(out.len(), 1001);
+        let got: BTreeMap<u32, QoS> = out.into_iter().collect();
+        assert_eq!(got.len(), 1001);
+        assert_eq!(got[&7], Q2);
+        assert_eq!(got[&5000], Q1);
+        assert_eq!(got[&8], Q0);
+    }
+
+    #[test]
+    fn mqtt_3_3_5_1_dedup_with_several_large_lists() {
+        let mut trie = SubscriptionTrie::new();
+        // Overlapping ranges over four filters, more than PAIRWISE_MAX each.
+        for (k, filter) in ["x/y", "x/+", "+/y", "#"].iter().enumerate() {
+            let k = k as u32;
+            for s in (k * 50)..(k * 50 + 200) {
+                let qos = if s % 7 == k { Q2 } else { Q0 };
+                trie.insert(filter, s, qos);
+            }
+        }
+        let mut out = Vec::new();
+        trie.matches_dedup("x/y", &mut out);
+        let got: BTreeMap<u32, QoS> = out.iter().copied().collect();
+        assert_eq!(got.len(), out.len(), "no duplicates");
+        assert_eq!(got.len(), 350);
+        for (s, q) in got {
+            let expected = (0..4u32)
+                .filter(|k| (k * 50..k * 50 + 200).contains(&s))
+                .any(|k| s % 7 == k);
+            assert_eq!(q == Q2, expected, "subscriber {s}");
+        }
+    }
+
+    #[test]
+    fn mqtt_3_8_4_3_resubscribe_replaces_qos() {
+        let mut trie = SubscriptionTrie::new();
+        for filter in ["a/b", "a/+", "a/#"] {
+            assert_eq!(trie.insert(filter, "c1".to_owned(), Q0), None);
+            assert_eq!(trie.insert(filter, "c1".to_owned(), Q2), Some(Q0));
+            assert_eq!(trie.insert(filter, "c1".to_owned(), Q1), Some(Q2));
+        }
+        assert_eq!(trie.len(), 3);
+        assert_eq!(trie.filter_count(), 3);
+        let mut out = Vec::new();
+        trie.for_each_match("a/b", |s, q| out.push((s.clone(), q)));
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|(_, q)| *q == Q1));
+        // Also in a list long enough to be indexed.
+        for s in 0..100 {
+            trie.insert("a/b", format!("x{s}"), Q0);
+        }
+        assert_eq!(trie.insert("a/b", "x42".to_owned(), Q2), Some(Q0));
+        assert_eq!(trie.len(), 103);
+    }
+
+    #[test]
+    fn counts() {
+        let mut trie = SubscriptionTrie::new();
+        assert!(trie.is_empty());
+        trie.insert("a/b", 1u32, Q0);
+        trie.insert("a/b", 2, Q0);
+        trie.insert("a/+", 1, Q0);
+        trie.insert("a/#", 1, Q0);
+        trie.insert("a/+", 1, Q1);
+        assert_eq!((trie.len(), trie.filter_count()), (4, 3));
+        assert!(trie.remove("a/b", &1));
+        assert!(!trie.remove("a/b", &1));
+        assert!(!trie.remove("a/c", &1));
+        assert!(!trie.remove("a/+/c", &1));
+        assert!(!trie.remove("#", &1));
+        assert_eq!((trie.len(), trie.filter_count()), (3, 3));
+        assert!(trie.remove("a/b", &2));
+        assert_eq!((trie.len(), trie.filter_count()), (2, 2));
+        assert!(!trie.is_empty());
+    }
+
+    #[test]
+    fn remove_prunes_back_to_the_empty_state() {
+        let filters = [
+            "a/b/c",
+            "a/b/+",
+            "a/b/#",
+            "a/+/c",
+            "+/+",
+            "#",
+            "+",
+            "/",
+            "//+",
+            "a/b/c/d/e/f",
+            "$SYS/#",
+            "a/#",
+            "a/+/c/#",
+        ];
+        let mut trie = SubscriptionTrie::new();
+        let empty = trie.node_count();
+        assert_eq!(empty, 1);
+        for (i, f) in filters.iter().enumerate() {
+            trie.insert(f, i as u32, Q1);
+            trie.insert(f, 100 + i as u32, Q1);
+        }
+        // Removing in a different order than inserting.
+        for (i, f) in filters.iter().enumerate().rev() {
+            assert!(trie.remove(f, &(100 + i as u32)));
+        }
+        for (i, f) in filters.iter().enumerate() {
+            assert!(trie.node_count() > empty);
+            assert!(trie.remove(f, &(i as u32)), "{f}");
+        }
+        assert_eq!(trie.node_count(), empty);
+        assert!(trie.is_empty());
+        assert_eq!(trie.filter_count(), 0);
+    }
+
+    #[test]
+    fn remove_keeps_branches_still_in_use() {
+        let mut trie = SubscriptionTrie::new();
+        trie.insert("a/b/+/d", 1u32, Q0);
+        trie.insert("a/b", 2, Q0);
+        trie.insert("a/+/x", 3, Q0);
+        trie.insert("a/b/#", 4, Q0);
+        let before = trie.node_count();
+        trie.insert("a/b/+/d/e/+", 5, Q0);
+        assert!(trie.remove("a/b/+/d/e/+", &5));
+        assert_eq!(trie.node_count(), before);
+        assert!(trie.remove("a/b/+/d", &1));
+        assert_eq!(matching(&trie, "a/b"), vec![2, 4]);
+        assert_eq!(matching(&trie, "a/b/x"), vec![3, 4]);
+        assert!(trie.remove("a/b/#", &4));
+        assert_eq!(matching(&trie, "a/b/x"), vec![3]);
+        assert!(trie.remove("a/+/x", &3));
+        assert!(trie.remove("a/b", &2));
+        assert_eq!(trie.node_count(), 1);
+    }
+
+    #[test]
+    fn many_children_and_subscribers_switch_representation_both_ways() {
+        let mut trie = SubscriptionTrie::new();
+        for i in 0..200u32 {
+            trie.insert(&format!("d/{i}/+"), i, Q0);
+            trie.insert("d/+/x", i, Q1);
+        }
+        assert_eq!(matching(&trie, "d/150/y"), vec![150]);
+        assert_eq!(matching(&trie, "d/150/x").len(), 200);
+        for i in 0..197u32 {
+            assert!(trie.remove(&format!("d/{i}/+"), &i));
+            assert!(trie.remove("d/+/x", &i));
+        }
+        assert_eq!(matching(&trie, "d/198/x"), vec![197, 198, 199]);
+        assert_eq!(matching(&trie, "d/198/y"), vec![198]);
+        for i in 197..200u32 {
+            assert!(trie.remove(&format!("d/{i}/+"), &i));
+            assert!(trie.remove("d/+/x", &i));
+        }
+        assert_eq!(trie.node_count(), 1);
+    }
+
+    #[test]
+    fn fan_out_of_20000_subscribers_on_one_filter() {
+        let mut trie = SubscriptionTrie::new();
+        for s in 0..20_000u32 {
+            trie.insert("broadcast", s, Q1);
+        }
+        let mut out = Vec::new();
+        trie.matches_dedup("broadcast", &mut out);
+        assert_eq!(out.len(), 20_000);
+        for s in (0..20_000u32).step_by(2) {
+            assert!(trie.remove("broadcast", &s));
+        }
+        trie.matches_dedup("broadcast", &mut out);
+        let mut subs: Vec<u32> = out.iter().map(|(s, _)| *s).collect();
+        subs.sort_unstable();
+        assert_eq!(subs, (1..20_000).step_by(2).collect::<Vec<_>>());
+        for s in (1..20_000u32).step_by(2) {
+            assert!(trie.remove("broadcast", &s));
+        }
+        assert!(trie.is_empty());
+        assert_eq!(trie.node_count(), 1);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn compact_layout() {
+        // A pointer-sized subscriber handle costs 16 bytes inline.
+        assert_eq!(std::mem::size_of::<Subscribers<std::sync::Arc<()>>>(), 16);
+        assert_eq!(std::mem::size_of::<Children<Node<u64>>>(), 24);
+        assert_eq!(std::mem::size_of::<Node<std::sync::Arc<()>>>(), 64);
+    }
+
+    #[test]
+    fn deep_filters_do_not_overflow_the_stack() {
+        let mut trie = SubscriptionTrie::new();
+        let deep = "+/".repeat(30_000) + "x";
+        let topic = "a/".repeat(30_000) + "x";
+        trie.insert(&deep, 1u32, Q0);
+        trie.insert(&(deep.clone() + "/#"), 2, Q0);
+        assert_eq!(matching(&trie, &topic), vec![1, 2]);
+        let deep_exact_wild = "a/".repeat(30_000) + "#";
+        trie.insert(&deep_exact_wild, 3, Q0);
+        assert_eq!(matching(&trie, &topic), vec![1, 2, 3]);
+        assert!(trie.remove(&deep, &1));
+        drop(trie);
+    }
+
+    /// The reference: [MQTT-4.7.1-2], [MQTT-4.7.1-3], [MQTT-4.7.2-1] read literally.
+    pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let filter: Vec<&str> = filter.split('/').collect();
+        let topic: Vec<&str> = topic.split('/').collect();
+        let mut i = 0;
+        loop {
+            match (filter.get(i), topic.get(i)) {
+                (None, None) => return true,
+                (Some(&"#"), _) => return true,
+                (Some(&"+"), Some(_)) => {}
+                (Some(f), Some(t)) if f == t => {}
+                _ => return false,
+            }
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn reference_matcher_agrees_with_the_spec_examples() {
+        assert!(filter_matches("sport/#", "sport"));
+        assert!(!filter_matches("sport/+", "sport"));
+        assert!(filter_matches("+/+", "/finance"));
+        assert!(!filter_matches("+", "/finance"));
+        assert!(!filter_matches("#", "$SYS/x"));
+        assert!(filter_matches("$SYS/#", "$SYS/x"));
+    }
+
+    pub(crate) fn level() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["a", "b", "", "$x"])
+    }
+
+    pub(crate) fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5)
+            .prop_map(|levels| levels.join("/"))
+            .prop_filter("topics are not empty [MQTT-4.7.3-1]", |t| !t.is_empty())
+    }
+
+    pub(crate) fn filter() -> impl Strategy<Value = String> {
+        let level = prop_oneof![3 => level(), 1 => Just("+")];
+        (prop::collection::vec(level, 1..5), any::<bool>())
+            .prop_map(|(mut levels, hash)| {
+                if hash {
+                    levels.push("#");
+                }
+                levels.join("/")
+            })
+            .prop_filter("filters are not empty [MQTT-4.7.3-1]", |f| !f.is_empty())
+    }
+
+    fn qos() -> impl Strategy<Value = QoS> {
+        prop::sample::select(vec![Q0, Q1, Q2])
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(String, u32, QoS),
+        Remove(String, u32),
+    }
+
+    /// Operations on `filters` by subscribers `0..subscribers`.
+    fn op(filters: BoxedStrategy<String>, subscribers: u32) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (filters.clone(), 0..subscribers, qos()).prop_map(|(f, s, q)| Op::Insert(f, s, q)),
+            1 => (filters, 0..subscribers).prop_map(|(f, s)| Op::Remove(f, s)),
+        ]
+    }
+
+    /// Few short filters shared by many subscribers: long, overlapping lists.
+    fn crowded_filter() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "+", "#", "a/#", "$x", "+/#", "a/b", "a/+", "+/b"])
+            .prop_map(str::to_owned)
+    }
+
+    fn check_against_reference(ops: Vec<Op>, topics: &[String]) -> Result<(), TestCaseError> {
+        let mut trie = SubscriptionTrie::new();
+        let mut model: BTreeMap<(String, u32), QoS> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Insert(f, s, q) => {
+                    let previous = model.insert((f.clone(), s), q);
+                    prop_assert_eq!(trie.insert(&f, s, q), previous);
+                }
+                Op::Remove(f, s) => {
+                    let previous = model.remove(&(f.clone(), s));
+                    prop_assert_eq!(trie.remove(&f, &s), previous.is_some());
+                }
+            }
+        }
+        prop_assert_eq!(trie.len(), model.len());
+        let filters: std::collections::BTreeSet<&str> =
+            model.keys().map(|(f, _)| f.as_str()).collect();
+        prop_assert_eq!(trie.filter_count(), filters.len());
+
+        let mut out = Vec::new();
+        for topic in topics {
+            let mut expected: BTreeMap<u32, QoS> = BTreeMap::new();
+            let mut expected_all = Vec::new();
+            for ((f, s), q) in &model {
+                if filter_matches(f, topic) {
+                    expected_all.push((*s, *q));
+                    let best = expected.entry(*s).or_insert(*q);
+                    *best = (*best).max(*q);
+                }
+            }
+            trie.matches_dedup(topic, &mut out);
+            let mut got = out.clone();
+            got.sort();
+            let expected: Vec<(u32, QoS)> = expected.into_iter().collect();
+            prop_assert_eq!(&got, &expected, "topic {:?}", topic);
+
+            let mut all = Vec::new();
+            trie.for_each_match(topic, |s, q| all.push((*s, q)));
+            all.sort();
+            expected_all.sort();
+            prop_assert_eq!(all, expected_all, "topic {:?}", topic);
+        }
+
+        for (f, s) in model.keys() {
+            prop_assert!(trie.remove(f, s));
+        }
+        prop_assert!(trie.is_empty());
+        prop_assert_eq!(trie.filter_count(), 0);
+        prop_assert_eq!(trie.node_count(), 1);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// [MQTT-4.7.1-2], [MQTT-4.7.1-3], [MQTT-4.7.2-1], [MQTT-3.3.5-1],
+        /// [MQTT-3.8.4-3] against the reference, with inserts and removes.
+        /// Up to 40 subscribers so that some lists pass `INDEX_AT`.
+        #[test]
+        fn matches_agree_with_reference(
+            ops in prop::collection::vec(op(filter().boxed(), 40), 1..200),
+            topics in prop::collection::vec(topic(), 1..20),
+        ) {
+            check_against_reference(ops, &topics)?;
+        }
+
+        /// Long overlapping lists: exercises the indexed lists and both
+        /// de-duplication strategies.
+        #[test]
+        fn crowded_matches_agree_with_reference(
+            ops in prop::collection::vec(op(crowded_filter().boxed(), 150), 1..1500),
+            topics in prop::collection::vec(topic(), 1..10),
+        ) {
+            check_against_reference(ops, &topics)?;
+        }
+    }
+}
