@@ -1,1 +1,0 @@
-//! The per-connection protocol state machine.

@@ -1,0 +1,600 @@
+//! The per-connection protocol state machine.
+//!
+//! It owns no socket and no clock. The driver feeds it bytes (or packets) and
+//! `now`, drains [`Connection::poll_event`] and [`Connection::poll_transmit`]
+//! after every input, and sleeps until [`Connection::poll_timeout`]. The
+//! server answers the events that need a decision ([`Event::Connect`],
+//! [`Event::Publish`] with QoS 1/2, [`Event::Subscribe`], [`Event::Unsubscribe`])
+//! by calling back into the connection.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::codec::{self, DecodeError, Decoded};
+use crate::packet::{
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketId, ProtocolVersion, Publish, QoS,
+    QosPid, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+};
+use crate::session::state::{Delivery, Enqueued, OutboundPhase, SessionLimits, SessionState};
+use crate::topic::{self, TopicError};
+
+/// Limits and policies of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Largest packet accepted, fixed header included.
+    pub max_packet_size: usize,
+    /// Time allowed between accepting the connection and its CONNECT.
+    pub connect_timeout: Duration,
+    /// Keep-alive asked below this (including 0, "off") is held to it.
+    pub min_keep_alive: u16,
+    /// Keep-alive asked above this is refused with CONNACK 2.
+    pub max_keep_alive: u16,
+    /// Topic levels allowed in PUBLISH topics (0: no limit).
+    pub max_topic_levels: usize,
+    pub session: SessionLimits,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            min_keep_alive: 0,
+            max_keep_alive: u16::MAX,
+            max_topic_levels: 128,
+            session: SessionLimits::default(),
+        }
+    }
+}
+
+/// Control packets waiting to be written beyond which the connection stops
+/// reading, so a peer that never reads its acknowledgements cannot make us
+/// buffer without bound.
+const CONTROL_BACKLOG: usize = 1024;
+
+/// A violation of the protocol by the peer; the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("first packet must be CONNECT, got {0} [MQTT-3.1.0-1]")]
+    FirstPacketNotConnect(&'static str),
+    #[error("second CONNECT on one connection [MQTT-3.1.0-2]")]
+    SecondConnect,
+    #[error("a client must not send {0}")]
+    UnexpectedPacket(&'static str),
+    #[error("PUBLISH topic refused: {0}")]
+    Topic(TopicError),
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT: its will is discarded ([MQTT-3.1.2-10]).
+    ClientDisconnect,
+    /// No CONNECT within the connect timeout.
+    ConnectTimeout,
+    /// Nothing received for 1.5 × keep-alive ([MQTT-3.1.2-24]).
+    KeepAliveTimeout,
+    ProtocolError(ProtocolError),
+    /// CONNACK with a non-zero code was sent.
+    Refused(ConnectReturnCode),
+    /// Another connection with the same client id took the session over ([MQTT-3.1.4-2]).
+    TakenOver,
+    /// The transport ended (EOF or error) without DISCONNECT.
+    TransportClosed,
+    /// Closed by an administrator.
+    Kicked,
+    /// The server is shutting down: no will is published, as the client did nothing wrong.
+    ServerShutdown,
+}
+
+impl CloseReason {
+    /// Whether the will must be published for this reason ([MQTT-3.1.2-8]).
+    fn publishes_will(&self) -> bool {
+        !matches!(
+            self,
+            CloseReason::ClientDisconnect | CloseReason::ServerShutdown | CloseReason::Refused(_)
+        )
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientDisconnect => f.write_str("client disconnected"),
+            CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::KeepAliveTimeout => f.write_str("keep-alive expired"),
+            CloseReason::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            CloseReason::Refused(code) => write!(f, "connection refused: {code}"),
+            CloseReason::TakenOver => f.write_str("taken over by a new connection"),
+            CloseReason::TransportClosed => f.write_str("connection lost"),
+            CloseReason::Kicked => f.write_str("kicked"),
+            CloseReason::ServerShutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+/// What the connection asks of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A well-formed CONNECT. Answer with [`Connection::accept`] or
+    /// [`Connection::refuse`]. An empty client id arrives only with clean
+    /// session set: the server assigns one ([MQTT-3.1.3-6]).
+    Connect(Box<Connect>),
+    /// A PUBLISH to route. For QoS 1 and 2 call
+    /// [`Connection::complete_publish`] once it is durably routed; the
+    /// acknowledgement is sent then, in order of arrival ([MQTT-4.6.0-2]).
+    Publish(Publish),
+    /// Answer with [`Connection::complete_subscribe`].
+    Subscribe(Subscribe),
+    /// Answer with [`Connection::complete_unsubscribe`].
+    Unsubscribe(Unsubscribe),
+    /// The connection is over. `will` is the will message to publish now, if any.
+    Closed {
+        reason: CloseReason,
+        will: Option<LastWill>,
+    },
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingConnect {
+        deadline: Instant,
+    },
+    /// CONNECT handed to the server; input paused until it decides.
+    AwaitingDecision,
+    Connected,
+    Closed,
+}
+
+/// An inbound QoS 1/2 PUBLISH waiting for the server to finish routing it.
+#[derive(Debug)]
+struct PendingAck {
+    packet_id: PacketId,
+    qos: QoS,
+    done: bool,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    state: State,
+    protocol: Option<ProtocolVersion>,
+    session: Option<SessionState>,
+    will: Option<LastWill>,
+    /// Effective keep-alive (after the configured bounds), if any.
+    keep_alive: Option<Duration>,
+    last_received: Instant,
+    control: VecDeque<Packet>,
+    pending_acks: VecDeque<PendingAck>,
+    events: VecDeque<Event>,
+    close_reason: Option<CloseReason>,
+}
+
+impl Connection {
+    pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
+        Connection {
+            config,
+            state: State::AwaitingConnect {
+                deadline: now + config.connect_timeout,
+            },
+            protocol: None,
+            session: None,
+            will: None,
+            keep_alive: None,
+            last_received: now,
+            control: VecDeque::new(),
+            pending_acks: VecDeque::new(),
+            events: VecDeque::new(),
+            close_reason: None,
+        }
+    }
+
+    /// Decodes and handles every complete packet at the front of `buf`.
+    /// Stops early while the server must decide on a CONNECT, when the
+    /// connection closes, or when too many control packets wait to be sent.
+    pub fn handle_input(&mut self, buf: &mut BytesMut, now: Instant) {
+        while self.wants_input() && !buf.is_empty() {
+            match codec::decode(buf, self.config.max_packet_size) {
+                Ok(Decoded::Packet(packet)) => self.handle_packet(packet, now),
+                Ok(Decoded::Incomplete { .. }) => return,
+                Err(error) => {
+                    self.handle_decode_error(error, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the driver should read and feed more input now.
+    pub fn wants_input(&self) -> bool {
+        matches!(self.state, State::AwaitingConnect { .. } | State::Connected)
+            && self.control.len() + self.pending_acks.len() < CONTROL_BACKLOG
+    }
+
+    /// A packet the decoder refused. An unsupported protocol level in CONNECT
+    /// is answered with CONNACK 1 ([MQTT-3.1.2-2]); anything else closes.
+    pub fn handle_decode_error(&mut self, error: DecodeError, now: Instant) {
+        if let (DecodeError::UnsupportedProtocolLevel(_), State::AwaitingConnect { .. }) =
+            (&error, &self.state)
+        {
+            self.refuse(ConnectReturnCode::UnacceptableProtocolVersion, now);
+            return;
+        }
+        self.close(
+            CloseReason::ProtocolError(ProtocolError::Decode(error)),
+            now,
+        );
+    }
+
+    pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
+        self.last_received = now;
+        match self.state {
+            State::AwaitingConnect { .. } => match packet {
+                Packet::Connect(connect) => self.handle_connect(connect, now),
+                other => self.close(
+                    CloseReason::ProtocolError(ProtocolError::FirstPacketNotConnect(other.name())),
+                    now,
+                ),
+            },
+            State::Connected => self.handle_connected(packet, now),
+            // Input is paused in these states; anything that still arrives is ignored.
+            State::AwaitingDecision | State::Closed => {}
+        }
+    }
+
+    fn handle_connect(&mut self, connect: Connect, now: Instant) {
+        self.protocol = Some(connect.protocol);
+        if connect.client_id.is_empty() && !connect.clean_session {
+            // [MQTT-3.1.3-8]
+            self.refuse(ConnectReturnCode::IdentifierRejected, now);
+            return;
+        }
+        if connect.keep_alive > self.config.max_keep_alive {
+            // 3.1.1 cannot tell the client another keep-alive, so refuse, as Mosquitto does.
+            self.refuse(ConnectReturnCode::IdentifierRejected, now);
+            return;
+        }
+        let seconds = connect.keep_alive.max(self.config.min_keep_alive);
+        self.keep_alive = (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)));
+        self.state = State::AwaitingDecision;
+        self.events.push_back(Event::Connect(Box::new(connect)));
+    }
+
+    /// Accepts the pending CONNECT with the session to use (a fresh one, or
+    /// the stored one of a persistent session). Messages left in flight are
+    /// sent again, PUBLISH with DUP set and PUBREL as they were ([MQTT-4.4.0-1]).
+    pub fn accept(
+        &mut self,
+        mut session: SessionState,
+        session_present: bool,
+        will: Option<LastWill>,
+        now: Instant,
+    ) {
+        if !matches!(self.state, State::AwaitingDecision) {
+            return;
+        }
+        session.set_limits(self.config.session);
+        self.control.push_back(Packet::ConnAck(ConnAck {
+            session_present,
+            code: ConnectReturnCode::Accepted,
+        }));
+        for inflight in session.inflight() {
+            let packet = match inflight.phase {
+                OutboundPhase::Published => {
+                    publish_packet(&inflight.delivery, Some(inflight.packet_id), true)
+                }
+                OutboundPhase::Released => Packet::PubRel(inflight.packet_id),
+            };
+            self.control.push_back(packet);
+        }
+        self.session = Some(session);
+        self.will = will;
+        self.state = State::Connected;
+        self.last_received = now;
+    }
+
+    /// Refuses the pending CONNECT with a non-zero return code; the CONNACK
+    /// is sent and the connection closes ([MQTT-3.2.2-5]).
+    pub fn refuse(&mut self, code: ConnectReturnCode, now: Instant) {
+        if !matches!(
+            self.state,
+            State::AwaitingConnect { .. } | State::AwaitingDecision
+        ) {
+            return;
+        }
+        self.control.push_back(Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        }));
+        self.close(CloseReason::Refused(code), now);
+    }
+
+    fn handle_connected(&mut self, packet: Packet, now: Instant) {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish, now),
+            Packet::PubAck(id) => {
+                if let Some(session) = &mut self.session {
+                    session.acknowledge(id);
+                }
+            }
+            Packet::PubRec(id) => {
+                let known = self.session.as_mut().is_some_and(|s| s.received(id));
+                if known {
+                    self.control.push_back(Packet::PubRel(id));
+                }
+            }
+            Packet::PubComp(id) => {
+                if let Some(session) = &mut self.session {
+                    session.complete(id);
+                }
+            }
+            Packet::PubRel(id) => {
+                // Answered even for an unknown id: the PUBCOMP may have been lost ([MQTT-4.3.3-2]).
+                if let Some(session) = &mut self.session {
+                    session.release_inbound_qos2(id);
+                }
+                self.control.push_back(Packet::PubComp(id));
+            }
+            Packet::Subscribe(subscribe) => self.events.push_back(Event::Subscribe(subscribe)),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.events.push_back(Event::Unsubscribe(unsubscribe))
+            }
+            Packet::PingReq => self.control.push_back(Packet::PingResp),
+            Packet::Disconnect => {
+                self.will = None;
+                self.close(CloseReason::ClientDisconnect, now);
+            }
+            Packet::Connect(_) => self.close(
+                CloseReason::ProtocolError(ProtocolError::SecondConnect),
+                now,
+            ),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => self.close(
+                CloseReason::ProtocolError(ProtocolError::UnexpectedPacket(other.name())),
+                now,
+            ),
+        }
+    }
+
+    fn handle_publish(&mut self, publish: Publish, now: Instant) {
+        if let Err(error) = topic::check_levels(&publish.topic, self.config.max_topic_levels) {
+            self.close(CloseReason::ProtocolError(ProtocolError::Topic(error)), now);
+            return;
+        }
+        match publish.qos_pid {
+            QosPid::AtMostOnce => self.events.push_back(Event::Publish(publish)),
+            QosPid::AtLeastOnce(packet_id) => {
+                self.pending_acks.push_back(PendingAck {
+                    packet_id,
+                    qos: QoS::AtLeastOnce,
+                    done: false,
+                });
+                self.events.push_back(Event::Publish(publish));
+            }
+            QosPid::ExactlyOnce(packet_id) => {
+                let Some(session) = &mut self.session else {
+                    return;
+                };
+                if session.record_inbound_qos2(packet_id) {
+                    self.pending_acks.push_back(PendingAck {
+                        packet_id,
+                        qos: QoS::ExactlyOnce,
+                        done: false,
+                    });
+                    self.events.push_back(Event::Publish(publish));
+                } else if !self
+                    .pending_acks
+                    .iter()
+                    .any(|p| p.packet_id == packet_id && p.qos == QoS::ExactlyOnce)
+                {
+                    // Already routed and acknowledged: acknowledge again, route
+                    // nothing ([MQTT-4.3.3-2]). While still being routed, the
+                    // PUBREC will follow on completion.
+                    self.control.push_back(Packet::PubRec(packet_id));
+                }
+            }
+        }
+    }
+
+    /// The server has durably routed the QoS 1/2 PUBLISH with this id.
+    /// Acknowledgements leave in the order the PUBLISH packets arrived.
+    pub fn complete_publish(&mut self, packet_id: PacketId) {
+        if let Some(pending) = self
+            .pending_acks
+            .iter_mut()
+            .find(|p| p.packet_id == packet_id && !p.done)
+        {
+            pending.done = true;
+        }
+        while self.pending_acks.front().is_some_and(|p| p.done) {
+            if let Some(done) = self.pending_acks.pop_front() {
+                self.control.push_back(match done.qos {
+                    QoS::ExactlyOnce => Packet::PubRec(done.packet_id),
+                    _ => Packet::PubAck(done.packet_id),
+                });
+            }
+        }
+    }
+
+    /// The server could not route the QoS 1/2 PUBLISH with this id (for
+    /// example, storage is down): nothing is acknowledged and the connection
+    /// closes, so the client sends it again on its next connection.
+    pub fn fail_publish(&mut self, packet_id: PacketId, reason: CloseReason, now: Instant) {
+        let was_qos2 = self
+            .pending_acks
+            .iter()
+            .any(|p| p.packet_id == packet_id && p.qos == QoS::ExactlyOnce && !p.done);
+        if was_qos2 {
+            // Not routed, so the client's retransmission must be routed then.
+            if let Some(session) = &mut self.session {
+                session.release_inbound_qos2(packet_id);
+            }
+        }
+        self.close(reason, now);
+    }
+
+    /// Answers a SUBSCRIBE with one return code per filter, in order ([MQTT-3.8.4-5]).
+    pub fn complete_subscribe(&mut self, packet_id: PacketId, codes: Vec<SubscribeReturnCode>) {
+        self.control.push_back(Packet::SubAck(SubAck {
+            packet_id,
+            return_codes: codes,
+        }));
+    }
+
+    pub fn complete_unsubscribe(&mut self, packet_id: PacketId) {
+        self.control.push_back(Packet::UnsubAck(packet_id));
+    }
+
+    /// Offers a message for delivery. `None` when no session is attached
+    /// (the CONNECT is not accepted yet, or the session was taken away).
+    /// A closed connection still holding its session keeps what it is
+    /// given, so nothing routed between the close and the server taking the
+    /// session back is lost.
+    pub fn deliver(&mut self, delivery: Delivery) -> Option<Enqueued> {
+        self.session.as_mut().map(|s| s.enqueue(delivery))
+    }
+
+    /// Closes the connection. The will (unless discarded) is handed to the
+    /// server in the [`Event::Closed`] event.
+    pub fn close(&mut self, reason: CloseReason, _now: Instant) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        let will = if reason.publishes_will() {
+            self.will.take()
+        } else {
+            None
+        };
+        self.will = None;
+        self.state = State::Closed;
+        self.close_reason = Some(reason.clone());
+        self.events.push_back(Event::Closed { reason, will });
+    }
+
+    /// Checks the deadlines against `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::AwaitingConnect { deadline } if now >= deadline => {
+                self.close(CloseReason::ConnectTimeout, now)
+            }
+            State::Connected if self.keep_alive_deadline().is_some_and(|d| now >= d) => {
+                self.close(CloseReason::KeepAliveTimeout, now)
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::AwaitingConnect { deadline } => Some(deadline),
+            State::Connected => self.keep_alive_deadline(),
+            State::AwaitingDecision | State::Closed => None,
+        }
+    }
+
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        // One and a half times the keep-alive ([MQTT-3.1.2-24]).
+        self.keep_alive.map(|ka| self.last_received + ka + ka / 2)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Encodes what is ready to send into `buf`, stopping once it holds at
+    /// least `max_bytes`. Returns the number of packets written.
+    pub fn poll_transmit(&mut self, buf: &mut BytesMut, max_bytes: usize) -> usize {
+        let mut written = 0;
+        while buf.len() < max_bytes {
+            if let Some(packet) = self.control.pop_front() {
+                encode_into(&packet, buf);
+                written += 1;
+                continue;
+            }
+            if !matches!(self.state, State::Connected) {
+                break;
+            }
+            let Some(session) = &mut self.session else {
+                break;
+            };
+            let Some((delivery, packet_id)) = session.next_sendable() else {
+                break;
+            };
+            encode_into(&publish_packet(&delivery, packet_id, false), buf);
+            written += 1;
+        }
+        written
+    }
+
+    /// Whether [`Connection::poll_transmit`] would write something.
+    pub fn has_transmit(&self) -> bool {
+        if !self.control.is_empty() {
+            return true;
+        }
+        matches!(self.state, State::Connected)
+            && self.session.as_ref().is_some_and(|s| {
+                s.queue()
+                    .next()
+                    .is_some_and(|d| d.qos == QoS::AtMostOnce || s.window_open())
+            })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected)
+    }
+
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    pub fn protocol(&self) -> Option<ProtocolVersion> {
+        self.protocol
+    }
+
+    pub fn keep_alive(&self) -> Option<Duration> {
+        self.keep_alive
+    }
+
+    pub fn session(&self) -> Option<&SessionState> {
+        self.session.as_ref()
+    }
+
+    /// Detaches the session, for the server to keep (persistent session) or
+    /// drop. Only after the connection is closed or taken over.
+    pub fn take_session(&mut self) -> Option<SessionState> {
+        if !matches!(self.state, State::Closed) {
+            return None;
+        }
+        self.session.take()
+    }
+}
+
+fn publish_packet(delivery: &Delivery, packet_id: Option<PacketId>, dup: bool) -> Packet {
+    let qos_pid = QosPid::new(delivery.qos, packet_id).unwrap_or(QosPid::AtMostOnce);
+    Packet::Publish(Publish {
+        dup: dup && qos_pid != QosPid::AtMostOnce,
+        qos_pid,
+        retain: delivery.retain,
+        topic: delivery.message.topic.clone(),
+        payload: delivery.message.payload.clone(),
+    })
+}
+
+fn encode_into(packet: &Packet, buf: &mut BytesMut) {
+    if let Err(error) = codec::encode(packet, buf) {
+        // Only a message too large for MQTT's length fields can fail, and
+        // such a message could not have been received in the first place.
+        tracing::error!(%error, packet = packet.name(), "dropping a packet that cannot be encoded");
+    }
+}
