@@ -9,6 +9,7 @@ pub mod codec;
 pub mod packet;
 pub mod session;
 pub mod storage;
+pub mod storage_contract;
 pub mod topic;
 
 pub use bytes::Bytes;

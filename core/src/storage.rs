@@ -1,1 +1,174 @@
-//! The storage port.
+//! The storage port: what a backend (in memory, Kvrocks) must do.
+//!
+//! Writes are expressed as a batch of [`Op`]s applied with one call, so that a
+//! networked backend can send a whole batch in one pipeline (one round trip
+//! for many messages). A batch is applied in order; when [`Storage::apply`]
+//! returns `Ok`, every op of the batch is durable. Ops are idempotent, so a
+//! batch whose outcome is unknown (a dropped connection) may be applied again.
+//!
+//! A message body is stored once ([`Op::PutMessage`]) and referenced by id
+//! from every queue that holds it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::packet::{ByteStr, PacketId, QoS};
+use crate::session::{Message, OutboundPhase};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Identifies a stored message body. Unique per cluster: the high bits name
+/// the node that minted it (see [`MessageId::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+impl MessageId {
+    /// A 16-bit node tag and a 48-bit per-node sequence number.
+    pub fn new(node_tag: u16, sequence: u64) -> MessageId {
+        MessageId((u64::from(node_tag) << 48) | (sequence & ((1 << 48) - 1)))
+    }
+}
+
+/// A persistent session's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub client_id: ByteStr,
+    /// Milliseconds since the Unix epoch when the session was created.
+    pub created_at_ms: u64,
+}
+
+/// A session's record and its subscriptions in filter order, as listed by
+/// [`Storage::load_subscriptions`].
+pub type SessionSubscriptions = (SessionRecord, Vec<(ByteStr, QoS)>);
+
+/// A message waiting in a session's queue or window, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub id: MessageId,
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// An outbound message in flight, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInflight {
+    pub packet_id: PacketId,
+    pub delivery: StoredDelivery,
+    pub phase: OutboundPhase,
+}
+
+/// Everything stored for one persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub record: SessionRecord,
+    /// In filter order.
+    pub subscriptions: Vec<(ByteStr, QoS)>,
+    /// In send order.
+    pub inflight: Vec<StoredInflight>,
+    /// In queue order.
+    pub queue: Vec<StoredDelivery>,
+    /// Inbound QoS 2 packet ids acknowledged with PUBREC, awaiting PUBREL.
+    pub inbound_qos2: Vec<PacketId>,
+}
+
+/// One write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Creates (or keeps) a persistent session.
+    PutSession(SessionRecord),
+    /// Deletes a session with everything it holds.
+    DeleteSession {
+        client_id: ByteStr,
+    },
+    Subscribe {
+        client_id: ByteStr,
+        filter: ByteStr,
+        qos: QoS,
+    },
+    Unsubscribe {
+        client_id: ByteStr,
+        filter: ByteStr,
+    },
+    /// Stores a message body once; queues refer to it by id.
+    PutMessage {
+        id: MessageId,
+        message: Arc<Message>,
+    },
+    /// Appends to the end of a session's queue.
+    Enqueue {
+        client_id: ByteStr,
+        id: MessageId,
+        qos: QoS,
+        retain: bool,
+    },
+    /// Removes a message from the queue (dropped by the overflow policy).
+    Dequeue {
+        client_id: ByteStr,
+        id: MessageId,
+    },
+    /// Moves the message from the queue into the in-flight window, or
+    /// changes its phase there.
+    SetInflight {
+        client_id: ByteStr,
+        packet_id: PacketId,
+        id: MessageId,
+        phase: OutboundPhase,
+    },
+    /// Removes an in-flight message (its flow completed).
+    CompleteInflight {
+        client_id: ByteStr,
+        packet_id: PacketId,
+    },
+    AddInboundQos2 {
+        client_id: ByteStr,
+        packet_id: PacketId,
+    },
+    RemoveInboundQos2 {
+        client_id: ByteStr,
+        packet_id: PacketId,
+    },
+    /// Sets (Some) or clears (None) the retained message of a topic.
+    SetRetained {
+        topic: ByteStr,
+        message: Option<Arc<Message>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The backend cannot be reached now; the caller retries or refuses.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back.
+    #[error("corrupt stored data at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A storage backend.
+pub trait Storage: Send + Sync + 'static {
+    /// A short name for logs and metrics ("memory", "kvrocks").
+    fn name(&self) -> &'static str;
+
+    /// Whether data outlives this process. The in-memory backend does not,
+    /// so the broker may skip per-message writes to it: its own live state
+    /// already holds everything for as long as the backend would.
+    fn is_durable(&self) -> bool;
+
+    /// Applies a batch of writes in order; durable once this returns `Ok`.
+    fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// One persistent session with all it holds.
+    fn load_session<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredSession>, StorageError>>;
+
+    /// Every persistent session's record and subscriptions, for routing
+    /// after a restart (queues and windows load lazily on CONNECT).
+    fn load_subscriptions(&self) -> BoxFuture<'_, Result<Vec<SessionSubscriptions>, StorageError>>;
+
+    /// Every retained message.
+    fn load_retained(&self) -> BoxFuture<'_, Result<Vec<Arc<Message>>, StorageError>>;
+}
