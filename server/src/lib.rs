@@ -1,1 +1,3 @@
 //! The broker node.
+
+pub mod config;
