@@ -1,3 +1,13 @@
-//! The broker node.
+//! The Easy MQTT broker node and its smol runtime.
+//!
+//! [`node::Node`] is runtime-agnostic: it takes a [`runtime::Runtime`] (clock,
+//! timers, spawner), so the same code serves real sockets on smol
+//! ([`broker::Broker`]) and simulated ones in the turmoil simulator.
 
+pub mod broker;
 pub mod config;
+pub mod driver;
+pub mod metrics;
+pub mod node;
+pub mod runtime;
+pub mod sessions;

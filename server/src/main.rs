@@ -1,1 +1,148 @@
-fn main() {}
+//! `easy-mqtt -c conf/conf.yml`: the broker.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use easy_mqtt_server::broker::Broker;
+use easy_mqtt_server::config::Config;
+
+const USAGE: &str = "usage: easy-mqtt [-c|--config FILE]   (default: conf/conf.yml)
+       easy-mqtt --help | --version";
+
+/// Time given to open connections to close on SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let (path, explicit) = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(choice)) => choice,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("easy-mqtt: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match load_config(&path, explicit) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("easy-mqtt: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(&config.mqtt.server.log_level);
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("easy-mqtt: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The config path, and whether it was given on the command line.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<(PathBuf, bool)>, String> {
+    let mut path = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--config" => {
+                path = Some(PathBuf::from(
+                    args.next().ok_or_else(|| format!("{arg} needs a file"))?,
+                ));
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("easy-mqtt {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            other => return Err(format!("unexpected argument '{other}'")),
+        }
+    }
+    Ok(Some(match path {
+        Some(path) => (path, true),
+        None => (PathBuf::from("conf/conf.yml"), false),
+    }))
+}
+
+/// The default path may be absent (the broker then runs on defaults); a
+/// path given with -c must exist.
+fn load_config(path: &Path, explicit: bool) -> Result<Config, String> {
+    if !explicit && !path.exists() {
+        return Ok(Config::default());
+    }
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn run(config: &Config) -> Result<(), String> {
+    let server = &config.mqtt.server;
+    if server.listener_pool_size != 0 || server.deal_message_thread_pool_size != 0 {
+        tracing::info!(
+            "mqtt.server.listener-pool-size and deal-message-thread-pool-size are accepted for compatibility; \
+             the runtime uses mqtt.server.worker-threads"
+        );
+    }
+    let signals = shutdown_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let executor = Arc::new(async_executor::Executor::new());
+    let (stop_workers, workers_stopped) = async_channel::bounded::<()>(1);
+    let threads = config.worker_threads();
+    let mut workers = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let executor = executor.clone();
+        let stopped = workers_stopped.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("easy-mqtt-{index}"))
+            .spawn(move || {
+                futures_lite::future::block_on(executor.run(async {
+                    let _ = stopped.recv().await;
+                }))
+            })
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        workers.push(worker);
+    }
+    let result = futures_lite::future::block_on(async {
+        let broker = Broker::start(config, executor.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(worker_threads = threads, "easy-mqtt started");
+        let signal = signals.recv().await.unwrap_or_default();
+        tracing::info!(signal, "shutting down");
+        broker.shutdown(SHUTDOWN_GRACE).await;
+        Ok::<(), String>(())
+    });
+    drop(stop_workers);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    result
+}
+
+/// SIGINT and SIGTERM, delivered as their names on a channel.
+fn shutdown_signals() -> std::io::Result<async_channel::Receiver<&'static str>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let (tx, rx) = async_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("easy-mqtt-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                let _ = tx.send_blocking(name);
+            }
+        })?;
+    Ok(rx)
+}

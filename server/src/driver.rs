@@ -1,0 +1,325 @@
+//! The connection driver: moves bytes between a stream and the connection's
+//! state machine, and hands its events to the node. One task per connection,
+//! reading and writing at the same time, with no per-message allocation
+//! beyond what the codec shares.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use easy_mqtt_core::session::{CloseReason, Event};
+use easy_mqtt_core::{PacketId, QoS, SubscribeReturnCode};
+use futures_io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+use crate::node::{Attachment, Node};
+use crate::runtime::Runtime;
+use crate::sessions::{ConnCell, SessionKey, lock};
+
+/// Bytes read per read call; the buffer grows only when a packet needs more.
+const READ_CHUNK: usize = 4096;
+/// Encoded bytes gathered before a write, so many small packets leave in one syscall.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Buffers larger than this are released when they empty, so an idle
+/// connection does not keep the memory of its busiest moment.
+const KEEP_BUFFER: usize = 16 * 1024;
+/// Rounds of work before the driver yields to other tasks.
+const BUDGET: usize = 64;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S, R>(node: Arc<Node<R>>, stream: S, peer: Option<SocketAddr>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Runtime,
+{
+    let Some(cell) = node.open_connection() else {
+        tracing::warn!(peer = ?peer, "connection limit reached; closing new connection");
+        let mut stream = stream;
+        let _ = futures_lite::AsyncWriteExt::close(&mut stream).await;
+        return;
+    };
+    let span = tracing::info_span!(
+        "conn",
+        node = %node.config().node_id,
+        id = cell.id,
+        peer = ?peer,
+        client_id = tracing::field::Empty
+    );
+    let mut driver = Driver {
+        node: node.clone(),
+        cell: cell.clone(),
+        stream,
+        peer,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        read_closed: false,
+        wants_input: true,
+        closed: false,
+        timer: None,
+        deadline: None,
+        attachment: None,
+        events: Vec::new(),
+        scratch: Vec::new(),
+        acks: Vec::new(),
+        span: span.clone(),
+    };
+    async {
+        futures_lite::future::poll_fn(|cx| driver.poll_drive(cx)).await;
+        let _ = futures_lite::AsyncWriteExt::close(&mut driver.stream).await;
+    }
+    .instrument(span)
+    .await;
+    node.close_connection(&cell);
+}
+
+struct Driver<S, R: Runtime> {
+    node: Arc<Node<R>>,
+    cell: Arc<ConnCell>,
+    stream: S,
+    peer: Option<SocketAddr>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    read_closed: bool,
+    wants_input: bool,
+    closed: bool,
+    timer: Option<R::Timer>,
+    deadline: Option<Instant>,
+    attachment: Option<Attachment>,
+    events: Vec<Event>,
+    scratch: Vec<(SessionKey, QoS)>,
+    acks: Vec<PacketId>,
+    span: tracing::Span,
+}
+
+impl<S, R> Driver<S, R>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Runtime,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..BUDGET {
+            let mut progress = false;
+            let got_input = self.poll_read(cx, &mut progress);
+            let now = self.node.runtime().now();
+            let timer_due = self.deadline.is_some_and(|d| d <= now);
+            self.step(cx, got_input, timer_due, now);
+            if !self.events.is_empty() {
+                self.handle_events();
+                continue;
+            }
+            self.poll_write(cx, &mut progress);
+            if self.closed && self.wbuf.is_empty() {
+                return Poll::Ready(());
+            }
+            if self.poll_timer(cx) {
+                progress = true;
+            }
+            if !progress {
+                self.release_idle_buffers();
+                return Poll::Pending;
+            }
+        }
+        // Out of budget: let other connections run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Reads what the socket has, if the state machine wants input.
+    fn poll_read(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> bool {
+        if self.read_closed || !self.wants_input {
+            return false;
+        }
+        let len = self.rbuf.len();
+        self.rbuf.reserve(READ_CHUNK);
+        // Zeroing what we read into is cheap next to the syscall; cap it so
+        // a buffer grown for one large packet is not cleared whole each time.
+        let spare = (self.rbuf.capacity() - len).min(WRITE_BATCH);
+        self.rbuf.resize(len + spare, 0);
+        let result = Pin::new(&mut self.stream).poll_read(cx, &mut self.rbuf[len..]);
+        match result {
+            Poll::Ready(Ok(n)) => {
+                self.rbuf.truncate(len + n);
+                *progress = true;
+                if n == 0 {
+                    self.read_closed = true;
+                }
+                n > 0
+            }
+            Poll::Ready(Err(error)) => {
+                self.rbuf.truncate(len);
+                tracing::debug!(%error, "read failed");
+                self.read_closed = true;
+                *progress = true;
+                false
+            }
+            Poll::Pending => {
+                self.rbuf.truncate(len);
+                false
+            }
+        }
+    }
+
+    /// One pass over the state machine under its lock: input, timeouts,
+    /// completions, events out, bytes out.
+    fn step(&mut self, cx: &mut Context<'_>, got_input: bool, timer_due: bool, now: Instant) {
+        let mut inner = lock(&self.cell.inner);
+        for id in self.acks.drain(..) {
+            inner.conn.complete_publish(id);
+        }
+        if got_input {
+            inner.conn.handle_input(&mut self.rbuf, now);
+        }
+        if self.read_closed && !inner.conn.is_closed() {
+            inner.conn.close(CloseReason::TransportClosed, now);
+        }
+        if timer_due {
+            inner.conn.handle_timeout(now);
+        }
+        while let Some(event) = inner.conn.poll_event() {
+            self.events.push(event);
+        }
+        if self.wbuf.len() < WRITE_BATCH {
+            inner.conn.poll_transmit(&mut self.wbuf, WRITE_BATCH);
+        }
+        self.wants_input = inner.conn.wants_input();
+        self.deadline = inner.conn.poll_timeout();
+        self.closed = inner.conn.is_closed();
+        let register = match &inner.waker {
+            Some(waker) => !waker.will_wake(cx.waker()),
+            None => true,
+        };
+        if register {
+            inner.waker = Some(cx.waker().clone());
+        }
+    }
+
+    fn handle_events(&mut self) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            match event {
+                Event::Connect(connect) => {
+                    if let Some(attachment) = self.node.connect(&self.cell, *connect, self.peer) {
+                        self.span
+                            .record("client_id", tracing::field::display(&attachment.client_id));
+                        self.attachment = Some(attachment);
+                    }
+                }
+                Event::Publish(publish) => {
+                    let packet_id = publish.packet_id();
+                    self.node.publish(publish, &mut self.scratch);
+                    if let Some(id) = packet_id {
+                        self.acks.push(id);
+                    }
+                }
+                Event::Subscribe(subscribe) => {
+                    let Some(attachment) = &self.attachment else {
+                        continue;
+                    };
+                    let codes = self.node.subscribe(attachment, &self.cell, &subscribe);
+                    lock(&self.cell.inner)
+                        .conn
+                        .complete_subscribe(subscribe.packet_id, codes.clone());
+                    if codes.iter().any(|c| *c != SubscribeReturnCode::Failure) {
+                        self.node.deliver_retained(attachment, &subscribe, &codes);
+                    }
+                }
+                Event::Unsubscribe(unsubscribe) => {
+                    if let Some(attachment) = &self.attachment {
+                        self.node
+                            .unsubscribe(attachment, &self.cell, &unsubscribe.filters);
+                    }
+                    lock(&self.cell.inner)
+                        .conn
+                        .complete_unsubscribe(unsubscribe.packet_id);
+                }
+                Event::Closed { reason, will } => self.handle_closed(reason, will),
+            }
+        }
+        self.events = events;
+    }
+
+    fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
+        let metrics = &self.node.metrics;
+        if matches!(reason, CloseReason::ProtocolError(_)) {
+            Metrics::inc(&metrics.protocol_errors);
+        }
+        match &self.attachment {
+            Some(attachment) => {
+                match &reason {
+                    CloseReason::ProtocolError(_) | CloseReason::KeepAliveTimeout => {
+                        tracing::warn!(client_id = %attachment.client_id, peer = ?self.peer, %reason, "client disconnected")
+                    }
+                    _ => {
+                        tracing::info!(client_id = %attachment.client_id, peer = ?self.peer, %reason, "client disconnected")
+                    }
+                }
+                if let Some(will) = will {
+                    self.node.publish_will(&attachment.client_id, will);
+                }
+                self.node.detach(attachment, &self.cell);
+            }
+            None => match &reason {
+                CloseReason::Refused(_) | CloseReason::ProtocolError(_) => {
+                    tracing::warn!(peer = ?self.peer, %reason, "connection closed before session")
+                }
+                _ => {
+                    tracing::debug!(peer = ?self.peer, %reason, "connection closed before session")
+                }
+            },
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, progress: &mut bool) {
+        let mut wrote = false;
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    // The peer is gone: nothing more can be sent.
+                    self.wbuf.clear();
+                    self.read_closed = true;
+                    *progress = true;
+                    return;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    wrote = true;
+                    *progress = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if wrote && self.wbuf.is_empty() {
+            // Needed by TLS and WebSocket streams, which buffer themselves.
+            let _ = Pin::new(&mut self.stream).poll_flush(cx);
+        }
+    }
+
+    /// Arms the timer for the state machine's deadline; true if it fired.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.deadline else {
+            return false;
+        };
+        let runtime = self.node.runtime().clone();
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                runtime.reset(timer, deadline);
+                timer
+            }
+            None => self.timer.insert(runtime.timer(deadline)),
+        };
+        runtime.poll_timer(timer, cx).is_ready()
+    }
+
+    fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Counters of the node, read by logs now and by the HTTP API later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+    /// Connections closed at once because `max-connections` was reached.
+    pub connections_refused_limit: AtomicU64,
+    pub sessions_current: AtomicU64,
+    pub publishes_received: AtomicU64,
+    /// Messages handed to sessions (one per subscriber).
+    pub deliveries: AtomicU64,
+    /// Messages dropped because a session's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages not kept for an offline session.
+    pub dropped_offline_qos0: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,445 @@
+//! The broker node: session registry, router, retained messages and wills.
+//!
+//! Connection drivers hand the node the events of their state machines; the
+//! node answers them synchronously (routing in memory is immediate). Anything
+//! that must wait (storage, authentication) will be spawned on the runtime
+//! and answered through the connection cell later.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use easy_mqtt_core::packet::{Connect, LastWill, Publish, Subscribe, SubscribeReturnCode};
+use easy_mqtt_core::session::{
+    CloseReason, Connection, ConnectionConfig, Delivery, Message, SessionState,
+};
+use easy_mqtt_core::storage::Storage;
+use easy_mqtt_core::topic::{self, RetainedIndex, SubscriptionTrie};
+use easy_mqtt_core::{ByteStr, ConnectReturnCode, QoS};
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::sessions::{ConnCell, SessionEntry, SessionKey, lock};
+
+/// Node-wide settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Identifies this node in logs and in generated client ids.
+    pub node_id: String,
+    pub connection: ConnectionConfig,
+    /// Open connections allowed (0: no limit).
+    pub max_connections: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: "node-1".into(),
+            connection: ConnectionConfig::default(),
+            max_connections: 0,
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct Node<R: Runtime> {
+    config: NodeConfig,
+    runtime: R,
+    storage: Arc<dyn Storage>,
+    registry: Mutex<HashMap<ByteStr, Arc<SessionEntry>>>,
+    trie: RwLock<SubscriptionTrie<SessionKey>>,
+    retained: RwLock<RetainedIndex<Arc<Message>>>,
+    /// Every open connection, for shutdown (and the API later).
+    connections: Mutex<HashMap<u64, Weak<ConnCell>>>,
+    next_connection_id: AtomicU64,
+    next_assigned_id: AtomicU64,
+    shutting_down: AtomicBool,
+    shutdown_done: event_listener::Event,
+    pub metrics: Metrics,
+}
+
+/// What a connection driver keeps between calls into the node.
+pub struct Attachment {
+    pub entry: Arc<SessionEntry>,
+    pub client_id: ByteStr,
+}
+
+impl<R: Runtime> Node<R> {
+    pub fn new(config: NodeConfig, runtime: R, storage: Arc<dyn Storage>) -> Arc<Node<R>> {
+        Arc::new(Node {
+            config,
+            runtime,
+            storage,
+            registry: Mutex::new(HashMap::new()),
+            trie: RwLock::new(SubscriptionTrie::new()),
+            retained: RwLock::new(RetainedIndex::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(1),
+            next_assigned_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            shutdown_done: event_listener::Event::new(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Loads what storage holds (retained messages) before serving.
+    pub async fn recover(&self) -> Result<(), easy_mqtt_core::storage::StorageError> {
+        let retained = self.storage.load_retained().await?;
+        let count = retained.len();
+        let mut index = write(&self.retained);
+        for message in retained {
+            let topic = message.topic.clone();
+            index.insert(&topic, message);
+        }
+        drop(index);
+        if count > 0 {
+            tracing::info!(count, "retained messages recovered");
+        }
+        Ok(())
+    }
+
+    /// Registers a new network connection, or `None` when the connection
+    /// limit is reached (the caller closes it at once).
+    pub fn open_connection(&self) -> Option<Arc<ConnCell>> {
+        let max = self.config.max_connections;
+        let current = Metrics::get(&self.metrics.connections_current) as usize;
+        if self.shutting_down.load(Ordering::Acquire) || (max > 0 && current >= max) {
+            Metrics::inc(&self.metrics.connections_refused_limit);
+            return None;
+        }
+        Metrics::inc(&self.metrics.connections_current);
+        Metrics::inc(&self.metrics.connections_total);
+        let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(ConnCell::new(
+            id,
+            Connection::new(self.config.connection, self.runtime.now()),
+        ));
+        lock(&self.connections).insert(id, Arc::downgrade(&cell));
+        Some(cell)
+    }
+
+    /// Forgets a network connection once its driver is done.
+    pub fn close_connection(&self, cell: &ConnCell) {
+        let remaining = {
+            let mut connections = lock(&self.connections);
+            connections.remove(&cell.id);
+            connections.len()
+        };
+        Metrics::dec(&self.metrics.connections_current);
+        if remaining == 0 && self.shutting_down.load(Ordering::Acquire) {
+            self.shutdown_done.notify(usize::MAX);
+        }
+    }
+
+    /// Answers a CONNECT: assigns a client id when it is empty, takes over a
+    /// live connection with the same id, resumes or discards the stored
+    /// session, and accepts. Returns the attachment for the driver.
+    pub fn connect(
+        &self,
+        cell: &Arc<ConnCell>,
+        connect: Connect,
+        peer: Option<SocketAddr>,
+    ) -> Option<Attachment> {
+        let now = self.runtime.now();
+        if self.shutting_down.load(Ordering::Acquire) {
+            lock(&cell.inner)
+                .conn
+                .refuse(ConnectReturnCode::ServerUnavailable, now);
+            return None;
+        }
+        let client_id = if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-6]: clean session with an empty id gets a unique one.
+            let n = self.next_assigned_id.fetch_add(1, Ordering::Relaxed);
+            ByteStr::from(format!("auto-{}-{n}", self.config.node_id))
+        } else {
+            connect.client_id.clone()
+        };
+        loop {
+            let entry = {
+                let mut registry = lock(&self.registry);
+                registry
+                    .entry(client_id.clone())
+                    .or_insert_with(|| {
+                        Metrics::inc(&self.metrics.sessions_current);
+                        Arc::new(SessionEntry::new(client_id.clone()))
+                    })
+                    .clone()
+            };
+            let mut inner = lock(&entry.inner);
+            if inner.removed {
+                // The previous clean session is leaving the registry; let it go and look again.
+                drop(inner);
+                let mut registry = lock(&self.registry);
+                if registry
+                    .get(&client_id)
+                    .is_some_and(|current| Arc::ptr_eq(current, &entry))
+                {
+                    registry.remove(&client_id);
+                }
+                continue;
+            }
+            let previous = match inner.attached.take() {
+                Some(old) => {
+                    // [MQTT-3.1.4-2]: the new connection wins.
+                    let mut old = lock(&old.inner);
+                    old.conn.close(CloseReason::TakenOver, now);
+                    let state = old.conn.take_session();
+                    old.wake();
+                    state
+                }
+                None => inner.offline.take(),
+            };
+            let resumable = !connect.clean_session && !inner.clean;
+            let (session, present) = match previous {
+                Some(state) if resumable => (state, true),
+                _ => {
+                    if !inner.subscriptions.is_empty() {
+                        let key = SessionKey(entry.clone());
+                        let mut trie = write(&self.trie);
+                        for filter in std::mem::take(&mut inner.subscriptions).into_keys() {
+                            trie.remove(&filter, &key);
+                        }
+                    }
+                    (SessionState::new(self.config.connection.session), false)
+                }
+            };
+            inner.clean = connect.clean_session;
+            inner.attached = Some(cell.clone());
+            lock(&cell.inner)
+                .conn
+                .accept(session, present, connect.will.clone(), now);
+            drop(inner);
+            tracing::info!(
+                client_id = %client_id,
+                peer = ?peer,
+                protocol = %connect.protocol,
+                clean_session = connect.clean_session,
+                keep_alive = connect.keep_alive,
+                session_present = present,
+                "client connected"
+            );
+            return Some(Attachment { entry, client_id });
+        }
+    }
+
+    /// Routes a PUBLISH: updates the retained store when RETAIN is set, then
+    /// hands the message to every matching session once, at the highest QoS
+    /// of its matching subscriptions ([MQTT-3.3.5-1]).
+    pub fn publish(&self, publish: Publish, scratch: &mut Vec<(SessionKey, QoS)>) {
+        Metrics::inc(&self.metrics.publishes_received);
+        let message = Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos_pid.qos(),
+            retain: publish.retain,
+        });
+        self.route(message, scratch);
+    }
+
+    fn route(&self, message: Arc<Message>, scratch: &mut Vec<(SessionKey, QoS)>) {
+        if message.retain {
+            let mut retained = write(&self.retained);
+            if message.payload.is_empty() {
+                // [MQTT-3.3.1-10], [MQTT-3.3.1-11]
+                retained.remove(&message.topic);
+            } else {
+                // [MQTT-3.3.1-5]
+                retained.insert(&message.topic, message.clone());
+            }
+        }
+        read(&self.trie).matches_dedup(&message.topic, scratch);
+        for (key, granted) in scratch.drain(..) {
+            key.0
+                .deliver(Delivery::routed(message.clone(), granted), &self.metrics);
+        }
+    }
+
+    /// Publishes a will message on behalf of a connection that ended.
+    pub fn publish_will(&self, client_id: &ByteStr, will: LastWill) {
+        Metrics::inc(&self.metrics.wills_published);
+        tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+        });
+        self.route(message, &mut Vec::new());
+    }
+
+    /// Adds subscriptions and returns one return code per filter. Retained
+    /// messages matching the new filters are delivered afterwards by
+    /// [`Node::deliver_retained`], once the SUBACK is queued.
+    pub fn subscribe(
+        &self,
+        attachment: &Attachment,
+        cell: &Arc<ConnCell>,
+        subscribe: &Subscribe,
+    ) -> Vec<SubscribeReturnCode> {
+        let max_levels = self.config.connection.max_topic_levels;
+        let mut inner = lock(&attachment.entry.inner);
+        if !SessionEntry::is_attached(&inner, cell) {
+            return vec![SubscribeReturnCode::Failure; subscribe.filters.len()];
+        }
+        let key = SessionKey(attachment.entry.clone());
+        let mut trie = write(&self.trie);
+        subscribe
+            .filters
+            .iter()
+            .map(|f| {
+                if topic::check_levels(&f.filter, max_levels).is_err() {
+                    return SubscribeReturnCode::Failure;
+                }
+                trie.insert(&f.filter, key.clone(), f.qos);
+                inner.subscriptions.insert(f.filter.clone(), f.qos);
+                SubscribeReturnCode::Granted(f.qos)
+            })
+            .collect()
+    }
+
+    /// Sends the retained messages that match newly granted filters ([MQTT-3.3.1-6]).
+    pub fn deliver_retained(
+        &self,
+        attachment: &Attachment,
+        subscribe: &Subscribe,
+        codes: &[SubscribeReturnCode],
+    ) {
+        let mut deliveries = Vec::new();
+        {
+            let retained = read(&self.retained);
+            if retained.is_empty() {
+                return;
+            }
+            for (f, code) in subscribe.filters.iter().zip(codes) {
+                if let SubscribeReturnCode::Granted(granted) = code {
+                    retained.for_each_match(&f.filter, |_, message| {
+                        deliveries.push(Delivery::retained(message.clone(), *granted));
+                    });
+                }
+            }
+        }
+        for delivery in deliveries {
+            attachment.entry.deliver(delivery, &self.metrics);
+        }
+    }
+
+    pub fn unsubscribe(&self, attachment: &Attachment, cell: &Arc<ConnCell>, filters: &[ByteStr]) {
+        let mut inner = lock(&attachment.entry.inner);
+        if !SessionEntry::is_attached(&inner, cell) {
+            return;
+        }
+        let key = SessionKey(attachment.entry.clone());
+        let mut trie = write(&self.trie);
+        for filter in filters {
+            if inner.subscriptions.remove(filter).is_some() {
+                trie.remove(filter, &key);
+            }
+        }
+    }
+
+    /// Detaches a connection that ended from its session: a persistent
+    /// session is kept for the client's return, a clean one is discarded
+    /// ([MQTT-3.1.2-4], [MQTT-3.1.2-6]).
+    pub fn detach(&self, attachment: &Attachment, cell: &Arc<ConnCell>) {
+        let mut inner = lock(&attachment.entry.inner);
+        if !SessionEntry::is_attached(&inner, cell) {
+            return; // Taken over: the session went to the new connection.
+        }
+        inner.attached = None;
+        let state = lock(&cell.inner).conn.take_session();
+        if !inner.clean {
+            inner.offline = state;
+            return;
+        }
+        if !inner.subscriptions.is_empty() {
+            let key = SessionKey(attachment.entry.clone());
+            let mut trie = write(&self.trie);
+            for filter in std::mem::take(&mut inner.subscriptions).into_keys() {
+                trie.remove(&filter, &key);
+            }
+        }
+        inner.removed = true;
+        drop(inner);
+        let mut registry = lock(&self.registry);
+        if registry
+            .get(&attachment.client_id)
+            .is_some_and(|current| Arc::ptr_eq(current, &attachment.entry))
+        {
+            registry.remove(&attachment.client_id);
+            Metrics::dec(&self.metrics.sessions_current);
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Closes every connection without publishing wills and waits (up to
+    /// `grace`) until their drivers have finished.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.shutting_down.store(true, Ordering::Release);
+        let now = self.runtime.now();
+        let cells: Vec<Arc<ConnCell>> = lock(&self.connections)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for cell in &cells {
+            let mut inner = lock(&cell.inner);
+            inner.conn.close(CloseReason::ServerShutdown, now);
+            inner.wake();
+        }
+        drop(cells);
+        let deadline = now + grace;
+        loop {
+            let listener = self.shutdown_done.listen();
+            if lock(&self.connections).is_empty() {
+                return;
+            }
+            let timer = crate::runtime::sleep_until(&self.runtime, deadline);
+            let finished = futures_lite::future::or(
+                async {
+                    listener.await;
+                    false
+                },
+                async {
+                    timer.await;
+                    true
+                },
+            )
+            .await;
+            if finished {
+                tracing::warn!(
+                    remaining = lock(&self.connections).len(),
+                    "shutdown grace period over; exiting with connections still open"
+                );
+                return;
+            }
+        }
+    }
+
+    /// Number of sessions known (connected or kept).
+    pub fn session_count(&self) -> usize {
+        lock(&self.registry).len()
+    }
+}

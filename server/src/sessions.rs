@@ -1,0 +1,151 @@
+//! Session entries: one per client id, holding either the live connection's
+//! state machine or the session kept for a disconnected persistent client.
+//!
+//! Lock order, everywhere: registry map, then a session entry, then a
+//! connection cell, then the subscription trie. Nothing takes an earlier lock
+//! while holding a later one.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use easy_mqtt_core::session::{Connection, Delivery, Enqueued, SessionState};
+use easy_mqtt_core::{ByteStr, QoS};
+
+use crate::metrics::Metrics;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the
+/// state behind our locks stays consistent between statements, and one
+/// panicking connection must not take the broker down.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A connection's state machine, shared by its driver task and the routers
+/// of other connections that deliver to it.
+#[derive(Debug)]
+pub struct ConnCell {
+    pub id: u64,
+    pub inner: Mutex<ConnInner>,
+}
+
+#[derive(Debug)]
+pub struct ConnInner {
+    pub conn: Connection,
+    /// The driver's waker, taken by whoever gives the driver work.
+    pub waker: Option<Waker>,
+}
+
+impl ConnInner {
+    pub fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl ConnCell {
+    pub fn new(id: u64, conn: Connection) -> ConnCell {
+        ConnCell {
+            id,
+            inner: Mutex::new(ConnInner { conn, waker: None }),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SessionEntry {
+    pub client_id: ByteStr,
+    pub inner: Mutex<SessionInner>,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionInner {
+    /// The live connection, if any.
+    pub attached: Option<Arc<ConnCell>>,
+    /// The session of a disconnected persistent client.
+    pub offline: Option<SessionState>,
+    /// Filter → granted QoS.
+    pub subscriptions: BTreeMap<ByteStr, QoS>,
+    /// Whether the current (or last) connection asked for a clean session.
+    pub clean: bool,
+    /// Set when the entry has left the registry; a CONNECT that still holds
+    /// it must look the client id up again.
+    pub removed: bool,
+}
+
+impl SessionEntry {
+    pub fn new(client_id: ByteStr) -> SessionEntry {
+        SessionEntry {
+            client_id,
+            inner: Mutex::new(SessionInner::default()),
+        }
+    }
+
+    /// Hands one message to this session: to the live connection, or to the
+    /// queue of a disconnected persistent session. QoS 0 messages are not
+    /// kept for a disconnected client.
+    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics) {
+        let mut inner = lock(&self.inner);
+        if let Some(cell) = &inner.attached {
+            let mut c = lock(&cell.inner);
+            match c.conn.deliver(delivery) {
+                Some(Enqueued::Accepted) => {
+                    Metrics::inc(&metrics.deliveries);
+                    c.wake();
+                }
+                Some(Enqueued::DroppedOldest(_)) => {
+                    Metrics::inc(&metrics.deliveries);
+                    Metrics::inc(&metrics.dropped_queue_full);
+                    c.wake();
+                }
+                Some(Enqueued::Refused) => Metrics::inc(&metrics.dropped_queue_full),
+                None => {}
+            }
+            return;
+        }
+        if let Some(state) = &mut inner.offline {
+            if delivery.qos == QoS::AtMostOnce {
+                Metrics::inc(&metrics.dropped_offline_qos0);
+                return;
+            }
+            match state.enqueue(delivery) {
+                Enqueued::Accepted => Metrics::inc(&metrics.deliveries),
+                Enqueued::DroppedOldest(_) => {
+                    Metrics::inc(&metrics.deliveries);
+                    Metrics::inc(&metrics.dropped_queue_full);
+                }
+                Enqueued::Refused => Metrics::inc(&metrics.dropped_queue_full),
+            }
+        }
+    }
+
+    /// Whether `cell` is the connection attached to this session now.
+    pub fn is_attached(inner: &SessionInner, cell: &Arc<ConnCell>) -> bool {
+        inner
+            .attached
+            .as_ref()
+            .is_some_and(|attached| Arc::ptr_eq(attached, cell))
+    }
+}
+
+/// A session as a subscriber in the trie: compared by identity.
+#[derive(Debug, Clone)]
+pub struct SessionKey(pub Arc<SessionEntry>);
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
