@@ -339,6 +339,9 @@ impl<R: Runtime> Node<R> {
                 }
             }
         }
+        // The index walks hash maps; topic order makes the delivery order
+        // the same on every run (the simulator depends on it) and readable.
+        deliveries.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
         for delivery in deliveries {
             attachment.entry.deliver(delivery, &self.metrics);
         }
