@@ -90,6 +90,11 @@ impl Broker {
                 "mqtt.server.is-open-ssl is true, but TLS listeners are not available in this build yet".into(),
             ));
         }
+        if !server.authentication_url.is_empty() {
+            return Err(StartError::Unsupported(
+                "mqtt.server.authentication-url is set, but connect-time authentication is not available in this build yet; remove the key to run without authentication".into(),
+            ));
+        }
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
         let runtime = SmolRuntime::new(executor.clone());
         let node = Node::new(node_config(config), runtime, storage);

@@ -29,6 +29,10 @@ const WRITE_BATCH: usize = 64 * 1024;
 const KEEP_BUFFER: usize = 16 * 1024;
 /// Rounds of work before the driver yields to other tasks.
 const BUDGET: usize = 64;
+/// How long a closed connection waits for its peer to accept any of the
+/// bytes still to be sent before giving them up, so that a peer that stopped
+/// reading cannot hold the connection (and its slot) open forever.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves one accepted connection until it closes.
 pub async fn serve<S, R>(node: Arc<Node<R>>, stream: S, peer: Option<SocketAddr>)
@@ -61,6 +65,7 @@ where
         closed: false,
         timer: None,
         deadline: None,
+        close_deadline: None,
         attachment: None,
         events: Vec::new(),
         scratch: Vec::new(),
@@ -88,6 +93,8 @@ struct Driver<S, R: Runtime> {
     closed: bool,
     timer: Option<R::Timer>,
     deadline: Option<Instant>,
+    /// Once closed: when to give up flushing to a peer that reads nothing.
+    close_deadline: Option<Instant>,
     attachment: Option<Attachment>,
     events: Vec<Event>,
     scratch: Vec<(SessionKey, QoS)>,
@@ -111,9 +118,19 @@ where
                 self.handle_events();
                 continue;
             }
+            let unsent = self.wbuf.len();
             self.poll_write(cx, &mut progress);
-            if self.closed && self.wbuf.is_empty() {
-                return Poll::Ready(());
+            if self.closed {
+                if self.wbuf.is_empty() {
+                    return Poll::Ready(());
+                }
+                if self.close_deadline.is_none() || self.wbuf.len() < unsent {
+                    self.close_deadline = Some(now + CLOSE_LINGER);
+                }
+                match self.close_deadline {
+                    Some(linger) if linger <= now => return Poll::Ready(()),
+                    linger => self.deadline = linger,
+                }
             }
             if self.poll_timer(cx) {
                 progress = true;
@@ -170,7 +187,10 @@ where
         for id in self.acks.drain(..) {
             inner.conn.complete_publish(id);
         }
-        if got_input {
+        // Also when nothing new was read: bytes that arrived while input was
+        // paused (packets sent right after CONNECT, before the CONNACK) are
+        // still waiting in the buffer.
+        if got_input || !self.rbuf.is_empty() {
             inner.conn.handle_input(&mut self.rbuf, now);
         }
         if self.read_closed && !inner.conn.is_closed() {
