@@ -111,6 +111,21 @@ fn binds_with_reuseaddr() {
 
 #[test]
 fn rebinds_a_port_left_in_time_wait() {
+    // Between dropping the listener and binding again, another socket on
+    // this machine may take the freed port as its ephemeral port; that is
+    // not what this test is about, so it tries a few fresh ports. Without
+    // SO_REUSEADDR every attempt fails on TIME_WAIT.
+    let mut last_error = None;
+    for _ in 0..5 {
+        match time_wait_rebind_attempt() {
+            Ok(()) => return,
+            Err(error) => last_error = Some(error),
+        }
+    }
+    panic!("rebind after TIME_WAIT failed every time: {last_error:?}");
+}
+
+fn time_wait_rebind_attempt() -> std::io::Result<()> {
     smol::block_on(async {
         let listener = TcpListener::bind(loopback()).await.expect("bind");
         let addr = listener.local_addr().expect("local_addr");
@@ -127,9 +142,10 @@ fn rebinds_a_port_left_in_time_wait() {
         }))
         .await;
         drop(listener);
-        let again = TcpListener::bind(addr).await.expect("rebind");
+        let again = TcpListener::bind(addr).await?;
         assert_eq!(again.local_addr().expect("local_addr"), addr);
-    });
+        Ok(())
+    })
 }
 
 /// Runs `emfile_child` in a child process whose open-file limit is 64, so
