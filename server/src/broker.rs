@@ -122,7 +122,11 @@ impl Broker {
                     break;
                 }
                 accept_executor
-                    .spawn(driver::serve(accept_node.clone(), stream, Some(peer)))
+                    .spawn(driver::serve(
+                        accept_node.clone(),
+                        stream,
+                        driver::ConnectionInfo::tcp(peer),
+                    ))
                     .detach();
             }
         });

@@ -34,22 +34,63 @@ const BUDGET: usize = 64;
 /// reading cannot hold the connection (and its slot) open forever.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How a client reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    WebSocket,
+    WebSocketTls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::WebSocket => "ws",
+            Transport::WebSocketTls => "wss",
+        }
+    }
+}
+
+/// What the transport knows about a connection before its first packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub peer: Option<SocketAddr>,
+    pub transport: Transport,
+    /// Common name of a verified TLS client certificate.
+    pub client_cert_cn: Option<String>,
+}
+
+impl ConnectionInfo {
+    pub fn tcp(peer: SocketAddr) -> ConnectionInfo {
+        ConnectionInfo {
+            peer: Some(peer),
+            transport: Transport::Tcp,
+            client_cert_cn: None,
+        }
+    }
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve<S, R>(node: Arc<Node<R>>, stream: S, peer: Option<SocketAddr>)
+pub async fn serve<S, R>(node: Arc<Node<R>>, stream: S, info: ConnectionInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: Runtime,
 {
     let Some(cell) = node.open_connection() else {
-        tracing::warn!(peer = ?peer, "connection limit reached; closing new connection");
+        tracing::warn!(peer = ?info.peer, "connection limit reached; closing new connection");
         let mut stream = stream;
         let _ = futures_lite::AsyncWriteExt::close(&mut stream).await;
         return;
     };
+    let peer = info.peer;
     let span = tracing::info_span!(
         "conn",
         node = %node.config().node_id,
         id = cell.id,
+        transport = info.transport.as_str(),
         peer = ?peer,
         client_id = tracing::field::Empty
     );
@@ -57,7 +98,7 @@ where
         node: node.clone(),
         cell: cell.clone(),
         stream,
-        peer,
+        info,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         read_closed: false,
@@ -85,7 +126,7 @@ struct Driver<S, R: Runtime> {
     node: Arc<Node<R>>,
     cell: Arc<ConnCell>,
     stream: S,
-    peer: Option<SocketAddr>,
+    info: ConnectionInfo,
     rbuf: BytesMut,
     wbuf: BytesMut,
     read_closed: bool,
@@ -222,7 +263,7 @@ where
         for event in events.drain(..) {
             match event {
                 Event::Connect(connect) => {
-                    if let Some(attachment) = self.node.connect(&self.cell, *connect, self.peer) {
+                    if let Some(attachment) = self.node.connect(&self.cell, *connect, &self.info) {
                         self.span
                             .record("client_id", tracing::field::display(&attachment.client_id));
                         self.attachment = Some(attachment);
@@ -271,10 +312,10 @@ where
             Some(attachment) => {
                 match &reason {
                     CloseReason::ProtocolError(_) | CloseReason::KeepAliveTimeout => {
-                        tracing::warn!(client_id = %attachment.client_id, peer = ?self.peer, %reason, "client disconnected")
+                        tracing::warn!(%reason, "client disconnected")
                     }
                     _ => {
-                        tracing::info!(client_id = %attachment.client_id, peer = ?self.peer, %reason, "client disconnected")
+                        tracing::info!(%reason, "client disconnected")
                     }
                 }
                 if let Some(will) = will {
@@ -284,10 +325,10 @@ where
             }
             None => match &reason {
                 CloseReason::Refused(_) | CloseReason::ProtocolError(_) => {
-                    tracing::warn!(peer = ?self.peer, %reason, "connection closed before session")
+                    tracing::warn!(peer = ?self.info.peer, %reason, "connection closed before session")
                 }
                 _ => {
-                    tracing::debug!(peer = ?self.peer, %reason, "connection closed before session")
+                    tracing::debug!(peer = ?self.info.peer, %reason, "connection closed before session")
                 }
             },
         }

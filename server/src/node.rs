@@ -6,7 +6,6 @@
 //! and answered through the connection cell later.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -18,6 +17,7 @@ use easy_mqtt_core::storage::Storage;
 use easy_mqtt_core::topic::{self, RetainedIndex, SubscriptionTrie};
 use easy_mqtt_core::{ByteStr, ConnectReturnCode, QoS};
 
+use crate::driver::ConnectionInfo;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::sessions::{ConnCell, SessionEntry, SessionKey, lock};
@@ -52,18 +52,18 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 pub struct Node<R: Runtime> {
-    config: NodeConfig,
-    runtime: R,
-    storage: Arc<dyn Storage>,
-    registry: Mutex<HashMap<ByteStr, Arc<SessionEntry>>>,
-    trie: RwLock<SubscriptionTrie<SessionKey>>,
-    retained: RwLock<RetainedIndex<Arc<Message>>>,
+    pub(crate) config: NodeConfig,
+    pub(crate) runtime: R,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) registry: Mutex<HashMap<ByteStr, Arc<SessionEntry>>>,
+    pub(crate) trie: RwLock<SubscriptionTrie<SessionKey>>,
+    pub(crate) retained: RwLock<RetainedIndex<Arc<Message>>>,
     /// Every open connection, for shutdown (and the API later).
-    connections: Mutex<HashMap<u64, Weak<ConnCell>>>,
-    next_connection_id: AtomicU64,
-    next_assigned_id: AtomicU64,
-    shutting_down: AtomicBool,
-    shutdown_done: event_listener::Event,
+    pub(crate) connections: Mutex<HashMap<u64, Weak<ConnCell>>>,
+    pub(crate) next_connection_id: AtomicU64,
+    pub(crate) next_assigned_id: AtomicU64,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) shutdown_done: event_listener::Event,
     pub metrics: Metrics,
 }
 
@@ -159,7 +159,7 @@ impl<R: Runtime> Node<R> {
         &self,
         cell: &Arc<ConnCell>,
         connect: Connect,
-        peer: Option<SocketAddr>,
+        info: &ConnectionInfo,
     ) -> Option<Attachment> {
         let now = self.runtime.now();
         if self.shutting_down.load(Ordering::Acquire) {
@@ -232,7 +232,8 @@ impl<R: Runtime> Node<R> {
             drop(inner);
             tracing::info!(
                 client_id = %client_id,
-                peer = ?peer,
+                peer = ?info.peer,
+                transport = info.transport.as_str(),
                 protocol = %connect.protocol,
                 clean_session = connect.clean_session,
                 keep_alive = connect.keep_alive,

@@ -31,7 +31,11 @@ pub async fn serve(node: Arc<SimNode>) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(addr).await?;
     loop {
         let (stream, peer) = listener.accept().await?;
-        let conn = driver::serve(node.clone(), stream.compat(), Some(peer));
+        let conn = driver::serve(
+            node.clone(),
+            stream.compat(),
+            driver::ConnectionInfo::tcp(peer),
+        );
         node.runtime().spawn(Box::pin(conn));
     }
 }
