@@ -71,8 +71,16 @@ impl fmt::Display for ProtocolVersion {
 
 /// An immutable UTF-8 string backed by [`Bytes`], so that topics decoded from
 /// a read buffer are shared, not copied.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteStr(Bytes);
+
+/// Hashes as the `str` it holds, as [`std::borrow::Borrow<str>`] requires:
+/// a map keyed by `ByteStr` can then be searched with a `&str`.
+impl std::hash::Hash for ByteStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl ByteStr {
     /// Wraps bytes after checking that they are UTF-8.
@@ -388,4 +396,17 @@ pub struct Unsubscribe {
     pub packet_id: PacketId,
     /// At least one ([MQTT-3.10.3-2]).
     pub filters: Vec<ByteStr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteStr;
+
+    #[test]
+    fn byte_str_keys_are_found_by_str() {
+        let mut map = std::collections::HashMap::new();
+        map.insert(ByteStr::from("devices/42"), 1);
+        assert_eq!(map.get("devices/42"), Some(&1));
+        assert_eq!(map.get("devices/43"), None);
+    }
 }
