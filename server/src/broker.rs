@@ -9,10 +9,12 @@ use async_executor::Executor;
 use easy_mqtt_core::session::{ConnectionConfig, QueueOverflow, SessionLimits};
 use easy_mqtt_core::storage::Storage;
 use easy_mqtt_storage_memory::MemoryStorage;
-use easy_mqtt_transport::TcpListener;
+use easy_mqtt_transport::{TlsContext, TlsError};
 
+use crate::api::{ApiConfig, ApiServer};
+use crate::auth;
 use crate::config::{self, Config};
-use crate::driver;
+use crate::listeners::{self, ListenerAddrs};
 use crate::node::{Node, NodeConfig};
 use crate::runtime::SmolRuntime;
 
@@ -23,6 +25,25 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for {what} on {addr} ({key}): {source}")]
+    Listen {
+        what: &'static str,
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A certificate, key or CA file is missing or unusable; names the key
+    /// and the file.
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen for the HTTP API on {addr} (mqtt.server.api-port): {source}")]
+    ApiBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The authentication settings are unusable (URL, CA file).
+    #[error("mqtt.server.authentication-url: {0}")]
+    Auth(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("cannot load stored state: {0}")]
@@ -70,7 +91,13 @@ fn hostname() -> String {
 pub struct Broker {
     node: Arc<Node<SmolRuntime>>,
     tcp_addr: SocketAddr,
+    /// Every MQTT listener's address.
+    listeners: ListenerAddrs,
+    /// The certificates of the TLS listeners, reloadable.
+    tls: Option<Arc<TlsContext>>,
     accept_task: Option<async_executor::Task<()>>,
+    /// The HTTP API server.
+    api: Option<ApiServer>,
 }
 
 impl Broker {
@@ -79,61 +106,34 @@ impl Broker {
         config: &Config,
         executor: Arc<Executor<'static>>,
     ) -> Result<Broker, StartError> {
-        let server = &config.mqtt.server;
         if config.uses_kvrocks() {
             return Err(StartError::Unsupported(
                 "mqtt.kvrocks.cluster.nodes is set, but this build serves the in-memory backend only; remove the key to run in memory".into(),
             ));
         }
-        if server.is_open_ssl {
-            return Err(StartError::Unsupported(
-                "mqtt.server.is-open-ssl is true, but TLS listeners are not available in this build yet".into(),
-            ));
-        }
-        if !server.authentication_url.is_empty() {
-            return Err(StartError::Unsupported(
-                "mqtt.server.authentication-url is set, but connect-time authentication is not available in this build yet; remove the key to run without authentication".into(),
-            ));
-        }
+        let authenticator =
+            auth::from_config(config, executor.clone()).map_err(StartError::Auth)?;
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
         let runtime = SmolRuntime::new(executor.clone());
-        let node = Node::new(node_config(config), runtime, storage);
+        let node = Node::with_authenticator(node_config(config), runtime, storage, authenticator);
         node.recover().await?;
-
-        let addr = config.tcp_bind_addr();
-        let listener = TcpListener::bind(addr)
+        let api_config = ApiConfig::from_config(config);
+        let api_addr = api_config.addr;
+        let api = ApiServer::start(node.clone(), api_config, executor.clone())
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let tcp_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        tracing::info!(
-            node = %node.config().node_id,
-            %tcp_addr,
-            storage = node.storage().name(),
-            "listening for MQTT over TCP"
-        );
-        let accept_node = node.clone();
-        let accept_executor = executor.clone();
-        let accept_task = executor.spawn(async move {
-            loop {
-                let (stream, peer) = listener.accept().await;
-                if accept_node.is_shutting_down() {
-                    break;
-                }
-                accept_executor
-                    .spawn(driver::serve(
-                        accept_node.clone(),
-                        stream,
-                        driver::ConnectionInfo::tcp(peer),
-                    ))
-                    .detach();
-            }
-        });
+            .map_err(|source| StartError::ApiBind {
+                addr: api_addr,
+                source,
+            })?;
+
+        let listeners = listeners::start(config, &node, &executor).await?;
         Ok(Broker {
             node,
-            tcp_addr,
-            accept_task: Some(accept_task),
+            tcp_addr: listeners.addrs.tcp,
+            listeners: listeners.addrs,
+            tls: listeners.tls,
+            accept_task: Some(listeners.task),
+            api: Some(api),
         })
     }
 
@@ -141,8 +141,29 @@ impl Broker {
         self.tcp_addr
     }
 
+    /// The addresses of the MQTT listeners: TCP, WebSocket, and the TLS
+    /// and WSS ports when set.
+    pub fn listener_addrs(&self) -> ListenerAddrs {
+        self.listeners
+    }
+
+    /// Reads the certificate files again: new TLS connections use them,
+    /// open ones keep theirs. On error (logged) the previous certificate
+    /// stays. `Ok(false)` when no listener speaks TLS. Blocking (file reads).
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(context) => listeners::reload(context).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     pub fn node(&self) -> &Arc<Node<SmolRuntime>> {
         &self.node
+    }
+
+    /// The address of the HTTP API (`api-host`, `api-port`).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(ApiServer::addr)
     }
 
     /// Stops accepting, closes every connection (publishing no wills) and
@@ -150,6 +171,9 @@ impl Broker {
     pub async fn shutdown(mut self, grace: Duration) {
         if let Some(task) = self.accept_task.take() {
             task.cancel().await;
+        }
+        if let Some(api) = self.api.take() {
+            api.shutdown().await;
         }
         self.node.shutdown(grace).await;
         tracing::info!("broker stopped");

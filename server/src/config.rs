@@ -134,9 +134,12 @@ section! {
         /// `is-use-epoll` (original): accepted for compatibility; our runtime
         /// always uses epoll on Linux (smol/polling).
         pub is_use_epoll: bool = false,
-        /// `is-open-ssl` (original): TLS on the TCP and WebSocket ports.
+        /// `is-open-ssl` (original): TLS on the TCP and WebSocket ports (both
+        /// then speak TLS only: MQTT over TLS and WSS).
         pub is_open_ssl: bool = false,
-        /// `ssl-certificate-path` (original): the certificate file; empty = not set.
+        /// `ssl-certificate-path` (original): the certificate file, PKCS#12
+        /// (`.pfx`/`.p12`, the original's) or a PEM chain (with
+        /// `ssl-key-path`); empty = not set.
         pub ssl_certificate_path: String = String::new(),
         /// `ssl-certificate-password` (original): its password; empty = not set.
         pub ssl_certificate_password: String = String::new(),
@@ -156,6 +159,24 @@ section! {
         /// `deal-message-thread-pool-size` (original, ignored): 0 = cores × 3
         /// in the original. We use `worker_threads`.
         pub deal_message_thread_pool_size: u32 = 0,
+        /// `ssl-key-path`: the PEM private key of a PEM `ssl-certificate-path`
+        /// (PKCS#8, PKCS#1 RSA or SEC1 EC, unencrypted); empty = the key is
+        /// in the certificate file. Unused with a PKCS#12 file.
+        pub ssl_key_path: String = String::new(),
+        /// `ssl-client-ca-path`: PEM bundle of the CAs client certificates
+        /// must chain to; required when `ssl-client-auth` is not `none`.
+        pub ssl_client_ca_path: String = String::new(),
+        /// `ssl-client-auth`: whether TLS clients must present a certificate.
+        pub ssl_client_auth: SslClientAuth = SslClientAuth::None,
+        /// `tls-port`: MQTT over TLS beside the plain `tcp-port`; 0 = off.
+        pub tls_port: u16 = 0,
+        /// `wss-port`: MQTT over WebSocket over TLS beside the plain
+        /// `websocket-port`; 0 = off.
+        pub wss_port: u16 = 0,
+        /// `ssl-reload-interval`: seconds between checks of the certificate
+        /// files' modification times (a change reloads them); 0 = off
+        /// (SIGHUP still reloads).
+        pub ssl_reload_interval: u32 = 60,
         /// `host`: the address all listeners bind to.
         pub host: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         /// `worker-threads`: executor threads; 0 = one per core
@@ -188,6 +209,37 @@ section! {
         /// `connect-timeout`: seconds allowed between TCP accept and CONNECT.
         /// At least 1.
         pub connect_timeout: u32 = 10,
+        /// `authentication-timeout`: milliseconds one CONNECT's
+        /// authentication may take (waiting for a pooled connection,
+        /// connecting, request and answer); past it the CONNECT is refused
+        /// with return code 3. At least 1.
+        pub authentication_timeout: u32 = 5000,
+        /// `authentication-max-connections`: keep-alive connections to the
+        /// authentication service at most (and so requests in flight);
+        /// further CONNECTs wait for a free one. At least 1.
+        pub authentication_max_connections: u32 = 16,
+        /// `authentication-cache-ttl`: seconds an acceptance is remembered
+        /// for the same username, password and client id; 0 = no cache.
+        pub authentication_cache_ttl: u32 = 0,
+        /// `authentication-ca-path`: PEM file of extra CA certificates
+        /// trusted for an `https` authentication URL (beside the system's);
+        /// empty = the system's only.
+        pub authentication_ca_path: String = String::new(),
+        /// `api-host`: the address the HTTP API binds to (not `host`).
+        pub api_host: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST),
+        /// `api-token`: when set, API requests must carry
+        /// `Authorization: Bearer <token>` (or the basic credentials).
+        pub api_token: String = String::new(),
+        /// `api-username`: with `api-password`, API requests may carry
+        /// `Authorization: Basic`; when set, credentials are required.
+        pub api_username: String = String::new(),
+        /// `api-password`: the password of `api-username`.
+        pub api_password: String = String::new(),
+        /// `api-max-body-size`: bytes of an API request body at most.
+        pub api_max_body_size: u32 = 1_048_576,
+        /// `api-request-timeout`: seconds to receive an API request's
+        /// headers, and its body. At least 1.
+        pub api_request_timeout: u32 = 10,
         /// `log-level`: a `tracing` EnvFilter directive, e.g. `info` or
         /// `info,easy_mqtt_core=debug`. `RUST_LOG`, when set, is up to the binary.
         pub log_level: String = "info".to_owned(),
@@ -270,6 +322,38 @@ impl std::fmt::Display for QueueOverflow {
     }
 }
 
+/// `mqtt.server.ssl-client-auth`: client certificates on the TLS listeners.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslClientAuth {
+    /// `none`: no client certificate is asked for.
+    #[default]
+    None,
+    /// `optional`: a client may present one; if it does, it must verify
+    /// against `ssl-client-ca-path`.
+    Optional,
+    /// `required`: a client must present one that verifies against
+    /// `ssl-client-ca-path`, or its handshake fails.
+    Required,
+}
+
+impl SslClientAuth {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslClientAuth::None => "none",
+            SslClientAuth::Optional => "optional",
+            SslClientAuth::Required => "required",
+        }
+    }
+}
+
+impl std::fmt::Display for SslClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The largest `max-packet-size`: the largest MQTT remaining length
 /// (268,435,455) plus the longest fixed header (5 bytes).
 pub const MAX_PACKET_SIZE_LIMIT: u32 = 268_435_460;
@@ -327,9 +411,9 @@ impl Config {
         SocketAddr::new(self.mqtt.server.host, self.mqtt.server.websocket_port)
     }
 
-    /// The address of the HTTP API listener (`host`, `api-port`).
+    /// The address of the HTTP API listener (`api-host`, `api-port`).
     pub fn api_bind_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.mqtt.server.host, self.mqtt.server.api_port)
+        SocketAddr::new(self.mqtt.server.api_host, self.mqtt.server.api_port)
     }
 
     /// Whether storage is Kvrocks (at least one node configured) rather
@@ -353,6 +437,121 @@ impl Config {
             keys.push("mqtt.server.deal-message-thread-pool-size");
         }
         keys
+    }
+
+    /// Whether any listener speaks TLS: `is-open-ssl`, `tls-port` or `wss-port`.
+    pub fn uses_tls(&self) -> bool {
+        let server = &self.mqtt.server;
+        server.is_open_ssl || server.tls_port != 0 || server.wss_port != 0
+    }
+
+    /// The TLS rules: a certificate when a listener speaks TLS, a client CA
+    /// exactly when client certificates are asked for.
+    fn check_tls(&self, spans: &Spans) -> Result<(), ConfigError> {
+        // `key` is wrong; the line shown is that of `at` (the key that
+        // made it wrong, when `key` itself is not in the text).
+        let fail = |key: &str, at: &str, message: String| {
+            let position = [key, at]
+                .iter()
+                .find_map(|k| spans.get(*k).copied())
+                .and_then(Position::from_location);
+            Err(ConfigError::invalid(key, position, message))
+        };
+        let server = &self.mqtt.server;
+        if self.uses_tls() && server.ssl_certificate_path.is_empty() {
+            let (why, at) = if server.is_open_ssl {
+                ("is-open-ssl is true", "mqtt.server.is-open-ssl")
+            } else if server.tls_port != 0 {
+                ("tls-port is set", "mqtt.server.tls-port")
+            } else {
+                ("wss-port is set", "mqtt.server.wss-port")
+            };
+            return fail(
+                "mqtt.server.ssl-certificate-path",
+                at,
+                format!(
+                    "required because {why}: a PKCS#12 (.pfx/.p12) file with ssl-certificate-password, or a PEM certificate chain with ssl-key-path"
+                ),
+            );
+        }
+        let auth = server.ssl_client_auth;
+        if auth != SslClientAuth::None && server.ssl_client_ca_path.is_empty() {
+            return fail(
+                "mqtt.server.ssl-client-auth",
+                "mqtt.server.ssl-client-auth",
+                format!(
+                    "`{auth}` needs ssl-client-ca-path (the PEM CA bundle client certificates are checked against)"
+                ),
+            );
+        }
+        if auth == SslClientAuth::None && !server.ssl_client_ca_path.is_empty() {
+            return fail(
+                "mqtt.server.ssl-client-ca-path",
+                "mqtt.server.ssl-client-ca-path",
+                "is set, but ssl-client-auth is `none`: set ssl-client-auth to `optional` or `required` to verify client certificates, or remove this key".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The rules of the authentication and HTTP API keys.
+    fn check_auth_api(
+        &self,
+        fail: &dyn Fn(&str, String) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let server = &self.mqtt.server;
+        if server.authentication_timeout == 0 {
+            return fail(
+                "mqtt.server.authentication-timeout",
+                "must be at least 1 (milliseconds), got 0".to_owned(),
+            );
+        }
+        if server.authentication_max_connections == 0 {
+            return fail(
+                "mqtt.server.authentication-max-connections",
+                "must be at least 1, got 0".to_owned(),
+            );
+        }
+        let ca = &server.authentication_ca_path;
+        if !ca.is_empty() && !server.authentication_url.starts_with("https://") {
+            return fail(
+                "mqtt.server.authentication-ca-path",
+                "is set, but authentication-url is not an https:// URL".to_owned(),
+            );
+        }
+        if server.api_username.is_empty() != server.api_password.is_empty() {
+            let key = if server.api_username.is_empty() {
+                "mqtt.server.api-password"
+            } else {
+                "mqtt.server.api-username"
+            };
+            return fail(
+                key,
+                "api-username and api-password go together: set both or neither".to_owned(),
+            );
+        }
+        if server.api_username.contains(':') {
+            return fail(
+                "mqtt.server.api-username",
+                "must not contain ':' (HTTP basic credentials are user:password)".to_owned(),
+            );
+        }
+        if server.api_max_body_size < 1024 {
+            return fail(
+                "mqtt.server.api-max-body-size",
+                format!(
+                    "must be at least 1024 bytes, got {}",
+                    server.api_max_body_size
+                ),
+            );
+        }
+        if server.api_request_timeout == 0 {
+            return fail(
+                "mqtt.server.api-request-timeout",
+                "must be at least 1 second, got 0".to_owned(),
+            );
+        }
+        Ok(())
     }
 
     /// The validation rules; `spans` locates values that came from a text.
@@ -383,12 +582,16 @@ impl Config {
             ("mqtt.server.tcp-port", server.tcp_port),
             ("mqtt.server.websocket-port", server.websocket_port),
             ("mqtt.server.api-port", server.api_port),
+            ("mqtt.server.tls-port", server.tls_port),
+            ("mqtt.server.wss-port", server.wss_port),
         ];
         for (i, (key, port)) in ports.iter().enumerate() {
             if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == *port && *port != 0) {
                 return fail(key, format!("{port} is already the {other}"));
             }
         }
+        self.check_tls(spans)?;
+        self.check_auth_api(&fail)?;
         if !(2..=MAX_PACKET_SIZE_LIMIT).contains(&server.max_packet_size) {
             return fail(
                 "mqtt.server.max-packet-size",
@@ -588,6 +791,12 @@ mqtt:
             "is-open-ssl",
             "ssl-certificate-path",
             "ssl-certificate-password",
+            "ssl-key-path",
+            "ssl-client-ca-path",
+            "ssl-client-auth",
+            "tls-port",
+            "wss-port",
+            "ssl-reload-interval",
             "tcp-port",
             "websocket-port",
             "api-port",
@@ -606,6 +815,16 @@ mqtt:
             "min-keep-alive",
             "max-keep-alive",
             "connect-timeout",
+            "authentication-timeout",
+            "authentication-max-connections",
+            "authentication-cache-ttl",
+            "authentication-ca-path",
+            "api-host",
+            "api-token",
+            "api-username",
+            "api-password",
+            "api-max-body-size",
+            "api-request-timeout",
             "log-level",
             "node-id",
             "password",
@@ -623,6 +842,81 @@ mqtt:
                 .any(|l| l.trim_start().starts_with(&format!("{key}:")));
             assert!(set, "conf/conf.yml does not set `{key}`");
         }
+    }
+
+    #[test]
+    fn tls_keys_parse_and_are_checked() {
+        let s = Config::default().mqtt.server;
+        assert_eq!((s.tls_port, s.wss_port, s.ssl_reload_interval), (0, 0, 60));
+        assert_eq!(s.ssl_client_auth, SslClientAuth::None);
+        assert!(!Config::default().uses_tls());
+
+        let c = parse(
+            "mqtt:\n  server:\n    ssl-certificate-path: /etc/mqtt/server.pem\n    \
+             ssl-key-path: /etc/mqtt/server.key\n    ssl-client-ca-path: /etc/mqtt/ca.pem\n    \
+             ssl-client-auth: required\n    tls-port: 8883\n    wss-port: 8884\n    \
+             ssl-reload-interval: 0\n",
+        );
+        let s = &c.mqtt.server;
+        assert_eq!(s.ssl_key_path, "/etc/mqtt/server.key");
+        assert_eq!(s.ssl_client_ca_path, "/etc/mqtt/ca.pem");
+        assert_eq!(s.ssl_client_auth, SslClientAuth::Required);
+        assert_eq!(
+            (s.tls_port, s.wss_port, s.ssl_reload_interval),
+            (8883, 8884, 0)
+        );
+        assert!(c.uses_tls());
+
+        let cases = [
+            (
+                "is-open-ssl: true",
+                "mqtt.server.ssl-certificate-path",
+                "is-open-ssl is true",
+            ),
+            (
+                "tls-port: 8883",
+                "mqtt.server.ssl-certificate-path",
+                "tls-port is set",
+            ),
+            (
+                "wss-port: 8884",
+                "mqtt.server.ssl-certificate-path",
+                "wss-port is set",
+            ),
+            (
+                "tls-port: 8081",
+                "mqtt.server.tls-port",
+                "already the mqtt.server.tcp-port",
+            ),
+            (
+                "wss-port: 8082",
+                "mqtt.server.wss-port",
+                "already the mqtt.server.websocket-port",
+            ),
+            (
+                "ssl-client-auth: optional",
+                "mqtt.server.ssl-client-auth",
+                "needs ssl-client-ca-path",
+            ),
+            (
+                "ssl-client-ca-path: /ca.pem",
+                "mqtt.server.ssl-client-ca-path",
+                "ssl-client-auth is `none`",
+            ),
+        ];
+        for (yaml, key, message) in cases {
+            let err = parse_err(&format!("mqtt:\n  server:\n    {yaml}\n"));
+            assert_eq!(err.key(), Some(key), "{yaml}: {err}");
+            assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
+            assert!(err.to_string().contains(message), "{yaml}: {err}");
+        }
+        let err = parse_err("mqtt:\n  server:\n    ssl-client-auth: always\n");
+        assert_eq!(err.key(), Some("mqtt.server.ssl-client-auth"));
+        assert!(
+            err.to_string()
+                .contains("expected one of: none, optional, required"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -977,6 +1271,71 @@ mqtt:
         let c =
             parse("mqtt:\n  server:\n    tcp-port: 0\n    websocket-port: 0\n    api-port: 0\n");
         assert_eq!(c.tcp_bind_addr().port(), 0);
+    }
+
+    #[test]
+    fn authentication_and_api_keys() {
+        let s = Config::default().mqtt.server;
+        assert_eq!(s.authentication_timeout, 5000);
+        assert_eq!(s.authentication_max_connections, 16);
+        assert_eq!(s.authentication_cache_ttl, 0);
+        assert_eq!(s.authentication_ca_path, "");
+        assert_eq!(s.api_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!((s.api_token.as_str(), s.api_username.as_str()), ("", ""));
+        assert_eq!(s.api_max_body_size, 1_048_576);
+        assert_eq!(s.api_request_timeout, 10);
+
+        let c = parse(
+            "mqtt:\n  server:\n    host: 0.0.0.0\n    api-host: 10.0.0.5\n    api-port: 9000\n    \
+             authentication-url: https://auth.example/check\n    authentication-ca-path: /etc/ca.pem\n    \
+             authentication-timeout: 750\n    api-username: admin\n    api-password: secret\n",
+        );
+        assert_eq!(c.api_bind_addr().to_string(), "10.0.0.5:9000");
+        assert_eq!(c.mqtt.server.authentication_timeout, 750);
+
+        let cases = [
+            (
+                "authentication-timeout: 0",
+                "mqtt.server.authentication-timeout",
+                "at least 1",
+            ),
+            (
+                "authentication-max-connections: 0",
+                "mqtt.server.authentication-max-connections",
+                "at least 1",
+            ),
+            (
+                "authentication-ca-path: /ca.pem",
+                "mqtt.server.authentication-ca-path",
+                "not an https:// URL",
+            ),
+            (
+                "api-username: admin",
+                "mqtt.server.api-username",
+                "set both or neither",
+            ),
+            (
+                "api-password: secret",
+                "mqtt.server.api-password",
+                "set both or neither",
+            ),
+            (
+                "api-max-body-size: 10",
+                "mqtt.server.api-max-body-size",
+                "at least 1024",
+            ),
+            (
+                "api-request-timeout: 0",
+                "mqtt.server.api-request-timeout",
+                "at least 1 second",
+            ),
+        ];
+        for (yaml, key, message) in cases {
+            let err = parse_err(&format!("mqtt:\n  server:\n    {yaml}\n"));
+            assert_eq!(err.key(), Some(key), "{yaml}: {err}");
+            assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
+            assert!(err.to_string().contains(message), "{yaml}: {err}");
+        }
     }
 
     #[test]

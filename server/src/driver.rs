@@ -2,7 +2,13 @@
 //! state machine, and hands its events to the node. One task per connection,
 //! reading and writing at the same time, with no per-message allocation
 //! beyond what the codec shares.
+//!
+//! With an authenticator, a CONNECT's decision is a future that the driver
+//! keeps and polls in its own loop: the connection stays in its
+//! awaiting-decision state (input paused) meanwhile, other connections are
+//! not held up, and a connection that closes before the answer drops it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,11 +16,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use easy_mqtt_core::packet::Connect;
 use easy_mqtt_core::session::{CloseReason, Event};
-use easy_mqtt_core::{PacketId, QoS, SubscribeReturnCode};
+use easy_mqtt_core::{ConnectReturnCode, PacketId, QoS, SubscribeReturnCode};
 use futures_io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
+use crate::auth::{AuthDecision, AuthRequest};
 use crate::metrics::Metrics;
 use crate::node::{Attachment, Node};
 use crate::runtime::Runtime;
@@ -33,6 +41,15 @@ const BUDGET: usize = 64;
 /// bytes still to be sent before giving them up, so that a peer that stopped
 /// reading cannot hold the connection (and its slot) open forever.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// While a CONNECT awaits its authentication, the driver still reads (to
+/// notice a peer that goes away) but keeps no more than this unprocessed.
+const AUTH_READ_LIMIT: usize = 64 * 1024;
+
+/// A CONNECT waiting for the authenticator's answer.
+type PendingAuth = (
+    Box<Connect>,
+    Pin<Box<dyn Future<Output = AuthDecision> + Send>>,
+);
 
 /// How a client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +119,14 @@ where
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         read_closed: false,
+        flush_pending: false,
         wants_input: true,
         closed: false,
         timer: None,
         deadline: None,
         close_deadline: None,
         attachment: None,
+        pending_auth: None,
         events: Vec::new(),
         scratch: Vec::new(),
         acks: Vec::new(),
@@ -115,7 +134,17 @@ where
     };
     async {
         futures_lite::future::poll_fn(|cx| driver.poll_drive(cx)).await;
-        let _ = futures_lite::AsyncWriteExt::close(&mut driver.stream).await;
+        // Closing flushes what a TLS or WebSocket stream still holds; a peer
+        // that reads nothing gets CLOSE_LINGER, not forever.
+        let runtime = driver.node.runtime().clone();
+        let linger = runtime.now() + CLOSE_LINGER;
+        futures_lite::future::or(
+            async {
+                let _ = futures_lite::AsyncWriteExt::close(&mut driver.stream).await;
+            },
+            crate::runtime::sleep_until(&runtime, linger),
+        )
+        .await;
     }
     .instrument(span)
     .await;
@@ -130,6 +159,9 @@ struct Driver<S, R: Runtime> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     read_closed: bool,
+    /// A flush returned `Pending`: the stream (TLS, WebSocket) still holds
+    /// bytes, to be flushed again when the socket can take them.
+    flush_pending: bool,
     wants_input: bool,
     closed: bool,
     timer: Option<R::Timer>,
@@ -137,6 +169,7 @@ struct Driver<S, R: Runtime> {
     /// Once closed: when to give up flushing to a peer that reads nothing.
     close_deadline: Option<Instant>,
     attachment: Option<Attachment>,
+    pending_auth: Option<PendingAuth>,
     events: Vec<Event>,
     scratch: Vec<(SessionKey, QoS)>,
     acks: Vec<PacketId>,
@@ -150,7 +183,7 @@ where
 {
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..BUDGET {
-            let mut progress = false;
+            let mut progress = self.poll_auth(cx);
             let got_input = self.poll_read(cx, &mut progress);
             let now = self.node.runtime().now();
             let timer_due = self.deadline.is_some_and(|d| d <= now);
@@ -188,7 +221,11 @@ where
 
     /// Reads what the socket has, if the state machine wants input.
     fn poll_read(&mut self, cx: &mut Context<'_>, progress: &mut bool) -> bool {
-        if self.read_closed || !self.wants_input {
+        // Awaiting authentication, input is paused but the socket is still
+        // read (up to a limit), so that a peer that leaves is noticed and
+        // its authentication call dropped.
+        let watching = self.pending_auth.is_some() && self.rbuf.len() < AUTH_READ_LIMIT;
+        if self.read_closed || !(self.wants_input || watching) {
             return false;
         }
         let len = self.rbuf.len();
@@ -245,6 +282,10 @@ where
         }
         if self.wbuf.len() < WRITE_BATCH {
             inner.conn.poll_transmit(&mut self.wbuf, WRITE_BATCH);
+            let sent = inner.conn.take_publishes_sent();
+            if sent > 0 {
+                Metrics::add(&self.node.metrics.publishes_sent, sent);
+            }
         }
         self.wants_input = inner.conn.wants_input();
         self.deadline = inner.conn.poll_timeout();
@@ -262,13 +303,14 @@ where
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
             match event {
-                Event::Connect(connect) => {
-                    if let Some(attachment) = self.node.connect(&self.cell, *connect, &self.info) {
-                        self.span
-                            .record("client_id", tracing::field::display(&attachment.client_id));
-                        self.attachment = Some(attachment);
+                Event::Connect(connect) => match self.node.authenticator() {
+                    Some(authenticator) => {
+                        let request = self.auth_request(&connect);
+                        let decision = authenticator.authenticate(request);
+                        self.pending_auth = Some((connect, decision));
                     }
-                }
+                    None => self.accept(*connect),
+                },
                 Event::Publish(publish) => {
                     let packet_id = publish.packet_id();
                     self.node.publish(publish, &mut self.scratch);
@@ -303,7 +345,69 @@ where
         self.events = events;
     }
 
+    fn accept(&mut self, connect: Connect) {
+        if let Some(attachment) = self.node.connect(&self.cell, connect, &self.info) {
+            self.span
+                .record("client_id", tracing::field::display(&attachment.client_id));
+            self.attachment = Some(attachment);
+        }
+    }
+
+    fn auth_request(&self, connect: &Connect) -> AuthRequest {
+        AuthRequest {
+            username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
+            password: connect.password.clone(),
+            client_id: connect.client_id.as_str().to_owned(),
+            remote_address: self.info.peer,
+            protocol: connect.protocol,
+            transport: self.info.transport,
+            client_cert_cn: self.info.client_cert_cn.clone(),
+        }
+    }
+
+    /// Polls the pending authentication, if any, and applies its answer.
+    /// True when it did (the state machine has work then).
+    fn poll_auth(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((_, decision)) = &mut self.pending_auth else {
+            return false;
+        };
+        if self.closed {
+            // Closed meanwhile (peer gone, shutdown): nobody waits for the answer.
+            self.pending_auth = None;
+            return false;
+        }
+        let Poll::Ready(decision) = decision.as_mut().poll(cx) else {
+            return false;
+        };
+        let Some((connect, _)) = self.pending_auth.take() else {
+            return false;
+        };
+        let metrics = &self.node.metrics;
+        match decision {
+            AuthDecision::Accept => {
+                Metrics::inc(&metrics.auth_accepted);
+                self.accept(*connect);
+            }
+            AuthDecision::Refuse(code) => {
+                let code = if code == ConnectReturnCode::Accepted {
+                    ConnectReturnCode::NotAuthorized
+                } else {
+                    code
+                };
+                if code == ConnectReturnCode::ServerUnavailable {
+                    Metrics::inc(&metrics.auth_unavailable);
+                } else {
+                    Metrics::inc(&metrics.auth_refused);
+                }
+                let now = self.node.runtime().now();
+                lock(&self.cell.inner).conn.refuse(code, now);
+            }
+        }
+        true
+    }
+
     fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
+        self.pending_auth = None;
         let metrics = &self.node.metrics;
         if matches!(reason, CloseReason::ProtocolError(_)) {
             Metrics::inc(&metrics.protocol_errors);
@@ -353,9 +457,11 @@ where
                 Poll::Pending => break,
             }
         }
-        if wrote && self.wbuf.is_empty() {
-            // Needed by TLS and WebSocket streams, which buffer themselves.
-            let _ = Pin::new(&mut self.stream).poll_flush(cx);
+        if (wrote || self.flush_pending) && self.wbuf.is_empty() {
+            // Needed by TLS and WebSocket streams, which buffer themselves;
+            // retried on every wake until done, or their last bytes would
+            // wait for the next write.
+            self.flush_pending = Pin::new(&mut self.stream).poll_flush(cx).is_pending();
         }
     }
 

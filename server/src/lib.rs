@@ -4,9 +4,13 @@
 //! timers, spawner), so the same code serves real sockets on smol
 //! ([`broker::Broker`]) and simulated ones in the turmoil simulator.
 
+pub mod admin;
+pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod driver;
+pub mod listeners;
 pub mod metrics;
 pub mod node;
 pub mod runtime;

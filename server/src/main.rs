@@ -115,7 +115,19 @@ fn run(config: &Config) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(worker_threads = threads, "easy-mqtt started");
-        let signal = signals.recv().await.unwrap_or_default();
+        let signal = loop {
+            match signals.recv().await {
+                // SIGHUP reloads the TLS certificates and keeps serving.
+                Ok("SIGHUP") => match broker.reload_tls() {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                    // Logged by the reload; the previous certificate stays.
+                    Err(_) => {}
+                },
+                Ok(signal) => break signal,
+                Err(_) => break "",
+            }
+        };
         tracing::info!(signal, "shutting down");
         broker.shutdown(SHUTDOWN_GRACE).await;
         Ok::<(), String>(())
@@ -127,21 +139,24 @@ fn run(config: &Config) -> Result<(), String> {
     result
 }
 
-/// SIGINT and SIGTERM, delivered as their names on a channel.
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload the TLS certificates),
+/// delivered as their names on a channel.
 fn shutdown_signals() -> std::io::Result<async_channel::Receiver<&'static str>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let (tx, rx) = async_channel::bounded(1);
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let (tx, rx) = async_channel::bounded(4);
     std::thread::Builder::new()
         .name("easy-mqtt-signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
+            for signal in signals.forever() {
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGHUP => "SIGHUP",
+                    _ => "SIGTERM",
                 };
-                let _ = tx.send_blocking(name);
+                if tx.send_blocking(name).is_err() || name != "SIGHUP" {
+                    return;
+                }
             }
         })?;
     Ok(rx)

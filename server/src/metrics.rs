@@ -1,4 +1,4 @@
-//! Counters of the node, read by logs now and by the HTTP API later.
+//! Counters of the node, read by the HTTP API (`/api/v1/stats`, `/metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,7 +9,12 @@ pub struct Metrics {
     /// Connections closed at once because `max-connections` was reached.
     pub connections_refused_limit: AtomicU64,
     pub sessions_current: AtomicU64,
+    /// PUBLISH packets received from clients.
     pub publishes_received: AtomicU64,
+    /// Messages published through the HTTP API (to a topic or a client).
+    pub api_publishes: AtomicU64,
+    /// PUBLISH packets written to clients (retransmissions included).
+    pub publishes_sent: AtomicU64,
     /// Messages handed to sessions (one per subscriber).
     pub deliveries: AtomicU64,
     /// Messages dropped because a session's queue was full.
@@ -18,6 +23,15 @@ pub struct Metrics {
     pub dropped_offline_qos0: AtomicU64,
     pub wills_published: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// CONNECTs the authenticator accepted.
+    pub auth_accepted: AtomicU64,
+    /// CONNECTs the authenticator refused (return code 4 or 5).
+    pub auth_refused: AtomicU64,
+    /// CONNECTs refused because the authenticator could not decide
+    /// (return code 3: timeout, unreachable, error).
+    pub auth_unavailable: AtomicU64,
+    /// Connections closed through the HTTP API.
+    pub clients_kicked: AtomicU64,
 }
 
 impl Metrics {

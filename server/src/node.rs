@@ -1,9 +1,11 @@
 //! The broker node: session registry, router, retained messages and wills.
 //!
 //! Connection drivers hand the node the events of their state machines; the
-//! node answers them synchronously (routing in memory is immediate). Anything
-//! that must wait (storage, authentication) will be spawned on the runtime
-//! and answered through the connection cell later.
+//! node answers them synchronously (routing in memory is immediate). A
+//! CONNECT waits for the node's [`Authenticator`], when one is set: its
+//! future is polled by the connection's driver, which then calls
+//! [`Node::connect`] or refuses. The HTTP API's view of the node is in
+//! `admin.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,10 +19,11 @@ use easy_mqtt_core::storage::Storage;
 use easy_mqtt_core::topic::{self, RetainedIndex, SubscriptionTrie};
 use easy_mqtt_core::{ByteStr, ConnectReturnCode, QoS};
 
+use crate::auth::Authenticator;
 use crate::driver::ConnectionInfo;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::sessions::{ConnCell, SessionEntry, SessionKey, lock};
+use crate::sessions::{ConnCell, ConnectedInfo, SessionEntry, SessionKey, lock};
 
 /// Node-wide settings.
 #[derive(Debug, Clone)]
@@ -42,11 +45,11 @@ impl Default for NodeConfig {
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -64,6 +67,8 @@ pub struct Node<R: Runtime> {
     pub(crate) next_assigned_id: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) shutdown_done: event_listener::Event,
+    /// Asked about every CONNECT when set (`authentication-url`).
+    pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     pub metrics: Metrics,
 }
 
@@ -75,6 +80,17 @@ pub struct Attachment {
 
 impl<R: Runtime> Node<R> {
     pub fn new(config: NodeConfig, runtime: R, storage: Arc<dyn Storage>) -> Arc<Node<R>> {
+        Node::with_authenticator(config, runtime, storage, None)
+    }
+
+    /// A node that asks `authenticator` about every CONNECT before
+    /// accepting it (`None`: every well-formed CONNECT is accepted).
+    pub fn with_authenticator(
+        config: NodeConfig,
+        runtime: R,
+        storage: Arc<dyn Storage>,
+        authenticator: Option<Arc<dyn Authenticator>>,
+    ) -> Arc<Node<R>> {
         Arc::new(Node {
             config,
             runtime,
@@ -87,6 +103,7 @@ impl<R: Runtime> Node<R> {
             next_assigned_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             shutdown_done: event_listener::Event::new(),
+            authenticator,
             metrics: Metrics::default(),
         })
     }
@@ -101,6 +118,10 @@ impl<R: Runtime> Node<R> {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    pub fn authenticator(&self) -> Option<&Arc<dyn Authenticator>> {
+        self.authenticator.as_ref()
     }
 
     /// Loads what storage holds (retained messages) before serving.
@@ -226,14 +247,24 @@ impl<R: Runtime> Node<R> {
             };
             inner.clean = connect.clean_session;
             inner.attached = Some(cell.clone());
-            lock(&cell.inner)
-                .conn
-                .accept(session, present, connect.will.clone(), now);
+            let keep_alive = {
+                let mut c = lock(&cell.inner);
+                c.conn.accept(session, present, connect.will.clone(), now);
+                c.conn.keep_alive()
+            };
+            inner.connection = Some(ConnectedInfo {
+                since: now,
+                info: info.clone(),
+                protocol: connect.protocol,
+                keep_alive: keep_alive
+                    .map_or(0, |d| u16::try_from(d.as_secs()).unwrap_or(u16::MAX)),
+            });
             drop(inner);
             tracing::info!(
                 client_id = %client_id,
                 peer = ?info.peer,
                 transport = info.transport.as_str(),
+                client_cert_cn = info.client_cert_cn.as_deref(),
                 protocol = %connect.protocol,
                 clean_session = connect.clean_session,
                 keep_alive = connect.keep_alive,
@@ -258,7 +289,12 @@ impl<R: Runtime> Node<R> {
         self.route(message, scratch);
     }
 
-    fn route(&self, message: Arc<Message>, scratch: &mut Vec<(SessionKey, QoS)>) {
+    /// Hands `message` to every matching session; returns how many took it.
+    pub(crate) fn route(
+        &self,
+        message: Arc<Message>,
+        scratch: &mut Vec<(SessionKey, QoS)>,
+    ) -> usize {
         if message.retain {
             let mut retained = write(&self.retained);
             if message.payload.is_empty() {
@@ -270,10 +306,16 @@ impl<R: Runtime> Node<R> {
             }
         }
         read(&self.trie).matches_dedup(&message.topic, scratch);
+        let mut delivered = 0;
         for (key, granted) in scratch.drain(..) {
-            key.0
-                .deliver(Delivery::routed(message.clone(), granted), &self.metrics);
+            if key
+                .0
+                .deliver(Delivery::routed(message.clone(), granted), &self.metrics)
+            {
+                delivered += 1;
+            }
         }
+        delivered
     }
 
     /// Publishes a will message on behalf of a connection that ended.

@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
+use std::time::Instant;
 
 use easy_mqtt_core::session::{Connection, Delivery, Enqueued, SessionState};
-use easy_mqtt_core::{ByteStr, QoS};
+use easy_mqtt_core::{ByteStr, ProtocolVersion, QoS};
 
+use crate::driver::ConnectionInfo;
 use crate::metrics::Metrics;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the
@@ -75,6 +77,19 @@ pub struct SessionInner {
     /// Set when the entry has left the registry; a CONNECT that still holds
     /// it must look the client id up again.
     pub removed: bool,
+    /// The current (or last) network connection, for the HTTP API.
+    pub connection: Option<ConnectedInfo>,
+}
+
+/// What the node remembers of a session's current (or last) connection.
+#[derive(Debug, Clone)]
+pub struct ConnectedInfo {
+    /// When its CONNECT was accepted (the runtime's clock).
+    pub since: Instant,
+    pub info: ConnectionInfo,
+    pub protocol: ProtocolVersion,
+    /// Effective keep-alive in seconds; 0 = off.
+    pub keep_alive: u16,
 }
 
 impl SessionEntry {
@@ -87,40 +102,52 @@ impl SessionEntry {
 
     /// Hands one message to this session: to the live connection, or to the
     /// queue of a disconnected persistent session. QoS 0 messages are not
-    /// kept for a disconnected client.
-    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics) {
+    /// kept for a disconnected client. Returns whether the session took it.
+    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics) -> bool {
         let mut inner = lock(&self.inner);
         if let Some(cell) = &inner.attached {
             let mut c = lock(&cell.inner);
-            match c.conn.deliver(delivery) {
+            return match c.conn.deliver(delivery) {
                 Some(Enqueued::Accepted) => {
                     Metrics::inc(&metrics.deliveries);
                     c.wake();
+                    true
                 }
                 Some(Enqueued::DroppedOldest(_)) => {
                     Metrics::inc(&metrics.deliveries);
                     Metrics::inc(&metrics.dropped_queue_full);
                     c.wake();
+                    true
                 }
-                Some(Enqueued::Refused) => Metrics::inc(&metrics.dropped_queue_full),
-                None => {}
-            }
-            return;
+                Some(Enqueued::Refused) => {
+                    Metrics::inc(&metrics.dropped_queue_full);
+                    false
+                }
+                None => false,
+            };
         }
         if let Some(state) = &mut inner.offline {
             if delivery.qos == QoS::AtMostOnce {
                 Metrics::inc(&metrics.dropped_offline_qos0);
-                return;
+                return false;
             }
-            match state.enqueue(delivery) {
-                Enqueued::Accepted => Metrics::inc(&metrics.deliveries),
+            return match state.enqueue(delivery) {
+                Enqueued::Accepted => {
+                    Metrics::inc(&metrics.deliveries);
+                    true
+                }
                 Enqueued::DroppedOldest(_) => {
                     Metrics::inc(&metrics.deliveries);
                     Metrics::inc(&metrics.dropped_queue_full);
+                    true
                 }
-                Enqueued::Refused => Metrics::inc(&metrics.dropped_queue_full),
-            }
+                Enqueued::Refused => {
+                    Metrics::inc(&metrics.dropped_queue_full);
+                    false
+                }
+            };
         }
+        false
     }
 
     /// Whether `cell` is the connection attached to this session now.

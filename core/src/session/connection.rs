@@ -172,6 +172,8 @@ pub struct Connection {
     pending_acks: VecDeque<PendingAck>,
     events: VecDeque<Event>,
     close_reason: Option<CloseReason>,
+    /// PUBLISH packets encoded since [`Connection::take_publishes_sent`].
+    publishes_sent: u64,
 }
 
 impl Connection {
@@ -190,6 +192,7 @@ impl Connection {
             pending_acks: VecDeque::new(),
             events: VecDeque::new(),
             close_reason: None,
+            publishes_sent: 0,
         }
     }
 
@@ -514,6 +517,9 @@ impl Connection {
         let mut written = 0;
         while buf.len() < max_bytes {
             if let Some(packet) = self.control.pop_front() {
+                if matches!(packet, Packet::Publish(_)) {
+                    self.publishes_sent += 1;
+                }
                 encode_into(&packet, buf);
                 written += 1;
                 continue;
@@ -528,9 +534,16 @@ impl Connection {
                 break;
             };
             encode_into(&publish_packet(&delivery, packet_id, false), buf);
+            self.publishes_sent += 1;
             written += 1;
         }
         written
+    }
+
+    /// PUBLISH packets (retransmissions included) that
+    /// [`Connection::poll_transmit`] wrote since the last call; resets the count.
+    pub fn take_publishes_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.publishes_sent)
     }
 
     /// Whether [`Connection::poll_transmit`] would write something.

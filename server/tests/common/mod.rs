@@ -61,6 +61,13 @@ impl TestBroker {
 
     /// A broker on the default configuration changed by `configure`.
     pub fn with(configure: impl FnOnce(&mut Config)) -> TestBroker {
+        TestBroker::try_with(configure).expect("broker starts")
+    }
+
+    /// Like [`TestBroker::with`], but returns the start-up error.
+    pub fn try_with(
+        configure: impl FnOnce(&mut Config),
+    ) -> Result<TestBroker, easy_mqtt_server::broker::StartError> {
         init_tracing();
         let mut config = Config::default();
         config.mqtt.server.host = "127.0.0.1".parse().unwrap();
@@ -73,7 +80,7 @@ impl TestBroker {
 
         let executor = Arc::new(async_executor::Executor::<'static>::new());
         let (stop, stopped) = async_channel::bounded::<()>(1);
-        let threads = (0..2)
+        let threads: Vec<std::thread::JoinHandle<()>> = (0..2)
             .map(|i| {
                 let executor = executor.clone();
                 let stopped = stopped.clone();
@@ -87,15 +94,28 @@ impl TestBroker {
                     .unwrap()
             })
             .collect();
-        let broker = futures_lite::future::block_on(Broker::start(&config, executor))
-            .expect("broker starts");
-        TestBroker {
+        let broker = match futures_lite::future::block_on(Broker::start(&config, executor)) {
+            Ok(broker) => broker,
+            Err(error) => {
+                drop(stop);
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(error);
+            }
+        };
+        Ok(TestBroker {
             node: broker.node().clone(),
             addr: broker.tcp_addr(),
             broker: Some(broker),
             stop: Some(stop),
             threads,
-        }
+        })
+    }
+
+    /// The running broker (its listener addresses, TLS reload).
+    pub fn broker(&self) -> &Broker {
+        self.broker.as_ref().expect("broker is running")
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -1,0 +1,241 @@
+//! What the HTTP API asks of the node: introspection (clients, their
+//! subscriptions, retained messages, counts) and publishing on behalf of
+//! the business system.
+//!
+//! Every method keeps the lock order of the node (registry → session entry
+//! → connection cell → trie) and holds the registry only long enough to
+//! copy out the entries it needs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use easy_mqtt_core::session::{CloseReason, Delivery, Message};
+use easy_mqtt_core::{ByteStr, QoS};
+
+use crate::metrics::Metrics;
+use crate::node::{Node, read, write};
+use crate::runtime::Runtime;
+use crate::sessions::{ConnectedInfo, SessionEntry, lock};
+
+/// One session as the API shows it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: ByteStr,
+    /// Whether a network connection is attached now.
+    pub connected: bool,
+    /// The current connection, or the last one of a disconnected
+    /// persistent session.
+    pub connection: Option<ConnectedInfo>,
+    pub clean_session: bool,
+    /// Filter → granted QoS, in filter order.
+    pub subscriptions: Vec<(ByteStr, QoS)>,
+    /// Outbound QoS 1/2 messages awaiting acknowledgement.
+    pub inflight: usize,
+    /// Messages waiting behind the in-flight window.
+    pub queued: usize,
+}
+
+/// What closing a client's connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickOutcome {
+    Kicked,
+    /// The session exists but no connection is attached.
+    NotConnected,
+    NotFound,
+}
+
+/// The client id of a one-to-one publish is not a known session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownClient;
+
+/// Sizes and counters of the node at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStats {
+    pub connections: u64,
+    pub sessions: u64,
+    /// (session, filter) pairs.
+    pub subscriptions: u64,
+    pub retained: u64,
+    /// PUBLISH packets from clients plus messages published through the API.
+    pub messages_received: u64,
+    /// PUBLISH packets written to clients.
+    pub messages_sent: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_offline_qos0: u64,
+}
+
+impl<R: Runtime> Node<R> {
+    fn entry(&self, client_id: &str) -> Option<Arc<SessionEntry>> {
+        lock(&self.registry).get(client_id).cloned()
+    }
+
+    /// A session's details, `None` when the client id is unknown.
+    pub fn client_info(&self, client_id: &str) -> Option<ClientInfo> {
+        let entry = self.entry(client_id)?;
+        Self::describe(&entry)
+    }
+
+    fn describe(entry: &SessionEntry) -> Option<ClientInfo> {
+        let inner = lock(&entry.inner);
+        if inner.removed {
+            return None;
+        }
+        let (connected, inflight, queued) = match &inner.attached {
+            Some(cell) => {
+                let c = lock(&cell.inner);
+                let session = c.conn.session();
+                (
+                    !c.conn.is_closed(),
+                    session.map_or(0, |s| s.inflight_len()),
+                    session.map_or(0, |s| s.queued()),
+                )
+            }
+            None => match &inner.offline {
+                Some(state) => (false, state.inflight_len(), state.queued()),
+                None => (false, 0, 0),
+            },
+        };
+        Some(ClientInfo {
+            client_id: entry.client_id.clone(),
+            connected,
+            connection: inner.connection.clone(),
+            clean_session: inner.clean,
+            subscriptions: inner
+                .subscriptions
+                .iter()
+                .map(|(filter, qos)| (filter.clone(), *qos))
+                .collect(),
+            inflight,
+            queued,
+        })
+    }
+
+    /// Up to `limit` sessions whose client id starts with `prefix` and
+    /// sorts after `after` (byte order), and whether more follow.
+    pub fn clients_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ClientInfo>, bool) {
+        let mut page: Vec<(ByteStr, Arc<SessionEntry>)> = lock(&self.registry)
+            .iter()
+            .filter(|(id, _)| id.starts_with(prefix) && after.is_none_or(|a| id.as_str() > a))
+            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .collect();
+        let more = page.len() > limit;
+        if more {
+            page.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
+            page.truncate(limit);
+        }
+        page.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let clients = page
+            .iter()
+            .filter_map(|(_, entry)| Self::describe(entry))
+            .collect();
+        (clients, more)
+    }
+
+    /// Closes a client's connection as an administrator (`Kicked`): like
+    /// any close without DISCONNECT, its will is published; a persistent
+    /// session stays for its return.
+    pub fn kick(&self, client_id: &str) -> KickOutcome {
+        let Some(entry) = self.entry(client_id) else {
+            return KickOutcome::NotFound;
+        };
+        let inner = lock(&entry.inner);
+        if inner.removed {
+            return KickOutcome::NotFound;
+        }
+        let Some(cell) = &inner.attached else {
+            return KickOutcome::NotConnected;
+        };
+        let mut c = lock(&cell.inner);
+        if c.conn.is_closed() {
+            return KickOutcome::NotConnected;
+        }
+        c.conn.close(CloseReason::Kicked, self.runtime.now());
+        c.wake();
+        Metrics::inc(&self.metrics.clients_kicked);
+        tracing::info!(client_id, "client kicked through the API");
+        KickOutcome::Kicked
+    }
+
+    /// Publishes to a topic as a client would: retained handling included,
+    /// delivered to every matching subscription. Returns how many sessions
+    /// took the message.
+    pub fn publish_message(&self, message: Message) -> usize {
+        Metrics::inc(&self.metrics.api_publishes);
+        self.route(Arc::new(message), &mut Vec::new())
+    }
+
+    /// Hands a message to one session only, whatever it subscribed to: to
+    /// its connection, or to the queue of a disconnected persistent
+    /// session (QoS 1; QoS 0 is not kept offline). Returns whether the
+    /// session took it.
+    pub fn publish_to_client(
+        &self,
+        client_id: &str,
+        message: Message,
+    ) -> Result<bool, UnknownClient> {
+        let entry = self.entry(client_id).ok_or(UnknownClient)?;
+        if lock(&entry.inner).removed {
+            return Err(UnknownClient);
+        }
+        Metrics::inc(&self.metrics.api_publishes);
+        let qos = message.qos;
+        let delivery = Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+        };
+        Ok(entry.deliver(delivery, &self.metrics))
+    }
+
+    /// Up to `limit` retained messages after the topic `after` (in the
+    /// index's level order), and whether more follow.
+    pub fn retained_page(&self, after: Option<&str>, limit: usize) -> (Vec<Arc<Message>>, bool) {
+        let retained = read(&self.retained);
+        let mut page: Vec<Arc<Message>> = retained
+            .iter_from(after, limit.saturating_add(1))
+            .into_iter()
+            .map(|(_, message)| message.clone())
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    pub fn retained_message(&self, topic: &str) -> Option<Arc<Message>> {
+        read(&self.retained).get(topic).cloned()
+    }
+
+    /// Removes a retained message; whether there was one.
+    pub fn delete_retained(&self, topic: &str) -> bool {
+        write(&self.retained).remove(topic).is_some()
+    }
+
+    /// Sizes and counters now.
+    pub fn stats(&self) -> NodeStats {
+        let metrics = &self.metrics;
+        let sessions = lock(&self.registry).len() as u64;
+        let subscriptions = read(&self.trie).len() as u64;
+        let retained = read(&self.retained).len() as u64;
+        NodeStats {
+            connections: Metrics::get(&metrics.connections_current),
+            sessions,
+            subscriptions,
+            retained,
+            messages_received: Metrics::get(&metrics.publishes_received)
+                + Metrics::get(&metrics.api_publishes),
+            messages_sent: Metrics::get(&metrics.publishes_sent),
+            dropped_queue_full: Metrics::get(&metrics.dropped_queue_full),
+            dropped_offline_qos0: Metrics::get(&metrics.dropped_offline_qos0),
+        }
+    }
+
+    /// The runtime's clock, for the API to date connections.
+    pub fn now(&self) -> Instant {
+        self.runtime.now()
+    }
+}
