@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 need_packages=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
 command -v mosquitto_sub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
+# The Kvrocks backend's tests (storage-kvrocks/tests) run real redis-server
+# processes, standalone and as a 3-node cluster, as the Kvrocks stand-in.
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 # TLS and WebSocket tests (server/tests/tls_ws.rs): test certificates made by
 # openssl, MQTT.js run by Node, and a real browser.
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)

@@ -8,6 +8,21 @@
 //!
 //! A message body is stored once ([`Op::PutMessage`]) and referenced by id
 //! from every queue that holds it.
+//!
+//! # What the caller promises
+//!
+//! Replaying a batch is safe only for batches built this way, which is how
+//! the broker builds them:
+//! - a session's ops come after its [`Op::PutSession`] (in an earlier batch
+//!   or earlier in the same one);
+//! - [`Op::PutMessage`] comes before the first [`Op::Enqueue`] of its id, in
+//!   the same batch, or the body is still held by another queue;
+//! - [`Op::SetInflight`] of an id comes after its [`Op::Enqueue`];
+//! - a packet id is not completed and reused for another message in one
+//!   batch ([`Op::CompleteInflight`] is keyed by packet id);
+//! - batches touching one session are applied one at a time (the broker
+//!   serialises them per session); batches of different sessions may run
+//!   concurrently.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -144,6 +159,10 @@ pub enum StorageError {
     /// Stored data could not be read back.
     #[error("corrupt stored data at {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The backend's settings are wrong (a bad address, a refused
+    /// password): retrying will not help.
+    #[error("storage misconfigured: {0}")]
+    Invalid(String),
 }
 
 /// A storage backend.

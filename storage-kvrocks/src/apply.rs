@@ -1,0 +1,688 @@
+//! `apply`: a batch of ops becomes a few pipelined phases.
+//!
+//! 1. **Read and pin** (one round trip): every touched session's record and
+//!    in-flight window, the held-set entries the batch names (`ZMSCORE`; the
+//!    whole held set when the batch deletes the session) and its highest
+//!    order; whether each enqueued body is stored. In the same round trip,
+//!    the writes that must be durable *before* any reference: bodies
+//!    (`HSETNX`), a holder field for every `Enqueue` (`HSET`, speculative,
+//!    one command per body), the index entry of every `PutSession`
+//!    (`SADD`), and retained messages.
+//! 2. **Simulate** the batch op by op on what was read, exactly as the
+//!    reference backend does, and emit for each effective op its single-key
+//!    writes, in batch order per client (all keys of a client share one
+//!    slot, so they run in that order on one node; different clients touch
+//!    different keys). Consecutive enqueues of a client share one `ZADD NX`.
+//! 3. **Release** (after the writes): remove the holder fields of every
+//!    (client, message) pair the batch touched that the client no longer
+//!    holds, read `HLEN`/`HEXISTS` of the bodies that may have lost their
+//!    last holder, and drop the index entries of deleted sessions. In
+//!    standalone mode this rides in the same pipeline as step 2 (one
+//!    connection runs it in order); in a cluster it is its own round trip,
+//!    since pipelines to different nodes are not ordered.
+//! 4. **Collect** (only if some body is left with no holder): `DEL` it.
+//!
+//! So a body is always pinned by a holder field before a queue refers to it,
+//! and unpinned only after the reference is gone: a batch cut short at any
+//! point leaves at worst a body pinned by nobody's queue (a leak), never a
+//! queue entry without its body.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use easy_mqtt_core::packet::{ByteStr, PacketId};
+use easy_mqtt_core::session::OutboundPhase;
+use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
+use redis::Value;
+
+use crate::codec::{self, Held, MAX_ORDER, WindowEntry};
+use crate::conn::{Command, Redis};
+use crate::keys::{self, BODY_FIELD, Keys, SessionKeys};
+use crate::load;
+use crate::reply;
+
+/// One client touched by the batch: what to read, then its simulated state.
+struct Client {
+    id: ByteStr,
+    keys: SessionKeys,
+    /// Read the whole held set (`DeleteSession` in the batch: it releases
+    /// every held body).
+    full: bool,
+    /// Read the highest order (the batch adds to the queue or window).
+    needs_order: bool,
+    /// Read the window.
+    needs_window: bool,
+    /// The batch puts or deletes the session (index maintenance).
+    lifecycle: bool,
+    /// Held-set entries to read (`ZMSCORE`, when not `full`).
+    score_ids: Vec<MessageId>,
+
+    // Where phase 1 put each read.
+    record_at: usize,
+    window_at: Option<usize>,
+    full_at: Option<usize>,
+    max_at: Option<usize>,
+    scores_at: Option<usize>,
+
+    // Simulated state.
+    exists: bool,
+    held: HashMap<MessageId, Held>,
+    window: BTreeMap<PacketId, WindowEntry>,
+    next_order: u64,
+
+    /// Writes of this client, in batch order.
+    writes: Vec<Command>,
+    /// Whether the last write is a `ZADD NX` that the next enqueue extends.
+    open_zadd: bool,
+}
+
+impl Client {
+    fn new(id: &ByteStr, keys: SessionKeys) -> Client {
+        Client {
+            id: id.clone(),
+            keys,
+            full: false,
+            needs_order: false,
+            needs_window: false,
+            lifecycle: false,
+            score_ids: Vec::new(),
+            record_at: 0,
+            window_at: None,
+            full_at: None,
+            max_at: None,
+            scores_at: None,
+            writes: Vec::new(),
+            open_zadd: false,
+            exists: false,
+            held: HashMap::new(),
+            window: BTreeMap::new(),
+            next_order: 1,
+        }
+    }
+
+    fn in_window(&self, id: MessageId) -> bool {
+        self.window.values().any(|entry| entry.id == id)
+    }
+
+    /// Queued: held and not in flight.
+    fn queued(&self, id: MessageId) -> bool {
+        self.held.contains_key(&id) && !self.in_window(id)
+    }
+
+    fn holds(&self, id: MessageId) -> bool {
+        self.exists && (self.held.contains_key(&id) || self.in_window(id))
+    }
+
+    /// Every id the client holds, queued or in flight.
+    fn all_ids(&self) -> Vec<MessageId> {
+        let mut ids: Vec<MessageId> = self.held.keys().copied().collect();
+        ids.extend(self.window.values().map(|entry| entry.id));
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn clear(&mut self) {
+        self.held.clear();
+        self.window.clear();
+    }
+
+    fn take_order(&mut self) -> Result<u64, StorageError> {
+        let order = self.next_order;
+        if order >= MAX_ORDER {
+            return Err(StorageError::Corrupt {
+                key: self.keys.held.clone(),
+                reason: "send order exhausted".to_owned(),
+            });
+        }
+        self.next_order += 1;
+        Ok(order)
+    }
+
+    fn write(&mut self, command: Command) {
+        self.writes.push(command);
+        self.open_zadd = false;
+    }
+
+    /// `ZADD NX`; consecutive enqueues share one command (same effect: the
+    /// pairs are added in order, none replacing an existing member).
+    fn enqueue(&mut self, held: Held, id: MessageId) {
+        let member = codec::encode_message_id(id);
+        if self.open_zadd
+            && let Some(last) = self.writes.pop()
+        {
+            self.writes.push(last.arg(held.score()).arg(&member));
+            return;
+        }
+        self.writes.push(
+            Command::new("ZADD", &self.keys.held)
+                .arg("NX")
+                .arg(held.score())
+                .arg(&member),
+        );
+        self.open_zadd = true;
+    }
+
+    /// Applies one op to the simulated state and emits its writes; `lost`
+    /// receives the ids this client stops holding.
+    fn simulate(
+        &mut self,
+        op: Op,
+        stored: &dyn Fn(&MessageId) -> bool,
+        lost: &mut Vec<MessageId>,
+    ) -> Result<(), StorageError> {
+        match op {
+            Op::PutSession(record) => self.put_session(&record, lost),
+            Op::DeleteSession { .. } => self.delete_session(lost),
+            _ if !self.exists => {}
+            Op::Subscribe { filter, qos, .. } => self.write(
+                Command::new("HSET", &self.keys.subscriptions)
+                    .arg(filter.as_str())
+                    .arg(codec::qos_digit(qos)),
+            ),
+            Op::Unsubscribe { filter, .. } => {
+                self.write(Command::new("HDEL", &self.keys.subscriptions).arg(filter.as_str()));
+            }
+            Op::Enqueue {
+                id, qos, retain, ..
+            } => {
+                if stored(&id) && !self.held.contains_key(&id) && !self.in_window(id) {
+                    let held = Held {
+                        order: self.take_order()?,
+                        qos,
+                        retain,
+                    };
+                    self.held.insert(id, held);
+                    self.enqueue(held, id);
+                }
+            }
+            Op::Dequeue { id, .. } => self.dequeue(id, lost),
+            Op::SetInflight {
+                packet_id,
+                id,
+                phase,
+                ..
+            } => self.set_inflight(packet_id, id, phase, lost)?,
+            Op::CompleteInflight { packet_id, .. } => self.complete_inflight(packet_id, lost),
+            Op::AddInboundQos2 { packet_id, .. } => self.write(
+                Command::new("SADD", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
+            ),
+            Op::RemoveInboundQos2 { packet_id, .. } => self.write(
+                Command::new("SREM", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
+            ),
+            Op::PutMessage { .. } | Op::SetRetained { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn put_session(&mut self, record: &SessionRecord, lost: &mut Vec<MessageId>) {
+        if self.exists {
+            return;
+        }
+        // Whatever a previous life left behind goes first (a session deleted
+        // while another writer still wrote to it); bodies it pinned that
+        // were not read here stay pinned (a leak, never a dangling reference).
+        lost.extend(self.all_ids());
+        let [subscriptions, held, window, inbound] = self.keys.data();
+        let clear = Command::new("DEL", subscriptions)
+            .arg(held)
+            .arg(window)
+            .arg(inbound);
+        self.write(clear);
+        self.write(
+            Command::new("SET", &self.keys.record)
+                .arg(codec::encode_record(record))
+                .arg("NX"),
+        );
+        self.exists = true;
+        self.clear();
+    }
+
+    fn delete_session(&mut self, lost: &mut Vec<MessageId>) {
+        // Even for an unknown session: leftovers are cleared the same way.
+        lost.extend(self.all_ids());
+        let [record, subscriptions, held, window, inbound] = self.keys.all();
+        // One command: the session and all it holds go at once.
+        let delete = Command::new("DEL", record)
+            .arg(subscriptions)
+            .arg(held)
+            .arg(window)
+            .arg(inbound);
+        self.write(delete);
+        self.exists = false;
+        self.clear();
+    }
+
+    fn dequeue(&mut self, id: MessageId, lost: &mut Vec<MessageId>) {
+        if !self.queued(id) {
+            return;
+        }
+        self.held.remove(&id);
+        self.write(Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(id)));
+        lost.push(id);
+    }
+
+    fn set_inflight(
+        &mut self,
+        packet_id: PacketId,
+        id: MessageId,
+        phase: OutboundPhase,
+        lost: &mut Vec<MessageId>,
+    ) -> Result<(), StorageError> {
+        let current = self.window.get(&packet_id).copied();
+        if let Some(mut entry) = current.filter(|entry| entry.id == id) {
+            // A phase update keeps the send order.
+            entry.phase = phase;
+            self.put_window(packet_id, entry);
+            return Ok(());
+        }
+        let Some(held) = self.held.get(&id).copied() else {
+            return Ok(());
+        };
+        if !self.queued(id) {
+            return Ok(());
+        }
+        if let Some(replaced) = current {
+            // The packet id named another message: it is dropped (removed
+            // from the held set first, so that no state in between shows it
+            // back in the queue).
+            self.held.remove(&replaced.id);
+            self.write(
+                Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(replaced.id)),
+            );
+            lost.push(replaced.id);
+        }
+        let entry = WindowEntry {
+            id,
+            qos: held.qos,
+            retain: held.retain,
+            phase,
+            order: self.take_order()?,
+        };
+        // One command moves it: the id stays in the held set, and an id in
+        // the window is not queued.
+        self.put_window(packet_id, entry);
+        Ok(())
+    }
+
+    fn put_window(&mut self, packet_id: PacketId, entry: WindowEntry) {
+        self.window.insert(packet_id, entry);
+        self.write(
+            Command::new("HSET", &self.keys.window)
+                .arg(&codec::encode_packet_id(packet_id))
+                .arg(codec::encode_window(&entry)),
+        );
+    }
+
+    fn complete_inflight(&mut self, packet_id: PacketId, lost: &mut Vec<MessageId>) {
+        let Some(entry) = self.window.remove(&packet_id) else {
+            return;
+        };
+        // Held set first: in between, the entry is still in the window (so
+        // not queued) and a replay completes it.
+        self.held.remove(&entry.id);
+        self.write(Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(entry.id)));
+        self.write(
+            Command::new("HDEL", &self.keys.window).arg(&codec::encode_packet_id(packet_id)),
+        );
+        lost.push(entry.id);
+    }
+
+    fn see_order(&mut self, order: u64) {
+        self.next_order = self.next_order.max(order.saturating_add(1));
+    }
+}
+
+struct Batch<'k> {
+    keys: &'k Keys,
+    clients: Vec<Client>,
+    by_id: HashMap<ByteStr, usize>,
+}
+
+impl<'k> Batch<'k> {
+    fn client(&mut self, id: &ByteStr) -> usize {
+        if let Some(index) = self.by_id.get(id) {
+            return *index;
+        }
+        let index = self.clients.len();
+        self.clients
+            .push(Client::new(id, self.keys.session(id.as_str())));
+        self.by_id.insert(id.clone(), index);
+        index
+    }
+}
+
+fn session_id(op: &Op) -> Option<&ByteStr> {
+    match op {
+        Op::PutSession(record) => Some(&record.client_id),
+        Op::DeleteSession { client_id }
+        | Op::Subscribe { client_id, .. }
+        | Op::Unsubscribe { client_id, .. }
+        | Op::Enqueue { client_id, .. }
+        | Op::Dequeue { client_id, .. }
+        | Op::SetInflight { client_id, .. }
+        | Op::CompleteInflight { client_id, .. }
+        | Op::AddInboundQos2 { client_id, .. }
+        | Op::RemoveInboundQos2 { client_id, .. } => Some(client_id),
+        Op::PutMessage { .. } | Op::SetRetained { .. } => None,
+    }
+}
+
+fn push_unique<T: Copy + Eq + std::hash::Hash>(list: &mut Vec<T>, seen: &mut HashSet<T>, x: T) {
+    if seen.insert(x) {
+        list.push(x);
+    }
+}
+
+/// At most this many fields in one `HSET`/`HDEL` of holder fields.
+const FIELDS_PER_COMMAND: usize = 1024;
+
+/// (client, message) pairs grouped by message, in first-seen order.
+fn by_body(pairs: &[(usize, MessageId)]) -> Vec<(MessageId, Vec<usize>)> {
+    let mut groups: Vec<(MessageId, Vec<usize>)> = Vec::new();
+    let mut at: HashMap<MessageId, usize> = HashMap::new();
+    for (index, id) in pairs {
+        let group = *at.entry(*id).or_insert_with(|| {
+            groups.push((*id, Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].1.push(*index);
+    }
+    groups
+}
+
+pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<(), StorageError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let deadline = redis.deadline();
+    let mut batch = Batch {
+        keys,
+        clients: Vec::new(),
+        by_id: HashMap::new(),
+    };
+
+    // What the batch needs to read, and what it writes up front.
+    let mut enqueued_ids = Vec::new();
+    let mut enqueued_seen = HashSet::new();
+    let mut put_ids = Vec::new();
+    let mut put_seen = HashSet::new();
+    let mut pins: Vec<(usize, MessageId)> = Vec::new();
+    let mut pins_seen = HashSet::new();
+    let mut score_seen: HashSet<(usize, MessageId)> = HashSet::new();
+    for op in &ops {
+        let Some(client_id) = session_id(op) else {
+            if let Op::PutMessage { id, .. } = op {
+                push_unique(&mut put_ids, &mut put_seen, *id);
+            }
+            continue;
+        };
+        let index = batch.client(client_id);
+        let client = &mut batch.clients[index];
+        let mut score = |client: &mut Client, id: MessageId| {
+            if score_seen.insert((index, id)) {
+                client.score_ids.push(id);
+            }
+        };
+        match op {
+            Op::PutSession(_) => {
+                client.lifecycle = true;
+                client.needs_window = true;
+            }
+            Op::DeleteSession { .. } => {
+                client.lifecycle = true;
+                client.full = true;
+                client.needs_window = true;
+            }
+            Op::Enqueue { id, .. } => {
+                client.needs_window = true;
+                client.needs_order = true;
+                score(client, *id);
+                push_unique(&mut enqueued_ids, &mut enqueued_seen, *id);
+                push_unique(&mut pins, &mut pins_seen, (index, *id));
+            }
+            Op::SetInflight { id, .. } => {
+                client.needs_window = true;
+                client.needs_order = true;
+                score(client, *id);
+            }
+            Op::Dequeue { id, .. } => {
+                client.needs_window = true;
+                score(client, *id);
+            }
+            Op::CompleteInflight { .. } => client.needs_window = true,
+            _ => {}
+        }
+    }
+
+    // Phase 1: reads first (so that they see the state before the batch),
+    // then the writes that must precede any reference.
+    let mut phase1 = Vec::new();
+    for client in &mut batch.clients {
+        client.record_at = phase1.len();
+        phase1.push(Command::new("GET", &client.keys.record));
+        if client.needs_window {
+            client.window_at = Some(phase1.len());
+            phase1.push(Command::new("HGETALL", &client.keys.window));
+        }
+        if client.full {
+            client.full_at = Some(phase1.len());
+            phase1.push(
+                Command::new("ZRANGE", &client.keys.held)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            );
+        } else {
+            if client.needs_order {
+                client.max_at = Some(phase1.len());
+                phase1.push(
+                    Command::new("ZRANGE", &client.keys.held)
+                        .arg(-1)
+                        .arg(-1)
+                        .arg("WITHSCORES"),
+                );
+            }
+            if !client.score_ids.is_empty() {
+                client.scores_at = Some(phase1.len());
+                let mut command = Command::new("ZMSCORE", &client.keys.held);
+                for id in &client.score_ids {
+                    command = command.arg(&codec::encode_message_id(*id));
+                }
+                phase1.push(command);
+            }
+        }
+    }
+    let body_checks: Vec<(MessageId, usize)> = enqueued_ids
+        .iter()
+        .map(|id| {
+            let at = phase1.len();
+            phase1.push(Command::new("HEXISTS", &keys.body(*id)).arg(BODY_FIELD));
+            (*id, at)
+        })
+        .collect();
+    for op in &ops {
+        match op {
+            Op::PutMessage { id, message } if put_seen.remove(id) => {
+                phase1.push(
+                    Command::new("HSETNX", &keys.body(*id))
+                        .arg(BODY_FIELD)
+                        .arg(codec::encode_message(message)),
+                );
+            }
+            Op::PutSession(record) => {
+                // `SADD` is idempotent: one per op is as good as one per client.
+                phase1.push(
+                    Command::new("SADD", &keys.index_of(&record.client_id))
+                        .arg(record.client_id.as_str()),
+                );
+            }
+            Op::SetRetained { topic, message } => {
+                let key = keys.retained_of(topic);
+                phase1.push(match message {
+                    Some(message) => Command::new("HSET", &key)
+                        .arg(topic.as_str())
+                        .arg(codec::encode_message(message)),
+                    None => Command::new("HDEL", &key).arg(topic.as_str()),
+                });
+            }
+            _ => {}
+        }
+    }
+    for (id, holders) in by_body(&pins) {
+        for chunk in holders.chunks(FIELDS_PER_COMMAND) {
+            let mut command = Command::new("HSET", &keys.body(id));
+            for index in chunk {
+                command = command
+                    .arg(keys::holder_field(&batch.clients[*index].id))
+                    .arg("1");
+            }
+            phase1.push(command);
+        }
+    }
+    let values = redis.run(&phase1, deadline).await?;
+
+    // What was read.
+    let mut values: Vec<Option<Value>> = values.into_iter().map(Some).collect();
+    let mut take = |at: usize| {
+        values
+            .get_mut(at)
+            .and_then(Option::take)
+            .unwrap_or(Value::Nil)
+    };
+    let mut body_before = HashSet::new();
+    for (id, at) in &body_checks {
+        if reply::int(&keys.body(*id), &take(*at))? == 1 {
+            body_before.insert(*id);
+        }
+    }
+    for client in &mut batch.clients {
+        client.exists =
+            reply::optional_bytes(&client.keys.record, take(client.record_at))?.is_some();
+        if let Some(at) = client.window_at {
+            for (packet_id, entry) in load::window(&client.keys, take(at))? {
+                client.see_order(entry.order);
+                client.window.insert(packet_id, entry);
+            }
+        }
+        let mut held = Vec::new();
+        if let Some(at) = client.full_at.or(client.max_at) {
+            held.extend(load::held(&client.keys, take(at))?);
+        }
+        if let Some(at) = client.scores_at {
+            let scores = reply::items(&client.keys.held, take(at))?;
+            if scores.len() != client.score_ids.len() {
+                return Err(StorageError::Corrupt {
+                    key: client.keys.held.clone(),
+                    reason: format!(
+                        "{} scores for {} members",
+                        scores.len(),
+                        client.score_ids.len()
+                    ),
+                });
+            }
+            for (id, score) in client.score_ids.iter().zip(scores) {
+                if let Some(score) = reply::optional_score(&client.keys.held, score)? {
+                    held.push((*id, Held::from_score(&client.keys.held, score)?));
+                }
+            }
+        }
+        for (id, entry) in held {
+            client.see_order(entry.order);
+            client.held.insert(id, entry);
+        }
+    }
+
+    // Phase 2: simulate, emitting the writes of each effective op.
+    let mut released: Vec<(usize, MessageId)> = Vec::new();
+    let mut put_so_far = HashSet::new();
+    for op in ops {
+        if let Op::PutMessage { id, .. } = &op {
+            put_so_far.insert(*id);
+            continue;
+        }
+        let Some(index) = session_id(&op).and_then(|id| batch.by_id.get(id).copied()) else {
+            continue;
+        };
+        let stored = |id: &MessageId| body_before.contains(id) || put_so_far.contains(id);
+        let mut lost = Vec::new();
+        batch.clients[index].simulate(op, &stored, &mut lost)?;
+        released.extend(lost.into_iter().map(|id| (index, id)));
+    }
+
+    // Each client's writes in batch order; different clients' writes touch
+    // different keys, so they need no order between them.
+    let mut writes: Vec<Command> = Vec::new();
+    for client in &mut batch.clients {
+        writes.append(&mut client.writes);
+    }
+
+    // Phase 3: unpin what is no longer held, find bodies left unpinned.
+    let mut releases = Vec::new();
+    let mut kept = HashSet::new();
+    let mut candidates = Vec::new();
+    let mut candidates_seen = HashSet::new();
+    let mut touched: Vec<(usize, MessageId)> = Vec::new();
+    let mut touched_seen = HashSet::new();
+    for (index, id) in pins.into_iter().chain(released) {
+        if !touched_seen.insert((index, id)) {
+            continue;
+        }
+        if batch.clients[index].holds(id) {
+            kept.insert(id);
+        } else {
+            touched.push((index, id));
+        }
+    }
+    for (id, holders) in by_body(&touched) {
+        for chunk in holders.chunks(FIELDS_PER_COMMAND) {
+            let mut command = Command::new("HDEL", &keys.body(id));
+            for index in chunk {
+                command = command.arg(keys::holder_field(&batch.clients[*index].id));
+            }
+            releases.push(command);
+        }
+        push_unique(&mut candidates, &mut candidates_seen, id);
+    }
+    for id in put_ids {
+        push_unique(&mut candidates, &mut candidates_seen, id);
+    }
+    candidates.retain(|id| !kept.contains(id));
+    let checks_at = releases.len();
+    for id in &candidates {
+        let key = keys.body(*id);
+        releases.push(Command::new("HLEN", &key));
+        releases.push(Command::new("HEXISTS", &key).arg(BODY_FIELD));
+    }
+    for client in &batch.clients {
+        if client.lifecycle && !client.exists {
+            releases.push(Command::new("SREM", &keys.index_of(&client.id)).arg(client.id.as_str()));
+        }
+    }
+
+    let checks = if redis.is_cluster() {
+        redis.run(&writes, deadline).await?;
+        let mut values = redis.run(&releases, deadline).await?;
+        values.drain(..checks_at.min(values.len()));
+        values
+    } else {
+        let offset = writes.len() + checks_at;
+        writes.extend(releases);
+        let mut values = redis.run(&writes, deadline).await?;
+        values.drain(..offset.min(values.len()));
+        values
+    };
+
+    // Phase 4: collect bodies left with their body field only.
+    let mut collect = Vec::new();
+    for (id, answers) in candidates.iter().zip(checks.chunks(2)) {
+        let key = keys.body(*id);
+        let [fields, has_body] = answers else {
+            continue;
+        };
+        if reply::int(&key, fields)? == 1 && reply::int(&key, has_body)? == 1 {
+            collect.push(Command::new("DEL", &key));
+        }
+    }
+    redis.run(&collect, deadline).await?;
+    Ok(())
+}

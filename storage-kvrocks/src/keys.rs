@@ -1,0 +1,158 @@
+//! Key names (see the crate documentation for the layout).
+
+use easy_mqtt_core::storage::MessageId;
+
+/// Shards of the session index and of the retained messages: enough to
+/// spread them over the slots of a cluster, few enough to scan them all
+/// cheaply. Part of the stored layout: changing it strands stored entries.
+pub(crate) const SHARDS: u16 = 16;
+
+/// The hash field of a message body in its key; holder fields start with
+/// [`HOLDER_PREFIX`], so they never collide with it.
+pub(crate) const BODY_FIELD: &[u8] = b"b";
+pub(crate) const HOLDER_PREFIX: &[u8] = b"h:";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+/// The keys of one client, all under the hash tag `{c:<escaped id>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionKeys {
+    /// String: the session record; the session exists iff this key does.
+    pub record: String,
+    /// Hash: filter → QoS digit.
+    pub subscriptions: String,
+    /// Sorted set: message id → send order and flags; every id the session
+    /// holds (queued or in flight).
+    pub held: String,
+    /// Hash: packet id → in-flight entry.
+    pub window: String,
+    /// Set: inbound QoS 2 packet ids.
+    pub inbound: String,
+}
+
+impl SessionKeys {
+    /// Every key, for a `DEL` that removes the session at once.
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.record,
+            &self.subscriptions,
+            &self.held,
+            &self.window,
+            &self.inbound,
+        ]
+    }
+
+    /// Every key but the record.
+    pub fn data(&self) -> [&str; 4] {
+        [&self.subscriptions, &self.held, &self.window, &self.inbound]
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn session(&self, client_id: &str) -> SessionKeys {
+        let tag = format!("{}:{{c:{}}}:", self.prefix, escape(client_id));
+        SessionKeys {
+            record: format!("{tag}r"),
+            subscriptions: format!("{tag}s"),
+            held: format!("{tag}q"),
+            window: format!("{tag}w"),
+            inbound: format!("{tag}i"),
+        }
+    }
+
+    /// Hash: the body (field `b`) and one field per holder (`h:<client>`).
+    pub fn body(&self, id: MessageId) -> String {
+        format!("{}:m:{:016x}", self.prefix, id.0)
+    }
+
+    /// Set of client ids, one shard of the index of persistent sessions.
+    pub fn index(&self, shard: u16) -> String {
+        format!("{}:{{i:{shard}}}", self.prefix)
+    }
+
+    /// Hash topic → message, one shard of the retained messages.
+    pub fn retained(&self, shard: u16) -> String {
+        format!("{}:{{r:{shard}}}", self.prefix)
+    }
+
+    pub fn index_of(&self, client_id: &str) -> String {
+        self.index(shard(client_id.as_bytes()))
+    }
+
+    pub fn retained_of(&self, topic: &str) -> String {
+        self.retained(shard(topic.as_bytes()))
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// The holder field of a client in a body's hash.
+pub(crate) fn holder_field(client_id: &str) -> Vec<u8> {
+    let mut field = Vec::with_capacity(HOLDER_PREFIX.len() + client_id.len());
+    field.extend_from_slice(HOLDER_PREFIX);
+    field.extend_from_slice(client_id.as_bytes());
+    field
+}
+
+/// Escapes `%`, `{` and `}` as `%25`, `%7B`, `%7D`, so that the hash tag of
+/// a client's keys is exactly `c:<escaped id>` and the escaping is
+/// injective (distinct ids, distinct keys).
+pub(crate) fn escape(client_id: &str) -> std::borrow::Cow<'_, str> {
+    if !client_id.contains(['%', '{', '}']) {
+        return std::borrow::Cow::Borrowed(client_id);
+    }
+    let mut escaped = String::with_capacity(client_id.len() + 8);
+    for c in client_id.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '{' => escaped.push_str("%7B"),
+            '}' => escaped.push_str("%7D"),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
+/// FNV-1a (64 bit) modulo [`SHARDS`]: stable across versions and platforms,
+/// as the stored layout requires.
+pub(crate) fn shard(bytes: &[u8]) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    u16::try_from(hash % u64::from(SHARDS)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_one_tag_per_client_and_is_injective() {
+        let keys = Keys::new("emq");
+        let plain = keys.session("sensor-1");
+        assert_eq!(plain.record, "emq:{c:sensor-1}:r");
+        let odd = keys.session("a}b{c%");
+        assert_eq!(odd.held, "emq:{c:a%7Db%7Bc%25}:q");
+        assert_ne!(keys.session("%7D").record, keys.session("}").record);
+        assert_eq!(escape("%7D"), "%257D");
+    }
+
+    #[test]
+    fn shards_are_stable() {
+        assert_eq!(shard(b""), (0xcbf2_9ce4_8422_2325_u64 % 16) as u16);
+        assert!(shard(b"client").lt(&SHARDS));
+    }
+}

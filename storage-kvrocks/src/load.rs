@@ -1,0 +1,310 @@
+//! The loads: one session, every session's subscriptions, every retained
+//! message.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
+use easy_mqtt_core::session::Message;
+use easy_mqtt_core::storage::{
+    MessageId, SessionRecord, SessionSubscriptions, StorageError, StoredDelivery, StoredInflight,
+    StoredSession,
+};
+use redis::Value;
+
+use crate::codec::{self, Held, WindowEntry};
+use crate::conn::{Command, Redis};
+use crate::keys::{BODY_FIELD, Keys, SHARDS, SessionKeys};
+use crate::reply;
+
+/// How many entries one `SSCAN`/`HSCAN` call asks for.
+const SCAN_COUNT: usize = 1000;
+/// How many sessions one round trip of `load_subscriptions` reads.
+const SESSIONS_PER_ROUND_TRIP: usize = 500;
+
+fn corrupt(key: &str, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn take(values: &mut std::vec::IntoIter<Value>) -> Value {
+    values.next().unwrap_or(Value::Nil)
+}
+
+/// Decodes a session record read at `keys.record`, checking it names
+/// `client_id`.
+fn record(
+    keys: &SessionKeys,
+    client_id: &str,
+    bytes: &[u8],
+) -> Result<SessionRecord, StorageError> {
+    let record = codec::decode_record(&keys.record, bytes)?;
+    if record.client_id != client_id {
+        return Err(corrupt(
+            &keys.record,
+            format!("record names client {:?}", record.client_id.as_str()),
+        ));
+    }
+    Ok(record)
+}
+
+/// Subscriptions in filter order.
+fn subscriptions(keys: &SessionKeys, value: Value) -> Result<Vec<(ByteStr, QoS)>, StorageError> {
+    let key = &keys.subscriptions;
+    let mut subscriptions = reply::pairs(key, value)?
+        .into_iter()
+        .map(|(filter, qos)| {
+            Ok((
+                codec::decode_utf8(key, filter)?,
+                codec::decode_qos_digit(key, &qos)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(subscriptions)
+}
+
+pub(crate) fn window(
+    keys: &SessionKeys,
+    value: Value,
+) -> Result<Vec<(PacketId, WindowEntry)>, StorageError> {
+    let key = &keys.window;
+    reply::pairs(key, value)?
+        .into_iter()
+        .map(|(packet_id, entry)| {
+            Ok((
+                codec::decode_packet_id(key, &packet_id)?,
+                codec::decode_window(key, &entry)?,
+            ))
+        })
+        .collect()
+}
+
+/// Held ids in score order.
+pub(crate) fn held(
+    keys: &SessionKeys,
+    value: Value,
+) -> Result<Vec<(MessageId, Held)>, StorageError> {
+    let key = &keys.held;
+    reply::scored(key, value)?
+        .into_iter()
+        .map(|(member, score)| {
+            Ok((
+                codec::decode_message_id(key, &member)?,
+                Held::from_score(key, score)?,
+            ))
+        })
+        .collect()
+}
+
+pub(crate) async fn load_session(
+    redis: &Redis,
+    keys: &Keys,
+    client_id: &str,
+) -> Result<Option<StoredSession>, StorageError> {
+    let deadline = redis.deadline();
+    let session = keys.session(client_id);
+    let commands = [
+        Command::new("GET", &session.record),
+        Command::new("HGETALL", &session.subscriptions),
+        Command::new("ZRANGE", &session.held)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+        Command::new("HGETALL", &session.window),
+        Command::new("SMEMBERS", &session.inbound),
+    ];
+    let mut values = redis.run(&commands, deadline).await?.into_iter();
+    let Some(record_bytes) = reply::optional_bytes(&session.record, take(&mut values))? else {
+        return Ok(None);
+    };
+    let record = record(&session, client_id, &record_bytes)?;
+    let subscriptions = subscriptions(&session, take(&mut values))?;
+    let held = held(&session, take(&mut values))?;
+    let mut window = window(&session, take(&mut values))?;
+    window.sort_by_key(|(packet_id, entry)| (entry.order, *packet_id));
+    let mut inbound_qos2 = reply::members(&session.inbound, take(&mut values))?
+        .iter()
+        .map(|member| codec::decode_packet_id(&session.inbound, member))
+        .collect::<Result<Vec<_>, _>>()?;
+    inbound_qos2.sort_unstable();
+
+    // An id in the window is in flight, not queued (it stays in the held
+    // set until its flow completes).
+    let in_window: HashSet<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
+    let queue: Vec<(MessageId, Held)> = held
+        .into_iter()
+        .filter(|(id, _)| !in_window.contains(id))
+        .collect();
+
+    let mut ids: Vec<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
+    ids.extend(queue.iter().map(|(id, _)| *id));
+    let bodies = load_bodies(redis, keys, &ids, deadline).await?;
+    let body = |id: MessageId| -> Result<Arc<Message>, StorageError> {
+        bodies.get(&id).cloned().ok_or_else(|| {
+            corrupt(
+                &keys.body(id),
+                format!("message body referenced by session {client_id:?} is not stored"),
+            )
+        })
+    };
+
+    let inflight = window
+        .into_iter()
+        .map(|(packet_id, entry)| {
+            Ok(StoredInflight {
+                packet_id,
+                delivery: StoredDelivery {
+                    id: entry.id,
+                    message: body(entry.id)?,
+                    qos: entry.qos,
+                    retain: entry.retain,
+                },
+                phase: entry.phase,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let queue = queue
+        .into_iter()
+        .map(|(id, held)| {
+            Ok(StoredDelivery {
+                id,
+                message: body(id)?,
+                qos: held.qos,
+                retain: held.retain,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    Ok(Some(StoredSession {
+        record,
+        subscriptions,
+        inflight,
+        queue,
+        inbound_qos2,
+    }))
+}
+
+/// The stored bodies among `ids` (missing ones are left out).
+async fn load_bodies(
+    redis: &Redis,
+    keys: &Keys,
+    ids: &[MessageId],
+    deadline: std::time::Instant,
+) -> Result<HashMap<MessageId, Arc<Message>>, StorageError> {
+    let mut distinct: Vec<MessageId> = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let commands: Vec<Command> = distinct
+        .iter()
+        .map(|id| Command::new("HGET", &keys.body(*id)).arg(BODY_FIELD))
+        .collect();
+    let values = redis.run(&commands, deadline).await?;
+    let mut bodies = HashMap::with_capacity(distinct.len());
+    for ((id, command), value) in distinct.iter().zip(&commands).zip(values) {
+        if let Some(bytes) = reply::optional_bytes(&command.key, value)? {
+            let message = codec::decode_message(&command.key, &bytes)?;
+            bodies.insert(*id, Arc::new(message));
+        }
+    }
+    Ok(bodies)
+}
+
+/// Scans every shard (`SSCAN`/`HSCAN` on `key(shard)`) to the end, one
+/// round trip per page of all shards at once.
+async fn scan_shards(
+    redis: &Redis,
+    command: &str,
+    key: impl Fn(u16) -> String,
+) -> Result<Vec<(String, Value)>, StorageError> {
+    let mut cursors: Vec<(String, Vec<u8>)> = (0..SHARDS)
+        .map(|shard| (key(shard), b"0".to_vec()))
+        .collect();
+    let mut pages = Vec::new();
+    while !cursors.is_empty() {
+        let commands: Vec<Command> = cursors
+            .iter()
+            .map(|(key, cursor)| {
+                Command::new(command, key)
+                    .arg(cursor.as_slice())
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+            })
+            .collect();
+        // Each page has its own deadline: a large store takes many pages.
+        let values = redis.run(&commands, redis.deadline()).await?;
+        let mut next = Vec::new();
+        for ((key, _), value) in cursors.into_iter().zip(values) {
+            let (cursor, page) = reply::scan_page(&key, value)?;
+            if cursor != b"0" {
+                next.push((key.clone(), cursor));
+            }
+            pages.push((key, page));
+        }
+        cursors = next;
+    }
+    Ok(pages)
+}
+
+pub(crate) async fn load_subscriptions(
+    redis: &Redis,
+    keys: &Keys,
+) -> Result<Vec<SessionSubscriptions>, StorageError> {
+    let mut client_ids: Vec<ByteStr> = Vec::new();
+    let mut seen: HashSet<ByteStr> = HashSet::new();
+    for (key, page) in scan_shards(redis, "SSCAN", |shard| keys.index(shard)).await? {
+        for member in reply::members(&key, page)? {
+            let client_id = codec::decode_utf8(&key, member)?;
+            if seen.insert(client_id.clone()) {
+                client_ids.push(client_id);
+            }
+        }
+    }
+    let mut sessions = Vec::with_capacity(client_ids.len());
+    for chunk in client_ids.chunks(SESSIONS_PER_ROUND_TRIP) {
+        let session_keys: Vec<SessionKeys> = chunk.iter().map(|id| keys.session(id)).collect();
+        let commands: Vec<Command> = session_keys
+            .iter()
+            .flat_map(|session| {
+                [
+                    Command::new("GET", &session.record),
+                    Command::new("HGETALL", &session.subscriptions),
+                ]
+            })
+            .collect();
+        let mut values = redis.run(&commands, redis.deadline()).await?.into_iter();
+        for (client_id, session) in chunk.iter().zip(&session_keys) {
+            let record_value = take(&mut values);
+            let subscriptions_value = take(&mut values);
+            // An index entry without a record: a session deleted (or a
+            // batch cut short) after the entry was written; not a session.
+            let Some(bytes) = reply::optional_bytes(&session.record, record_value)? else {
+                continue;
+            };
+            let record = record(session, client_id, &bytes)?;
+            sessions.push((record, subscriptions(session, subscriptions_value)?));
+        }
+    }
+    Ok(sessions)
+}
+
+pub(crate) async fn load_retained(
+    redis: &Redis,
+    keys: &Keys,
+) -> Result<Vec<Arc<Message>>, StorageError> {
+    let mut retained = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    for (key, page) in scan_shards(redis, "HSCAN", |shard| keys.retained(shard)).await? {
+        for (topic, bytes) in reply::pairs(&key, page)? {
+            let message = codec::decode_message(&key, &bytes)?;
+            if message.topic.as_bytes().as_ref() != topic.as_slice() {
+                return Err(corrupt(&key, "retained message stored under another topic"));
+            }
+            if seen.insert(topic) {
+                retained.push(Arc::new(message));
+            }
+        }
+    }
+    Ok(retained)
+}

@@ -1,0 +1,626 @@
+//! Checks of the Kvrocks backend itself, on standalone servers: binary
+//! payloads, bodies stored once, replays, batch size, outages, and what
+//! undecodable data gives.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Server, connect, count_keys, dump, prefix, settings};
+use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
+use easy_mqtt_core::session::{Message, OutboundPhase};
+use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, Storage, StorageError};
+use easy_mqtt_storage_kvrocks::{KvrocksSettings, KvrocksStorage};
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::standalone)
+}
+
+fn storage(test: &str) -> KvrocksStorage {
+    connect(settings(vec![server().node()], &prefix(test)))
+}
+
+fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {
+    let result = smol::block_on(storage.apply(ops));
+    assert!(result.is_ok(), "apply: {result:?}");
+}
+
+fn load(storage: &KvrocksStorage, client: &str) -> easy_mqtt_core::storage::StoredSession {
+    smol::block_on(storage.load_session(client))
+        .expect("load_session")
+        .expect("session exists")
+}
+
+fn client(id: &str) -> ByteStr {
+    ByteStr::from(id)
+}
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn put_session(id: &str) -> Op {
+    Op::PutSession(SessionRecord {
+        client_id: client(id),
+        created_at_ms: 42,
+    })
+}
+
+fn delete_session(id: &str) -> Op {
+    Op::DeleteSession {
+        client_id: client(id),
+    }
+}
+
+fn enqueue(id: &str, message: MessageId) -> Op {
+    Op::Enqueue {
+        client_id: client(id),
+        id: message,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    }
+}
+
+fn message(topic: &str, payload: &[u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: ByteStr::from(topic),
+        payload: Bytes::copy_from_slice(payload),
+        qos: QoS::ExactlyOnce,
+        retain: true,
+    })
+}
+
+#[test]
+fn binary_payloads_round_trip_byte_exact() {
+    let name = "binary";
+    let storage = storage(name);
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let reversed: Vec<u8> = (0..=255).rev().collect();
+    let body = message("bin/ärger/{x}", &every_byte);
+    let retained = message("bin/retained", &reversed);
+    let empty = message("bin/empty", b"");
+    let id = MessageId::new(1, 1);
+    let empty_id = MessageId::new(1, 2);
+    // A client id with the characters the key escaping is about.
+    let odd = "odd}{%client ✓";
+    apply(
+        &storage,
+        vec![
+            put_session(odd),
+            Op::PutMessage {
+                id,
+                message: Arc::clone(&body),
+            },
+            Op::PutMessage {
+                id: empty_id,
+                message: Arc::clone(&empty),
+            },
+            Op::Enqueue {
+                client_id: client(odd),
+                id,
+                qos: QoS::ExactlyOnce,
+                retain: true,
+            },
+            enqueue(odd, empty_id),
+            Op::SetRetained {
+                topic: ByteStr::from("bin/retained"),
+                message: Some(Arc::clone(&retained)),
+            },
+        ],
+    );
+    let session = load(&storage, odd);
+    assert_eq!(session.record.client_id, odd);
+    assert_eq!(session.queue.len(), 2);
+    assert_eq!(session.queue[0].message, body);
+    assert_eq!(
+        session.queue[0].message.payload.as_ref(),
+        every_byte.as_slice()
+    );
+    assert_eq!(session.queue[1].message, empty);
+    let loaded = smol::block_on(storage.load_retained()).unwrap();
+    assert_eq!(loaded, vec![Arc::clone(&retained)]);
+    assert_eq!(loaded[0].payload.as_ref(), reversed.as_slice());
+
+    apply(
+        &storage,
+        vec![
+            delete_session(odd),
+            Op::SetRetained {
+                topic: ByteStr::from("bin/retained"),
+                message: None,
+            },
+        ],
+    );
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
+#[test]
+fn shared_body_is_stored_once_and_goes_with_its_last_holder() {
+    let name = "shared";
+    let storage = storage(name);
+    let bodies = format!("{}:m:*", prefix(name));
+    let count = || count_keys(&[server()], &bodies);
+    let id = MessageId::new(2, 1);
+    let [a, b, c] = ["a", "b", "c"];
+    apply(
+        &storage,
+        vec![
+            put_session(a),
+            put_session(b),
+            put_session(c),
+            Op::PutMessage {
+                id,
+                message: message("shared/1", b"once"),
+            },
+            enqueue(a, id),
+            enqueue(b, id),
+            enqueue(c, id),
+        ],
+    );
+    assert_eq!(count(), 1, "stored once for three sessions");
+
+    // Three ways to let go: dropped from the queue, delivered and
+    // acknowledged, and the session deleted.
+    apply(
+        &storage,
+        vec![Op::Dequeue {
+            client_id: client(a),
+            id,
+        }],
+    );
+    assert_eq!(count(), 1);
+    apply(
+        &storage,
+        vec![
+            Op::SetInflight {
+                client_id: client(b),
+                packet_id: pid(9),
+                id,
+                phase: OutboundPhase::Published,
+            },
+            Op::CompleteInflight {
+                client_id: client(b),
+                packet_id: pid(9),
+            },
+        ],
+    );
+    assert_eq!(count(), 1);
+    assert_eq!(load(&storage, c).queue.len(), 1);
+    apply(&storage, vec![delete_session(c)]);
+    assert_eq!(count(), 0, "the last holder let go");
+
+    // A body stored and never enqueued does not stay either.
+    apply(
+        &storage,
+        vec![Op::PutMessage {
+            id: MessageId::new(2, 2),
+            message: message("shared/2", b"nobody"),
+        }],
+    );
+    assert_eq!(count(), 0, "an unreferenced body is not kept");
+
+    apply(&storage, vec![delete_session(a), delete_session(b)]);
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
+#[test]
+fn replaying_a_batch_leaves_identical_state() {
+    let name = "replay";
+    let storage = storage(name);
+    let [a, b] = ["a", "b"];
+    let m = |n| MessageId::new(3, n);
+    let batches = vec![
+        vec![
+            put_session(a),
+            put_session(b),
+            Op::Subscribe {
+                client_id: client(a),
+                filter: ByteStr::from("x/#"),
+                qos: QoS::ExactlyOnce,
+            },
+            Op::PutMessage {
+                id: m(1),
+                message: message("x/1", b"1"),
+            },
+            Op::PutMessage {
+                id: m(2),
+                message: message("x/2", b"2"),
+            },
+            enqueue(a, m(1)),
+            enqueue(a, m(2)),
+            enqueue(b, m(1)),
+            Op::SetInflight {
+                client_id: client(a),
+                packet_id: pid(1),
+                id: m(1),
+                phase: OutboundPhase::Published,
+            },
+            Op::AddInboundQos2 {
+                client_id: client(b),
+                packet_id: pid(5),
+            },
+            Op::SetRetained {
+                topic: ByteStr::from("x/r"),
+                message: Some(message("x/r", b"r")),
+            },
+        ],
+        vec![
+            Op::SetInflight {
+                client_id: client(a),
+                packet_id: pid(1),
+                id: m(1),
+                phase: OutboundPhase::Released,
+            },
+            Op::SetInflight {
+                client_id: client(a),
+                packet_id: pid(2),
+                id: m(2),
+                phase: OutboundPhase::Published,
+            },
+            Op::CompleteInflight {
+                client_id: client(a),
+                packet_id: pid(1),
+            },
+            Op::PutMessage {
+                id: m(3),
+                message: message("x/3", b"3"),
+            },
+            enqueue(b, m(3)),
+            Op::Dequeue {
+                client_id: client(b),
+                id: m(1),
+            },
+            Op::RemoveInboundQos2 {
+                client_id: client(b),
+                packet_id: pid(5),
+            },
+            Op::Unsubscribe {
+                client_id: client(a),
+                filter: ByteStr::from("x/#"),
+            },
+        ],
+        vec![
+            // Queued, sent and acknowledged in one batch; a session
+            // deleted and put again.
+            Op::PutMessage {
+                id: m(4),
+                message: message("x/4", b"4"),
+            },
+            enqueue(a, m(4)),
+            Op::SetInflight {
+                client_id: client(a),
+                packet_id: pid(3),
+                id: m(4),
+                phase: OutboundPhase::Published,
+            },
+            Op::CompleteInflight {
+                client_id: client(a),
+                packet_id: pid(3),
+            },
+            delete_session(b),
+            put_session(b),
+            Op::SetRetained {
+                topic: ByteStr::from("x/r"),
+                message: None,
+            },
+        ],
+    ];
+    for (index, batch) in batches.into_iter().enumerate() {
+        apply(&storage, batch.clone());
+        let once = dump(&[server()], &prefix(name));
+        apply(&storage, batch);
+        let twice = dump(&[server()], &prefix(name));
+        assert_eq!(once, twice, "batch {index} applied twice");
+        assert!(!once.is_empty());
+    }
+    apply(&storage, vec![delete_session(a), delete_session(b)]);
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
+#[test]
+fn ten_thousand_enqueues_take_a_few_round_trips() {
+    let name = "large";
+    let storage = storage(name);
+    let clients: Vec<String> = (0..1000).map(|n| format!("c{n}")).collect();
+    apply(&storage, clients.iter().map(|c| put_session(c)).collect());
+    let mut ops = Vec::new();
+    for n in 0..10 {
+        ops.push(Op::PutMessage {
+            id: MessageId::new(4, n),
+            message: message("large", format!("m{n}").as_bytes()),
+        });
+    }
+    for n in 0..10 {
+        for id in &clients {
+            ops.push(enqueue(id, MessageId::new(4, n)));
+        }
+    }
+    let before = storage.round_trips();
+    let started = Instant::now();
+    apply(&storage, ops);
+    let elapsed = started.elapsed();
+    let round_trips = storage.round_trips() - before;
+    eprintln!("standalone: 10,000 enqueues in {elapsed:?}, {round_trips} round trips");
+    assert!(round_trips <= 3, "{round_trips} round trips");
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+
+    let session = load(&storage, "c500");
+    let ids: Vec<MessageId> = session.queue.iter().map(|d| d.id).collect();
+    assert_eq!(
+        ids,
+        (0..10).map(|n| MessageId::new(4, n)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        count_keys(&[server()], &format!("{}:m:*", prefix(name))),
+        10
+    );
+
+    apply(
+        &storage,
+        clients.iter().map(|c| delete_session(c)).collect(),
+    );
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
+fn outage_settings(server: &Server, name: &str) -> KvrocksSettings {
+    KvrocksSettings {
+        timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_millis(300),
+        ..settings(vec![server.node()], &prefix(name))
+    }
+}
+
+#[test]
+fn outage_fails_fast_and_recovers_without_a_new_backend() {
+    let mut server = Server::standalone();
+    let settings = outage_settings(&server, "outage");
+    let timeout = settings.timeout;
+    let storage = connect(settings);
+    apply(&storage, vec![put_session("before")]);
+
+    server.stop();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let result = smol::block_on(storage.apply(vec![put_session("during")]));
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(result, Err(StorageError::Unavailable(_))),
+            "attempt {attempt}: {result:?}"
+        );
+        assert!(
+            elapsed < timeout + Duration::from_millis(500),
+            "attempt {attempt} took {elapsed:?}"
+        );
+    }
+    let result = smol::block_on(storage.load_session("before"));
+    assert!(
+        matches!(result, Err(StorageError::Unavailable(_))),
+        "{result:?}"
+    );
+
+    server.restart();
+    apply(&storage, vec![put_session("after")]);
+    assert_eq!(load(&storage, "after").record.created_at_ms, 42);
+}
+
+#[test]
+fn hung_server_times_out_then_recovers() {
+    let server = Server::standalone();
+    let settings = outage_settings(&server, "hung");
+    let timeout = settings.timeout;
+    let storage = connect(settings);
+    apply(&storage, vec![put_session("before")]);
+
+    server.freeze(true);
+    let started = Instant::now();
+    let result = smol::block_on(storage.apply(vec![put_session("during")]));
+    let elapsed = started.elapsed();
+    server.freeze(false);
+    assert!(
+        matches!(result, Err(StorageError::Unavailable(_))),
+        "{result:?}"
+    );
+    assert!(
+        elapsed >= timeout.saturating_sub(Duration::from_millis(50))
+            && elapsed < timeout + Duration::from_millis(500),
+        "took {elapsed:?}"
+    );
+
+    apply(&storage, vec![put_session("after")]);
+    assert!(
+        smol::block_on(storage.load_session("after"))
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn undecodable_data_is_reported_corrupt_with_its_key() {
+    let name = "corrupt";
+    let storage = storage(name);
+    apply(&storage, vec![put_session("a"), put_session("b")]);
+    let mut connection = server().connection();
+    let record = format!("{}:{{c:a}}:r", prefix(name));
+    let _: () = redis::cmd("SET")
+        .arg(&record)
+        .arg(b"\x09garbage".as_slice())
+        .query(&mut connection)
+        .unwrap();
+    match smol::block_on(storage.load_session("a")) {
+        Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, record),
+        other => panic!("{other:?}"),
+    }
+    // A key of the wrong type: WRONGTYPE from the server.
+    let window = format!("{}:{{c:b}}:w", prefix(name));
+    let _: () = redis::cmd("SET")
+        .arg(&window)
+        .arg("not a hash")
+        .query(&mut connection)
+        .unwrap();
+    match smol::block_on(storage.load_session("b")) {
+        Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, window),
+        other => panic!("{other:?}"),
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&record)
+        .arg(&window)
+        .query(&mut connection)
+        .unwrap();
+    apply(&storage, vec![delete_session("a"), delete_session("b")]);
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused() {
+    for settings in [
+        KvrocksSettings::new(vec![]),
+        KvrocksSettings {
+            key_prefix: "a{b".to_owned(),
+            ..KvrocksSettings::new(vec![server().node()])
+        },
+    ] {
+        let result = smol::block_on(KvrocksStorage::connect(settings));
+        assert!(
+            matches!(result, Err(StorageError::Unavailable(_))),
+            "{result:?}"
+        );
+    }
+    let mapped = KvrocksSettings::from_original(vec!["h:1".to_owned()], "", 7, 0);
+    assert_eq!(mapped.password, None);
+    assert_eq!(mapped.connections, 1);
+    assert_eq!(mapped.max_redirects, 7);
+}
+
+/// Random batches (some applied twice) give the same loads as on the
+/// reference backend, and leave nothing behind. `KVROCKS_RANDOM_SEEDS=n`
+/// runs more seeds.
+#[test]
+fn same_as_the_reference_on_random_batches() {
+    let seeds: u64 = std::env::var("KVROCKS_RANDOM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    for seed in 1..=seeds {
+        let name = format!("random-{seed}");
+        let storage = storage(&name);
+        smol::block_on(common::differential::run(&storage, seed, 40));
+        let left = dump(&[server()], &prefix(&name));
+        assert!(left.is_empty(), "seed {seed}: keys left behind: {left:#?}");
+    }
+}
+
+/// `TRYAGAIN` (a slot being migrated) is retried with a back-off; when it
+/// does not stop, the call fails as unavailable.
+#[test]
+fn tryagain_is_retried_then_unavailable() {
+    let name = "tryagain";
+    // Three answers of the first round trip are TRYAGAIN: it is sent again.
+    let proxy = common::TryAgainProxy::start(server().port, 3);
+    let storage = connect(settings(vec![proxy.node()], &prefix(name)));
+    let before = storage.round_trips();
+    apply(
+        &storage,
+        vec![
+            put_session("a"),
+            Op::Subscribe {
+                client_id: client("a"),
+                filter: ByteStr::from("t/#"),
+                qos: QoS::AtLeastOnce,
+            },
+        ],
+    );
+    assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        storage.round_trips() - before >= 3,
+        "a phase was sent again"
+    );
+    assert_eq!(load(&storage, "a").subscriptions.len(), 1);
+
+    // Endless TRYAGAIN: a few retries, then unavailable, well before the timeout.
+    let endless = common::TryAgainProxy::start(server().port, usize::MAX);
+    let settings = KvrocksSettings {
+        tryagain_attempts: 3,
+        ..settings(vec![endless.node()], &prefix(name))
+    };
+    let timeout = settings.timeout;
+    let stuck = connect(settings);
+    let before = stuck.round_trips();
+    let started = Instant::now();
+    let result = smol::block_on(stuck.apply(vec![delete_session("a")]));
+    match result {
+        Err(StorageError::Unavailable(reason)) => assert!(reason.contains("TRYAGAIN"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < timeout);
+    assert_eq!(
+        stuck.round_trips() - before,
+        4,
+        "sent once, retried 3 times"
+    );
+
+    apply(&storage, vec![delete_session("a")]);
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
+/// A password is sent; a missing or wrong one fails at connect time.
+#[test]
+fn password() {
+    let server = Server::standalone_with(&["--requirepass", "s3cret"]);
+    let with = |password: Option<&str>| KvrocksSettings {
+        password: password.map(str::to_owned),
+        ..settings(vec![server.node()], &prefix("password"))
+    };
+    for wrong in [None, Some("wrong")] {
+        let result = smol::block_on(KvrocksStorage::connect(with(wrong)));
+        assert!(
+            matches!(&result, Err(StorageError::Unavailable(reason)) if reason.contains("connecting")),
+            "{wrong:?}: {result:?}"
+        );
+    }
+    let storage = connect(with(Some("s3cret")));
+    apply(&storage, vec![put_session("a")]);
+    assert_eq!(load(&storage, "a").record.created_at_ms, 42);
+}
+
+/// Connections cut mid-batch (the server ran a prefix of what was sent):
+/// the backend either finishes the batch on a new connection, or fails it
+/// leaving loadable state that a replay completes, matching the reference.
+#[test]
+fn cut_connections_leave_loadable_state_that_a_replay_completes() {
+    let seeds: u64 = std::env::var("KVROCKS_RANDOM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4);
+    let proxy = common::CutProxy::start(server().port);
+    let mut failed = 0;
+    for seed in 1..=seeds {
+        let name = format!("cut-{seed}");
+        let proxied = connect(settings(vec![proxy.node()], &prefix(&name)));
+        let direct = storage(&name);
+        let (failures, _) = smol::block_on(common::differential::run_with_cuts(
+            &proxied, &direct, &proxy, seed, 25,
+        ));
+        failed += failures;
+        let left = dump(&[server()], &prefix(&name));
+        // Bodies pinned by a batch that failed for good may stay (a leak,
+        // documented); nothing else may.
+        let sessions: Vec<_> = left
+            .keys()
+            .filter(|key| !key.starts_with(format!("{}:m:", prefix(&name)).as_bytes()))
+            .collect();
+        assert!(
+            sessions.is_empty(),
+            "seed {seed}: keys left behind: {left:#?}"
+        );
+    }
+    assert!(
+        proxy.cuts() > 0 && failed > 0,
+        "cuts {} failures {failed}",
+        proxy.cuts()
+    );
+}

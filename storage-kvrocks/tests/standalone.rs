@@ -1,0 +1,60 @@
+//! The storage contract ([`easy_mqtt_core::storage_contract`]) on a
+//! standalone server: each check on its own key prefix, then all of them on
+//! one; after each, nothing is left under the prefix (no leaked body, no
+//! stray index entry).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{Server, connect, count_keys, prefix, settings};
+use easy_mqtt_core::storage_contract as contract;
+use easy_mqtt_storage_kvrocks::KvrocksStorage;
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::standalone)
+}
+
+fn storage(test: &str) -> KvrocksStorage {
+    let storage = connect(settings(vec![server().node()], &prefix(test)));
+    assert!(!storage.is_cluster());
+    storage
+}
+
+fn assert_empty(test: &str) {
+    let left = common::dump(&[server()], &prefix(test));
+    assert!(left.is_empty(), "{test}: keys left behind: {left:#?}");
+    assert_eq!(count_keys(&[server()], &format!("{}:*", prefix(test))), 0);
+}
+
+macro_rules! check {
+    ($name:ident) => {
+        #[test]
+        fn $name() {
+            let name = stringify!($name);
+            let storage = storage(name);
+            smol::block_on(contract::$name(&storage));
+            assert_empty(name);
+        }
+    };
+}
+
+check!(session_lifecycle);
+check!(subscriptions_in_filter_order);
+check!(queue_order_and_shared_bodies);
+check!(inflight_window);
+check!(inbound_qos2);
+check!(retained);
+check!(idempotence);
+check!(unknown_sessions_are_not_created);
+check!(batch_applied_in_order);
+
+#[test]
+fn run_all() {
+    let storage = storage("run_all");
+    smol::block_on(contract::run_all(&storage));
+    assert_empty("run_all");
+}
