@@ -188,11 +188,14 @@ fn serve(stream: impl Read + Write, seen: &Mutex<Vec<Seen>>, counters: &Counters
             answer.body.len(),
             answer.body
         );
+        // Counted before the bytes leave: once the broker has the answer it
+        // may reply to its client at once, and a test reading the count then
+        // must already see it.
+        counters.answered.fetch_add(1, Ordering::SeqCst);
         let stream = reader.get_mut();
         if stream.write_all(response.as_bytes()).is_err() || stream.flush().is_err() {
             return;
         }
-        counters.answered.fetch_add(1, Ordering::SeqCst);
     }
 }
 
