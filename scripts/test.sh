@@ -49,6 +49,14 @@ if ! "$api_venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$schemathesi
   "$api_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 export EASY_MQTT_SCHEMATHESIS="$PWD/$api_venv/bin/schemathesis"
+# paho-mqtt, pinned, in the same venv: the Alibaba Cloud mode's tests
+# (server/tests/aliyun.rs) connect with it as Alibaba Cloud's samples do.
+paho_version=2.1.0
+if ! "$api_venv/bin/python" -c "import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ != '$paho_version')" 2>/dev/null; then
+  echo "installing paho-mqtt $paho_version into $api_venv"
+  "$api_venv/bin/pip" install --quiet --disable-pip-version-check "paho-mqtt==$paho_version"
+fi
+export EASY_MQTT_PAHO_PYTHON="$PWD/$api_venv/bin/python"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -188,6 +188,7 @@ impl<R: Runtime> Node<R> {
             message: Arc::new(message),
             qos,
             retain: false,
+            id: None,
         };
         Ok(entry.deliver(delivery, &self.metrics))
     }

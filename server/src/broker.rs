@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_executor::Executor;
 use easy_mqtt_core::session::{ConnectionConfig, QueueOverflow, SessionLimits};
-use easy_mqtt_core::storage::Storage;
+use easy_mqtt_core::storage::{Storage, StorageError};
+use easy_mqtt_storage_kvrocks::{KvrocksSettings, KvrocksStorage};
 use easy_mqtt_storage_memory::MemoryStorage;
 use easy_mqtt_transport::{TlsContext, TlsError};
 
@@ -46,6 +47,9 @@ pub enum StartError {
     Auth(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Kvrocks could not be reached within the start-up budget (5 s).
+    #[error("cannot reach Kvrocks at {0:?} (mqtt.kvrocks.cluster.nodes): {1}")]
+    Storage(Vec<String>, easy_mqtt_core::storage::StorageError),
     #[error("cannot load stored state: {0}")]
     Recover(#[from] easy_mqtt_core::storage::StorageError),
 }
@@ -79,6 +83,61 @@ pub fn node_config(config: &Config) -> NodeConfig {
     }
 }
 
+/// How long start-up keeps trying to reach Kvrocks (and to load from it)
+/// before it fails.
+const STORAGE_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to Kvrocks (`mqtt.kvrocks.*`), retrying with back-off for up
+/// to [`STORAGE_START_TIMEOUT`]; a misconfiguration fails at once.
+async fn connect_kvrocks(config: &Config) -> Result<KvrocksStorage, StartError> {
+    let kvrocks = &config.mqtt.kvrocks;
+    let settings = KvrocksSettings::from_original(
+        kvrocks.cluster.nodes.clone(),
+        &kvrocks.password,
+        kvrocks.cluster.max_redirects,
+        kvrocks.pool.max_active,
+    );
+    let deadline = std::time::Instant::now() + STORAGE_START_TIMEOUT;
+    let mut attempt = 0;
+    loop {
+        match KvrocksStorage::connect(settings.clone()).await {
+            Ok(storage) => {
+                tracing::info!(nodes = ?settings.nodes, cluster = storage.is_cluster(), "connected to Kvrocks");
+                return Ok(storage);
+            }
+            Err(error @ StorageError::Invalid(_)) => {
+                return Err(StartError::Storage(settings.nodes.clone(), error));
+            }
+            Err(error) if std::time::Instant::now() >= deadline => {
+                return Err(StartError::Storage(settings.nodes.clone(), error));
+            }
+            Err(error) => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, "cannot reach Kvrocks yet; retrying");
+                async_io::Timer::after(crate::persist::backoff(attempt + 2)).await;
+            }
+        }
+    }
+}
+
+/// Loads retained messages and persistent sessions, retrying like
+/// [`connect_kvrocks`].
+async fn recover(node: &Node<SmolRuntime>) -> Result<(), StartError> {
+    let deadline = std::time::Instant::now() + STORAGE_START_TIMEOUT;
+    let mut attempt = 0;
+    loop {
+        match node.recover().await {
+            Ok(()) => return Ok(()),
+            Err(error @ StorageError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, "cannot load stored state yet; retrying");
+                async_io::Timer::after(crate::persist::backoff(attempt + 2)).await;
+            }
+            Err(error) => return Err(StartError::Recover(error)),
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -106,17 +165,22 @@ impl Broker {
         config: &Config,
         executor: Arc<Executor<'static>>,
     ) -> Result<Broker, StartError> {
-        if config.uses_kvrocks() {
-            return Err(StartError::Unsupported(
-                "mqtt.kvrocks.cluster.nodes is set, but this build serves the in-memory backend only; remove the key to run in memory".into(),
-            ));
-        }
         let authenticator =
             auth::from_config(config, executor.clone()).map_err(StartError::Auth)?;
-        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        // The Alibaba Cloud mode, when on, goes in front of the URL.
+        let (authenticator, aliyun) = crate::aliyun::wire(config, authenticator);
+        let policy = aliyun.clone().map(|a| a as Arc<dyn crate::node::Policy>);
+        let storage: Arc<dyn Storage> = if config.uses_kvrocks() {
+            Arc::new(connect_kvrocks(config).await?)
+        } else {
+            Arc::new(MemoryStorage::new())
+        };
         let runtime = SmolRuntime::new(executor.clone());
-        let node = Node::with_authenticator(node_config(config), runtime, storage, authenticator);
-        node.recover().await?;
+        let node = Node::with_policy(node_config(config), runtime, storage, authenticator, policy);
+        if let Some(aliyun) = &aliyun {
+            aliyun.attach(&node, &executor);
+        }
+        recover(&node).await?;
         let api_config = ApiConfig::from_config(config);
         let api_addr = api_config.addr;
         let api = ApiServer::start(node.clone(), api_config, executor.clone())

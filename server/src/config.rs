@@ -12,6 +12,7 @@
 //! of every value that was given, so that the rules checked after parsing can
 //! point at the line too.
 
+mod aliyun;
 mod error;
 mod nodes;
 mod validate;
@@ -125,7 +126,70 @@ section! {
         pub server: ServerConfig in RawServer,
         /// `mqtt.kvrocks`.
         pub kvrocks: KvrocksConfig in RawKvrocks,
+        /// `mqtt.aliyun`.
+        pub aliyun: AliyunConfig in RawAliyun,
     }
+}
+
+section! {
+    /// `mqtt.aliyun`: the Alibaba Cloud MQTT compatibility mode (see
+    /// `server/src/aliyun/mod.rs` and the README).
+    pub struct AliyunConfig in RawAliyun at "mqtt.aliyun" {
+        /// `enabled`: Alibaba Cloud user names, client ids, tokens,
+        /// point-to-point topics and status events.
+        pub enabled: bool = false,
+        /// `instance-id`: the instance id devices put in their user names.
+        pub instance_id: String = String::new(),
+        /// `access-keys`: `[{id, secret}]` for signature and token mode.
+        pub access_keys: Vec<AliyunAccessKey> = Vec::new(),
+        /// `identities`: custom identities `[{username, secret, sign-mode}]`,
+        /// `sign-mode` `origin` (the password is the secret) or `signed`
+        /// (Base64(HMAC-SHA1(secret, clientId))).
+        pub identities: Vec<AliyunIdentity> = Vec::new(),
+        /// `offline-message-retention`: seconds messages for an offline
+        /// persistent session are kept (3 days).
+        pub offline_message_retention: u32 = 259_200,
+        /// `status-topic`: where `connect`/`disconnect`/`tcpclean` events are published.
+        pub status_topic: String = "$SYS/aliyun/status".to_owned(),
+        /// `token-min-expiry`: seconds a token must at least be valid for when applied.
+        pub token_min_expiry: u32 = 60,
+        /// `token-max-expiry`: seconds a token may at most be valid for (30 days).
+        pub token_max_expiry: u32 = 2_592_000,
+        /// `token-expire-notice`: seconds before a token's expiry that
+        /// `$SYS/tokenExpireNotice` is pushed to the clients using it.
+        pub token_expire_notice: u32 = 300,
+    }
+}
+
+/// One entry of `mqtt.aliyun.access-keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AliyunAccessKey {
+    pub id: String,
+    pub secret: String,
+}
+
+/// One entry of `mqtt.aliyun.identities`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AliyunIdentity {
+    pub username: String,
+    pub secret: String,
+    #[serde(default)]
+    pub sign_mode: AliyunSignMode,
+}
+
+/// `sign-mode` of a custom identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AliyunSignMode {
+    /// `signed`: the password is Base64(HMAC-SHA1(secret, clientId)).
+    #[default]
+    #[serde(alias = "SIGNED")]
+    Signed,
+    /// `origin`: the password is the secret itself.
+    #[serde(alias = "ORIGIN")]
+    Origin,
 }
 
 section! {

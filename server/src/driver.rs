@@ -22,9 +22,14 @@ use easy_mqtt_core::{ConnectReturnCode, PacketId, QoS, SubscribeReturnCode};
 use futures_io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
+use easy_mqtt_core::packet::{Publish, Subscribe};
+use easy_mqtt_core::session::Message;
+use easy_mqtt_core::storage::{BoxFuture, Op, StorageError, StoredSession};
+
 use crate::auth::{AuthDecision, AuthRequest};
 use crate::metrics::Metrics;
-use crate::node::{Attachment, Node};
+use crate::node::{Attachment, ClientCtx, Node};
+use crate::persist::{ConnectPlan, PreparedRoute};
 use crate::runtime::Runtime;
 use crate::sessions::{ConnCell, SessionKey, lock};
 
@@ -50,6 +55,48 @@ type PendingAuth = (
     Box<Connect>,
     Pin<Box<dyn Future<Output = AuthDecision> + Send>>,
 );
+
+/// A CONNECT waiting for storage: its stored session loaded (or deleted).
+type PendingConnect = (
+    Box<Connect>,
+    BoxFuture<'static, Result<Option<StoredSession>, StorageError>>,
+);
+
+/// Inbound PUBLISH packets waiting for storage beyond which the driver
+/// stops reading.
+const MAX_STORAGE_BACKLOG: usize = 256;
+
+/// What to do once a storage batch is stored.
+enum After {
+    /// Deliver in memory, then acknowledge (a will or retained QoS 0: no ack).
+    Route {
+        packet_id: Option<PacketId>,
+        prepared: PreparedRoute,
+    },
+    Subscribe {
+        subscribe: Subscribe,
+        codes: Vec<SubscribeReturnCode>,
+    },
+    Unsubscribe(PacketId),
+    /// The session's outbound changes: nothing but (maybe) releasing
+    /// held-back QoS 2 PUBLISH bytes.
+    Journal,
+}
+
+/// One storage write of this connection; they are applied one at a time,
+/// in order (a FIFO), and writes queued meanwhile share one batch.
+struct StorageBatch {
+    ops: Vec<Op>,
+    after: Vec<After>,
+    /// Holds back the bytes written meanwhile: it assigns a packet id to a
+    /// QoS 2 PUBLISH.
+    gates: bool,
+    routes: usize,
+    running: Option<BoxFuture<'static, Result<(), StorageError>>>,
+    failing_since: Option<Instant>,
+    retry_at: Option<Instant>,
+    attempts: u32,
+}
 
 /// How a client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +174,10 @@ where
         close_deadline: None,
         attachment: None,
         pending_auth: None,
+        pending_connect: None,
+        storage: std::collections::VecDeque::new(),
+        retry_timer: None,
+        detach_pending: false,
         events: Vec::new(),
         scratch: Vec::new(),
         acks: Vec::new(),
@@ -170,6 +221,13 @@ struct Driver<S, R: Runtime> {
     close_deadline: Option<Instant>,
     attachment: Option<Attachment>,
     pending_auth: Option<PendingAuth>,
+    /// A CONNECT waiting for storage (durable node).
+    pending_connect: Option<PendingConnect>,
+    /// Storage writes in order; the front one is running.
+    storage: std::collections::VecDeque<StorageBatch>,
+    retry_timer: Option<R::Timer>,
+    /// Closed with storage writes still running: detach once they are done.
+    detach_pending: bool,
     events: Vec<Event>,
     scratch: Vec<(SessionKey, QoS)>,
     acks: Vec<PacketId>,
@@ -184,6 +242,14 @@ where
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..BUDGET {
             let mut progress = self.poll_auth(cx);
+            progress |= self.poll_connect(cx);
+            progress |= self.poll_storage(cx);
+            if self.detach_pending && self.storage.is_empty() {
+                self.detach_pending = false;
+                if let Some(attachment) = &self.attachment {
+                    self.node.detach(attachment, &self.cell);
+                }
+            }
             let got_input = self.poll_read(cx, &mut progress);
             let now = self.node.runtime().now();
             let timer_due = self.deadline.is_some_and(|d| d <= now);
@@ -192,9 +258,20 @@ where
                 self.handle_events();
                 continue;
             }
+            // Writes queued by this step (the journal) start now.
+            progress |= self.poll_storage(cx);
             let unsent = self.wbuf.len();
-            self.poll_write(cx, &mut progress);
+            if !self.storage.iter().any(|b| b.gates) {
+                self.poll_write(cx, &mut progress);
+            }
             if self.closed {
+                if !self.storage.is_empty() || self.detach_pending {
+                    // Storage writes finish (or give up) first.
+                    if !progress {
+                        return Poll::Pending;
+                    }
+                    continue;
+                }
                 if self.wbuf.is_empty() {
                     return Poll::Ready(());
                 }
@@ -224,7 +301,8 @@ where
         // Awaiting authentication, input is paused but the socket is still
         // read (up to a limit), so that a peer that leaves is noticed and
         // its authentication call dropped.
-        let watching = self.pending_auth.is_some() && self.rbuf.len() < AUTH_READ_LIMIT;
+        let watching = (self.pending_auth.is_some() || self.pending_connect.is_some())
+            && self.rbuf.len() < AUTH_READ_LIMIT;
         if self.read_closed || !(self.wants_input || watching) {
             return false;
         }
@@ -287,7 +365,12 @@ where
                 Metrics::add(&self.node.metrics.publishes_sent, sent);
             }
         }
-        self.wants_input = inner.conn.wants_input();
+        let changes = match inner.conn.session_mut() {
+            Some(session) if session.is_journaled() => session.take_journal(),
+            _ => Vec::new(),
+        };
+        let backlog: usize = self.storage.iter().map(|b| b.routes).sum();
+        self.wants_input = inner.conn.wants_input() && backlog < MAX_STORAGE_BACKLOG;
         self.deadline = inner.conn.poll_timeout();
         self.closed = inner.conn.is_closed();
         let register = match &inner.waker {
@@ -296,6 +379,14 @@ where
         };
         if register {
             inner.waker = Some(cx.waker().clone());
+        }
+        drop(inner);
+        if !changes.is_empty()
+            && let Some(attachment) = &self.attachment
+        {
+            let mut ops = Vec::with_capacity(changes.len());
+            let gates = crate::persist::journal_ops(&attachment.client_id, changes, &mut ops);
+            self.push_storage(ops, After::Journal, gates);
         }
     }
 
@@ -309,11 +400,21 @@ where
                         let decision = authenticator.authenticate(request);
                         self.pending_auth = Some((connect, decision));
                     }
-                    None => self.accept(*connect),
+                    None => self.start_connect(connect),
                 },
                 Event::Publish(publish) => {
                     let packet_id = publish.packet_id();
-                    self.node.publish(publish, &mut self.scratch);
+                    if self.policy_allows(&publish) {
+                        if self.node.is_durable()
+                            && (packet_id.is_some() || publish.retain)
+                            && !self.node.is_direct(&publish.topic)
+                        {
+                            // Stored first; acknowledged once stored.
+                            self.route_durable(publish);
+                            continue;
+                        }
+                        self.node.publish(publish, &mut self.scratch);
+                    }
                     if let Some(id) = packet_id {
                         self.acks.push(id);
                     }
@@ -323,6 +424,23 @@ where
                         continue;
                     };
                     let codes = self.node.subscribe(attachment, &self.cell, &subscribe);
+                    if let Some(client_id) = self.stored_client() {
+                        let ops = subscribe
+                            .filters
+                            .iter()
+                            .zip(&codes)
+                            .filter_map(|(f, code)| match code {
+                                SubscribeReturnCode::Granted(qos) => Some(Op::Subscribe {
+                                    client_id: client_id.clone(),
+                                    filter: f.filter.clone(),
+                                    qos: *qos,
+                                }),
+                                SubscribeReturnCode::Failure => None,
+                            })
+                            .collect();
+                        self.push_storage(ops, After::Subscribe { subscribe, codes }, false);
+                        continue;
+                    }
                     lock(&self.cell.inner)
                         .conn
                         .complete_subscribe(subscribe.packet_id, codes.clone());
@@ -331,6 +449,22 @@ where
                     }
                 }
                 Event::Unsubscribe(unsubscribe) => {
+                    if let Some(client_id) = self.stored_client()
+                        && let Some(attachment) = &self.attachment
+                    {
+                        self.node
+                            .unsubscribe(attachment, &self.cell, &unsubscribe.filters);
+                        let ops = unsubscribe
+                            .filters
+                            .iter()
+                            .map(|filter| Op::Unsubscribe {
+                                client_id: client_id.clone(),
+                                filter: filter.clone(),
+                            })
+                            .collect();
+                        self.push_storage(ops, After::Unsubscribe(unsubscribe.packet_id), false);
+                        continue;
+                    }
                     if let Some(attachment) = &self.attachment {
                         self.node
                             .unsubscribe(attachment, &self.cell, &unsubscribe.filters);
@@ -345,11 +479,36 @@ where
         self.events = events;
     }
 
-    fn accept(&mut self, connect: Connect) {
-        if let Some(attachment) = self.node.connect(&self.cell, connect, &self.info) {
+    fn accept(&mut self, connect: Connect, loaded: Option<Option<StoredSession>>) {
+        let policy = self.node.policy().cloned();
+        let copy = policy.as_ref().map(|_| connect.clone());
+        if let Some(attachment) = self
+            .node
+            .connect_loaded(&self.cell, connect, &self.info, loaded)
+        {
             self.span
                 .record("client_id", tracing::field::display(&attachment.client_id));
+            if let (Some(policy), Some(connect)) = (policy, copy) {
+                policy.on_connected(&self.ctx(&attachment), &connect, &self.info);
+            }
             self.attachment = Some(attachment);
+        }
+    }
+
+    fn ctx<'a>(&self, attachment: &'a Attachment) -> ClientCtx<'a> {
+        ClientCtx {
+            client_id: &attachment.client_id,
+            connection_id: self.cell.id,
+        }
+    }
+
+    /// Whether the node's policy, if any, lets this client publish this.
+    fn policy_allows(&self, publish: &easy_mqtt_core::packet::Publish) -> bool {
+        match (self.node.policy(), &self.attachment) {
+            (Some(policy), Some(attachment)) => {
+                policy.authorize_publish(&self.ctx(attachment), publish)
+            }
+            _ => true,
         }
     }
 
@@ -386,7 +545,7 @@ where
         match decision {
             AuthDecision::Accept => {
                 Metrics::inc(&metrics.auth_accepted);
-                self.accept(*connect);
+                self.start_connect(connect);
             }
             AuthDecision::Refuse(code) => {
                 let code = if code == ConnectReturnCode::Accepted {
@@ -406,8 +565,296 @@ where
         true
     }
 
+    /// Accepts a CONNECT, or first loads (persistent) or deletes (clean)
+    /// its stored session on a durable node; the CONNACK waits for that.
+    fn start_connect(&mut self, connect: Box<Connect>) {
+        match self
+            .node
+            .connect_plan(&connect.client_id, connect.clean_session)
+        {
+            ConnectPlan::Direct => self.accept(*connect, None),
+            ConnectPlan::Load => {
+                let future = self.node.load_for_connect(connect.client_id.clone());
+                self.pending_connect = Some((connect, future));
+            }
+            ConnectPlan::Delete => {
+                let storage = self.node.storage().clone();
+                let client_id = connect.client_id.clone();
+                let future: BoxFuture<'static, _> = Box::pin(async move {
+                    storage.apply(vec![Op::DeleteSession { client_id }]).await?;
+                    Ok(None)
+                });
+                self.pending_connect = Some((connect, future));
+            }
+        }
+    }
+
+    /// Polls the pending storage work of a CONNECT; true when it finished.
+    fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((connect, future)) = &mut self.pending_connect else {
+            return false;
+        };
+        if self.closed {
+            self.node.end_load(&connect.client_id);
+            self.pending_connect = None;
+            return false;
+        }
+        let Poll::Ready(result) = future.as_mut().poll(cx) else {
+            return false;
+        };
+        let Some((connect, _)) = self.pending_connect.take() else {
+            return false;
+        };
+        match result {
+            Ok(stored) => self.accept(*connect, Some(stored)),
+            Err(error) => {
+                self.node.storage_failed("connect", &error);
+                self.node.end_load(&connect.client_id);
+                let now = self.node.runtime().now();
+                lock(&self.cell.inner)
+                    .conn
+                    .refuse(ConnectReturnCode::ServerUnavailable, now);
+            }
+        }
+        true
+    }
+
+    /// The client id of this connection's session when storage holds it.
+    fn stored_client(&self) -> Option<easy_mqtt_core::ByteStr> {
+        let attachment = self.attachment.as_ref()?;
+        let stored = {
+            let inner = lock(&attachment.entry.inner);
+            inner.stored && !inner.clean
+        };
+        stored.then(|| attachment.client_id.clone())
+    }
+
+    /// A QoS 1/2 (or retained) PUBLISH on a durable node: stored, then
+    /// delivered, then acknowledged.
+    fn route_durable(&mut self, publish: Publish) {
+        Metrics::inc(&self.node.metrics.publishes_received);
+        let packet_id = publish.packet_id();
+        let publisher = match publish.qos_pid {
+            easy_mqtt_core::QosPid::ExactlyOnce(id) => self.stored_client().map(|c| (c, id)),
+            _ => None,
+        };
+        let message = Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos_pid.qos(),
+            retain: publish.retain,
+        });
+        let (prepared, ops) = self
+            .node
+            .prepare_route(message, publisher, &mut self.scratch);
+        self.push_storage(
+            ops,
+            After::Route {
+                packet_id,
+                prepared,
+            },
+            false,
+        );
+    }
+
+    fn route_will(&mut self, will: easy_mqtt_core::LastWill) {
+        Metrics::inc(&self.node.metrics.wills_published);
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+        });
+        if self.node.is_direct(&message.topic) {
+            self.node.route(message, &mut self.scratch);
+            return;
+        }
+        let (prepared, ops) = self.node.prepare_route(message, None, &mut self.scratch);
+        self.push_storage(
+            ops,
+            After::Route {
+                packet_id: None,
+                prepared,
+            },
+            false,
+        );
+    }
+
+    /// Queues a storage write behind the earlier ones (sharing the batch
+    /// not yet sent, if any). With nothing to write and nothing before it,
+    /// it completes at once.
+    fn push_storage(&mut self, ops: Vec<Op>, after: After, gates: bool) {
+        if ops.is_empty() && self.storage.is_empty() {
+            self.finish_after(after);
+            return;
+        }
+        let routes = usize::from(matches!(after, After::Route { .. }));
+        if let Some(back) = self.storage.back_mut()
+            && back.running.is_none()
+            && back.failing_since.is_none()
+        {
+            back.ops.extend(ops);
+            back.after.push(after);
+            back.gates |= gates;
+            back.routes += routes;
+            return;
+        }
+        self.storage.push_back(StorageBatch {
+            ops,
+            after: vec![after],
+            gates,
+            routes,
+            running: None,
+            failing_since: None,
+            retry_at: None,
+            attempts: 0,
+        });
+    }
+
+    /// Runs the storage FIFO: one batch at a time, retried with back-off
+    /// while it fails, for up to the connect timeout. True on progress.
+    fn poll_storage(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            let now = self.node.runtime().now();
+            let Some(front) = self.storage.front_mut() else {
+                return progress;
+            };
+            if front.running.is_none() {
+                if front.ops.is_empty() {
+                    if let Some(batch) = self.storage.pop_front() {
+                        self.finish_batch(batch);
+                    }
+                    progress = true;
+                    continue;
+                }
+                if let Some(at) = front.retry_at
+                    && at > now
+                {
+                    let runtime = self.node.runtime().clone();
+                    let timer = match &mut self.retry_timer {
+                        Some(timer) => {
+                            runtime.reset(timer, at);
+                            timer
+                        }
+                        None => self.retry_timer.insert(runtime.timer(at)),
+                    };
+                    if runtime.poll_timer(timer, cx).is_pending() {
+                        return progress;
+                    }
+                }
+                front.retry_at = None;
+                let storage = self.node.storage().clone();
+                let ops = front.ops.clone();
+                front.running = Some(Box::pin(async move { storage.apply(ops).await }));
+            }
+            let Some(running) = &mut front.running else {
+                return progress;
+            };
+            let Poll::Ready(result) = running.as_mut().poll(cx) else {
+                return progress;
+            };
+            progress = true;
+            front.running = None;
+            match result {
+                Ok(()) => {
+                    if let Some(batch) = self.storage.pop_front() {
+                        self.finish_batch(batch);
+                    }
+                }
+                Err(error) => {
+                    self.node.storage_failed("apply", &error);
+                    let since = *front.failing_since.get_or_insert(now);
+                    front.attempts += 1;
+                    let limit = self.node.config().connection.connect_timeout;
+                    if now.duration_since(since) >= limit
+                        || matches!(error, StorageError::Invalid(_))
+                    {
+                        if let Some(batch) = self.storage.pop_front() {
+                            self.fail_batch(batch, now);
+                        }
+                    } else {
+                        front.retry_at = Some(now + crate::persist::backoff(front.attempts));
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_batch(&mut self, batch: StorageBatch) {
+        for after in batch.after {
+            self.finish_after(after);
+        }
+    }
+
+    fn finish_after(&mut self, after: After) {
+        match after {
+            After::Route {
+                packet_id,
+                prepared,
+            } => {
+                self.node.finish_route(prepared);
+                if let Some(id) = packet_id {
+                    self.acks.push(id);
+                }
+            }
+            After::Subscribe { subscribe, codes } => {
+                lock(&self.cell.inner)
+                    .conn
+                    .complete_subscribe(subscribe.packet_id, codes.clone());
+                if let Some(attachment) = &self.attachment
+                    && codes.iter().any(|c| *c != SubscribeReturnCode::Failure)
+                {
+                    self.node.deliver_retained(attachment, &subscribe, &codes);
+                }
+            }
+            After::Unsubscribe(packet_id) => {
+                lock(&self.cell.inner).conn.complete_unsubscribe(packet_id);
+            }
+            After::Journal => {}
+        }
+    }
+
+    /// Storage stayed unavailable: nothing of the batch is acknowledged,
+    /// and the connection closes (the client sends it all again).
+    fn fail_batch(&mut self, batch: StorageBatch, now: Instant) {
+        tracing::warn!(
+            ops = batch.ops.len(),
+            "storage unavailable; closing the connection without acknowledging"
+        );
+        let mut inner = lock(&self.cell.inner);
+        for after in batch.after {
+            match after {
+                After::Route {
+                    packet_id: Some(id),
+                    ..
+                } => {
+                    Metrics::inc(&self.node.metrics.storage_publishes_failed);
+                    inner
+                        .conn
+                        .fail_publish(id, CloseReason::StorageUnavailable, now);
+                }
+                After::Route { .. } | After::Journal => {}
+                After::Subscribe { .. } | After::Unsubscribe(_) => {
+                    inner.conn.close(CloseReason::StorageUnavailable, now);
+                }
+            }
+        }
+    }
+
     fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
         self.pending_auth = None;
+        if let Some((connect, _)) = self.pending_connect.take() {
+            self.node.end_load(&connect.client_id);
+        }
+        let will = match will {
+            Some(will) if self.node.is_durable() && self.attachment.is_some() => {
+                // Through storage like any publish; detach waits for it.
+                self.route_will(will);
+                None
+            }
+            will => will,
+        };
         let metrics = &self.node.metrics;
         if matches!(reason, CloseReason::ProtocolError(_)) {
             Metrics::inc(&metrics.protocol_errors);
@@ -425,7 +872,15 @@ where
                 if let Some(will) = will {
                     self.node.publish_will(&attachment.client_id, will);
                 }
-                self.node.detach(attachment, &self.cell);
+                if self.storage.is_empty() {
+                    self.node.detach(attachment, &self.cell);
+                } else {
+                    // After the writes still running (see `poll_drive`).
+                    self.detach_pending = true;
+                }
+                if let Some(policy) = self.node.policy() {
+                    policy.on_disconnected(&self.ctx(attachment), &reason, &self.info);
+                }
             }
             None => match &reason {
                 CloseReason::Refused(_) | CloseReason::ProtocolError(_) => {

@@ -5,6 +5,7 @@
 //! ([`broker::Broker`]) and simulated ones in the turmoil simulator.
 
 pub mod admin;
+pub mod aliyun;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -13,5 +14,6 @@ pub mod driver;
 pub mod listeners;
 pub mod metrics;
 pub mod node;
+pub mod persist;
 pub mod runtime;
 pub mod sessions;

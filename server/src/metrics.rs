@@ -32,6 +32,11 @@ pub struct Metrics {
     pub auth_unavailable: AtomicU64,
     /// Connections closed through the HTTP API.
     pub clients_kicked: AtomicU64,
+    /// Storage calls that failed (each retry counts).
+    pub storage_errors: AtomicU64,
+    /// QoS 1/2 PUBLISH packets not acknowledged because storage stayed
+    /// unavailable (their connection was closed).
+    pub storage_publishes_failed: AtomicU64,
 }
 
 impl Metrics {

@@ -69,7 +69,40 @@ pub struct Node<R: Runtime> {
     pub(crate) shutdown_done: event_listener::Event,
     /// Asked about every CONNECT when set (`authentication-url`).
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    /// Per-client rules beside the MQTT ones (the Alibaba Cloud mode).
+    pub(crate) policy: Option<Arc<dyn Policy>>,
     pub metrics: Metrics,
+    /// `storage.is_durable()`: writes go through storage (see `persist.rs`).
+    pub(crate) durable: bool,
+    /// The high 16 bits of the message ids this node mints.
+    pub(crate) node_tag: u16,
+    pub(crate) next_message: AtomicU64,
+    /// When a storage failure was last logged (ms since the epoch).
+    pub(crate) storage_error_logged: AtomicU64,
+}
+
+/// The connection a [`Policy`] is asked about.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCtx<'a> {
+    pub client_id: &'a str,
+    /// The connection's id (`ConnCell::id`), unique in this node.
+    pub connection_id: u64,
+}
+
+/// Rules a compatibility mode adds to MQTT's (`aliyun`): who may publish
+/// and subscribe what, point-to-point topics, and connection events. The
+/// methods are called without node locks held, except
+/// `authorize_subscribe`, which must not call back into the node.
+pub trait Policy: Send + Sync + 'static {
+    /// False drops the PUBLISH (a QoS 1/2 one is still acknowledged).
+    fn authorize_publish(&self, client: &ClientCtx<'_>, publish: &Publish) -> bool;
+    /// False refuses the filter (SUBACK 0x80).
+    fn authorize_subscribe(&self, client: &ClientCtx<'_>, filter: &str) -> bool;
+    /// The one client id a message on `topic` goes to, bypassing subscriptions.
+    fn direct_target<'a>(&self, topic: &'a str) -> Option<&'a str>;
+    fn on_connected(&self, client: &ClientCtx<'_>, connect: &Connect, info: &ConnectionInfo);
+    fn on_disconnected(&self, client: &ClientCtx<'_>, reason: &CloseReason, info: &ConnectionInfo);
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// What a connection driver keeps between calls into the node.
@@ -91,6 +124,19 @@ impl<R: Runtime> Node<R> {
         storage: Arc<dyn Storage>,
         authenticator: Option<Arc<dyn Authenticator>>,
     ) -> Arc<Node<R>> {
+        Node::with_policy(config, runtime, storage, authenticator, None)
+    }
+
+    /// A node with an authenticator and a [`Policy`].
+    pub fn with_policy(
+        config: NodeConfig,
+        runtime: R,
+        storage: Arc<dyn Storage>,
+        authenticator: Option<Arc<dyn Authenticator>>,
+        policy: Option<Arc<dyn Policy>>,
+    ) -> Arc<Node<R>> {
+        let durable = storage.is_durable();
+        let node_tag = crate::persist::node_tag(&config.node_id);
         Arc::new(Node {
             config,
             runtime,
@@ -104,7 +150,12 @@ impl<R: Runtime> Node<R> {
             shutting_down: AtomicBool::new(false),
             shutdown_done: event_listener::Event::new(),
             authenticator,
+            policy,
             metrics: Metrics::default(),
+            durable,
+            node_tag,
+            next_message: AtomicU64::new(crate::persist::sequence_seed()),
+            storage_error_logged: AtomicU64::new(0),
         })
     }
 
@@ -124,18 +175,31 @@ impl<R: Runtime> Node<R> {
         self.authenticator.as_ref()
     }
 
+    pub fn policy(&self) -> Option<&Arc<dyn Policy>> {
+        self.policy.as_ref()
+    }
+
+    /// Whether the policy sends messages on `topic` to one client only (p2p).
+    pub fn is_direct(&self, topic: &str) -> bool {
+        (self.policy.as_ref()).is_some_and(|p| p.direct_target(topic).is_some())
+    }
+
     /// Loads what storage holds (retained messages) before serving.
     pub async fn recover(&self) -> Result<(), easy_mqtt_core::storage::StorageError> {
         let retained = self.storage.load_retained().await?;
         let count = retained.len();
-        let mut index = write(&self.retained);
-        for message in retained {
-            let topic = message.topic.clone();
-            index.insert(&topic, message);
+        {
+            let mut index = write(&self.retained);
+            for message in retained {
+                let topic = message.topic.clone();
+                index.insert(&topic, message);
+            }
         }
-        drop(index);
         if count > 0 {
             tracing::info!(count, "retained messages recovered");
+        }
+        if self.durable {
+            self.recover_sessions().await?;
         }
         Ok(())
     }
@@ -182,6 +246,19 @@ impl<R: Runtime> Node<R> {
         connect: Connect,
         info: &ConnectionInfo,
     ) -> Option<Attachment> {
+        self.connect_loaded(cell, connect, info, None)
+    }
+
+    /// [`Node::connect`] with what a durable node loaded for it
+    /// (`Some(None)`: storage holds no such session).
+    pub fn connect_loaded(
+        &self,
+        cell: &Arc<ConnCell>,
+        connect: Connect,
+        info: &ConnectionInfo,
+        loaded: Option<Option<easy_mqtt_core::storage::StoredSession>>,
+    ) -> Option<Attachment> {
+        let mut loaded = loaded;
         let now = self.runtime.now();
         if self.shutting_down.load(Ordering::Acquire) {
             lock(&cell.inner)
@@ -232,8 +309,30 @@ impl<R: Runtime> Node<R> {
                 None => inner.offline.take(),
             };
             let resumable = !connect.clean_session && !inner.clean;
-            let (session, present) = match previous {
-                Some(state) if resumable => (state, true),
+            let buffered = inner.loading.take();
+            let restored = match loaded.take() {
+                Some(Some(stored)) if !connect.clean_session => Some(stored),
+                _ => None,
+            };
+            let (mut session, present) = match (previous, restored) {
+                (Some(state), _) if resumable => (state, true),
+                (_, Some(stored)) => {
+                    // Recovered from storage: subscriptions back in the trie
+                    // if this node did not know them yet.
+                    let key = SessionKey(entry.clone());
+                    let mut trie = write(&self.trie);
+                    for (filter, qos) in &stored.subscriptions {
+                        if !inner.subscriptions.contains_key(filter) {
+                            trie.insert(filter, key.clone(), *qos);
+                            inner.subscriptions.insert(filter.clone(), *qos);
+                        }
+                    }
+                    drop(trie);
+                    (
+                        crate::persist::restore(stored, self.config.connection.session),
+                        true,
+                    )
+                }
                 _ => {
                     if !inner.subscriptions.is_empty() {
                         let key = SessionKey(entry.clone());
@@ -245,6 +344,24 @@ impl<R: Runtime> Node<R> {
                     (SessionState::new(self.config.connection.session), false)
                 }
             };
+            if self.durable && !connect.clean_session {
+                session.set_journal(true);
+                // Routed while the session loaded: storage holds them; add
+                // those the load did not see.
+                if let Some(buffered) = buffered {
+                    let known: std::collections::HashSet<_> = session
+                        .queue()
+                        .filter_map(|d| d.id)
+                        .chain(session.inflight().filter_map(|m| m.delivery.id))
+                        .collect();
+                    for delivery in buffered {
+                        if delivery.id.is_none_or(|id| !known.contains(&id)) {
+                            session.enqueue(delivery);
+                        }
+                    }
+                }
+            }
+            inner.stored = self.durable && !connect.clean_session;
             inner.clean = connect.clean_session;
             inner.attached = Some(cell.clone());
             let keep_alive = {
@@ -295,6 +412,13 @@ impl<R: Runtime> Node<R> {
         message: Arc<Message>,
         scratch: &mut Vec<(SessionKey, QoS)>,
     ) -> usize {
+        let direct = (self.policy.as_ref())
+            .and_then(|p| p.direct_target(&message.topic))
+            .map(str::to_owned);
+        if let Some(target) = direct {
+            // Point-to-point: that session only, never the trie or the retained store.
+            return usize::from(self.deliver_direct(&target, message));
+        }
         if message.retain {
             let mut retained = write(&self.retained);
             if message.payload.is_empty() {
@@ -341,6 +465,13 @@ impl<R: Runtime> Node<R> {
         subscribe: &Subscribe,
     ) -> Vec<SubscribeReturnCode> {
         let max_levels = self.config.connection.max_topic_levels;
+        let ctx = ClientCtx {
+            client_id: &attachment.client_id,
+            connection_id: cell.id,
+        };
+        let allowed: Vec<bool> = (subscribe.filters.iter())
+            .map(|f| (self.policy.as_ref()).is_none_or(|p| p.authorize_subscribe(&ctx, &f.filter)))
+            .collect();
         let mut inner = lock(&attachment.entry.inner);
         if !SessionEntry::is_attached(&inner, cell) {
             return vec![SubscribeReturnCode::Failure; subscribe.filters.len()];
@@ -350,8 +481,9 @@ impl<R: Runtime> Node<R> {
         subscribe
             .filters
             .iter()
-            .map(|f| {
-                if topic::check_levels(&f.filter, max_levels).is_err() {
+            .zip(allowed)
+            .map(|(f, allowed)| {
+                if !allowed || topic::check_levels(&f.filter, max_levels).is_err() {
                     return SubscribeReturnCode::Failure;
                 }
                 trie.insert(&f.filter, key.clone(), f.qos);

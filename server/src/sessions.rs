@@ -79,6 +79,12 @@ pub struct SessionInner {
     pub removed: bool,
     /// The current (or last) network connection, for the HTTP API.
     pub connection: Option<ConnectedInfo>,
+    /// A durable node holds this persistent session in storage: messages
+    /// routed to it are written there before it sees them.
+    pub stored: bool,
+    /// A CONNECT is loading this session from storage: deliveries are kept
+    /// here meanwhile and added to what it loads.
+    pub loading: Option<Vec<Delivery>>,
 }
 
 /// What the node remembers of a session's current (or last) connection.
@@ -121,10 +127,21 @@ impl SessionEntry {
                 }
                 Some(Enqueued::Refused) => {
                     Metrics::inc(&metrics.dropped_queue_full);
+                    // A journaled session recorded the drop: its driver writes it.
+                    c.wake();
                     false
                 }
                 None => false,
             };
+        }
+        if let Some(loading) = &mut inner.loading {
+            if delivery.qos == QoS::AtMostOnce {
+                Metrics::inc(&metrics.dropped_offline_qos0);
+                return false;
+            }
+            Metrics::inc(&metrics.deliveries);
+            loading.push(delivery);
+            return true;
         }
         if let Some(state) = &mut inner.offline {
             if delivery.qos == QoS::AtMostOnce {
@@ -146,6 +163,14 @@ impl SessionEntry {
                     false
                 }
             };
+        }
+        if inner.stored && !inner.clean && delivery.id.is_some() {
+            // A recovered session not loaded yet: storage holds the message.
+            Metrics::inc(&metrics.deliveries);
+            return true;
+        }
+        if inner.stored && delivery.qos == QoS::AtMostOnce {
+            Metrics::inc(&metrics.dropped_offline_qos0);
         }
         false
     }

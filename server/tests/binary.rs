@@ -110,7 +110,7 @@ fn port_in_use_is_a_start_error() {
 
 /// A configuration this build cannot serve (Kvrocks) is refused at start.
 #[test]
-fn unsupported_storage_is_a_start_error() {
+fn unreachable_storage_is_a_start_error() {
     let text = format!(
         "{}  kvrocks:\n    cluster:\n      nodes: 127.0.0.1:6666\n",
         config(free_port())

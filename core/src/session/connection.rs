@@ -89,6 +89,10 @@ pub enum CloseReason {
     Kicked,
     /// The server is shutting down: no will is published, as the client did nothing wrong.
     ServerShutdown,
+    /// Storage stayed unavailable: a QoS 1/2 PUBLISH (or a SUBSCRIBE) could
+    /// not be stored, so it is not acknowledged and the client sends it
+    /// again on its next connection. No will: the client did nothing wrong.
+    StorageUnavailable,
 }
 
 impl CloseReason {
@@ -96,7 +100,10 @@ impl CloseReason {
     fn publishes_will(&self) -> bool {
         !matches!(
             self,
-            CloseReason::ClientDisconnect | CloseReason::ServerShutdown | CloseReason::Refused(_)
+            CloseReason::ClientDisconnect
+                | CloseReason::ServerShutdown
+                | CloseReason::StorageUnavailable
+                | CloseReason::Refused(_)
         )
     }
 }
@@ -113,6 +120,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::TransportClosed => f.write_str("connection lost"),
             CloseReason::Kicked => f.write_str("kicked"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
+            CloseReason::StorageUnavailable => f.write_str("storage unavailable"),
         }
     }
 }
@@ -436,7 +444,7 @@ impl Connection {
         if was_qos2 {
             // Not routed, so the client's retransmission must be routed then.
             if let Some(session) = &mut self.session {
-                session.release_inbound_qos2(packet_id);
+                session.forget_inbound_qos2(packet_id);
             }
         }
         self.close(reason, now);
@@ -581,6 +589,11 @@ impl Connection {
 
     pub fn session(&self) -> Option<&SessionState> {
         self.session.as_ref()
+    }
+
+    /// The attached session, to drain its journal.
+    pub fn session_mut(&mut self) -> Option<&mut SessionState> {
+        self.session.as_mut()
     }
 
     /// Detaches the session, for the server to keep (persistent session) or

@@ -10,6 +10,6 @@ mod state;
 
 pub use connection::{CloseReason, Connection, ConnectionConfig, Event, ProtocolError};
 pub use state::{
-    Delivery, Enqueued, InflightMessage, Message, OutboundPhase, QueueOverflow, SessionLimits,
-    SessionState,
+    Delivery, Enqueued, InflightMessage, Message, OutboundPhase, QueueOverflow, SessionChange,
+    SessionLimits, SessionState,
 };

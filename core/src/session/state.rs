@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::packet::{ByteStr, PacketId, QoS};
+use crate::storage::MessageId;
 
 /// A published application message as routed: one allocation shared by every
 /// session it is delivered to.
@@ -30,6 +31,10 @@ pub struct Delivery {
     /// The RETAIN flag on the wire: set only for retained messages sent
     /// because of a new subscription ([MQTT-3.3.1-8], [MQTT-3.3.1-9]).
     pub retain: bool,
+    /// The stored body's id when this delivery is held by storage (a
+    /// persistent session on a durable node); `None` when it lives in
+    /// memory only. Only deliveries with an id are journaled.
+    pub id: Option<MessageId>,
 }
 
 impl Delivery {
@@ -40,6 +45,7 @@ impl Delivery {
             message,
             qos,
             retain: false,
+            id: None,
         }
     }
 
@@ -50,8 +56,39 @@ impl Delivery {
             message,
             qos,
             retain: true,
+            id: None,
         }
     }
+
+    /// The same delivery, marked as held by storage under `id`.
+    pub fn stored_as(mut self, id: MessageId) -> Delivery {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// A change to a session's stored state, recorded by [`SessionState`] when
+/// its journal is on (a persistent session on a durable node) and written
+/// to storage by the server. Only messages that storage holds (a delivery
+/// with an id) are journaled; enqueues are written by whoever routes the
+/// message, before the session sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// Dropped from the queue by the overflow policy (or refused).
+    Dequeue(MessageId),
+    /// Moved from the queue into the window, or its phase changed.
+    /// `qos` is the delivery's QoS: a QoS 2 PUBLISH must not leave before
+    /// this change is stored (its packet id must survive a crash).
+    SetInflight {
+        packet_id: PacketId,
+        id: MessageId,
+        phase: OutboundPhase,
+        qos: QoS,
+    },
+    /// PUBACK or PUBCOMP received.
+    CompleteInflight(PacketId),
+    /// PUBREL received for an inbound QoS 2 id.
+    RemoveInboundQos2(PacketId),
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -122,6 +159,8 @@ pub struct SessionState {
     inbound_qos2: BTreeMap<u16, ()>,
     last_packet_id: u16,
     dropped: u64,
+    /// Changes to write to storage, when journaling is on.
+    journal: Option<Vec<SessionChange>>,
 }
 
 impl SessionState {
@@ -133,6 +172,36 @@ impl SessionState {
             inbound_qos2: BTreeMap::new(),
             last_packet_id: 0,
             dropped: 0,
+            journal: None,
+        }
+    }
+
+    /// Turns the journal of stored-state changes on or off.
+    pub fn set_journal(&mut self, on: bool) {
+        match (on, self.journal.is_some()) {
+            (true, false) => self.journal = Some(Vec::new()),
+            (false, true) => self.journal = None,
+            _ => {}
+        }
+    }
+
+    pub fn is_journaled(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Takes the changes recorded since the last call.
+    pub fn take_journal(&mut self) -> Vec<SessionChange> {
+        match &mut self.journal {
+            Some(journal) => std::mem::take(journal),
+            None => Vec::new(),
+        }
+    }
+
+    fn record(&mut self, change: impl FnOnce() -> Option<SessionChange>) {
+        if let Some(journal) = &mut self.journal
+            && let Some(change) = change()
+        {
+            journal.push(change);
         }
     }
 
@@ -152,12 +221,15 @@ impl SessionState {
             match self.limits.overflow {
                 QueueOverflow::DropNewest => {
                     self.dropped += 1;
+                    self.record(|| delivery.id.map(SessionChange::Dequeue));
                     return Enqueued::Refused;
                 }
                 QueueOverflow::DropOldest => {
                     let oldest = self.queue.pop_front();
                     self.queue.push_back(delivery);
                     self.dropped += 1;
+                    let dropped = oldest.as_ref().and_then(|d| d.id);
+                    self.record(|| dropped.map(SessionChange::Dequeue));
                     return match oldest {
                         Some(oldest) => Enqueued::DroppedOldest(oldest),
                         None => Enqueued::Accepted,
@@ -213,6 +285,14 @@ impl SessionState {
         }
         let packet_id = self.allocate_packet_id()?;
         let delivery = self.queue.pop_front()?;
+        self.record(|| {
+            delivery.id.map(|id| SessionChange::SetInflight {
+                packet_id,
+                id,
+                phase: OutboundPhase::Published,
+                qos: delivery.qos,
+            })
+        });
         self.inflight.push_back(InflightMessage {
             packet_id,
             delivery: delivery.clone(),
@@ -245,7 +325,14 @@ impl SessionState {
                 && m.phase == OutboundPhase::Published
                 && m.delivery.qos == QoS::AtLeastOnce
         })?;
-        self.inflight.remove(index)
+        let removed = self.inflight.remove(index)?;
+        self.record(|| {
+            removed
+                .delivery
+                .id
+                .map(|_| SessionChange::CompleteInflight(packet_id))
+        });
+        Some(removed)
     }
 
     /// PUBREC: moves a QoS 2 message to the released phase. Returns whether
@@ -258,7 +345,17 @@ impl SessionState {
             .find(|m| m.packet_id == packet_id && m.delivery.qos == QoS::ExactlyOnce)
         {
             Some(m) => {
+                let change = (m.phase == OutboundPhase::Published)
+                    .then_some(m.delivery.id)
+                    .flatten()
+                    .map(|id| SessionChange::SetInflight {
+                        packet_id,
+                        id,
+                        phase: OutboundPhase::Released,
+                        qos: QoS::ExactlyOnce,
+                    });
                 m.phase = OutboundPhase::Released;
+                self.record(|| change);
                 true
             }
             None => false,
@@ -271,7 +368,14 @@ impl SessionState {
             .inflight
             .iter()
             .position(|m| m.packet_id == packet_id && m.phase == OutboundPhase::Released)?;
-        self.inflight.remove(index)
+        let removed = self.inflight.remove(index)?;
+        self.record(|| {
+            removed
+                .delivery
+                .id
+                .map(|_| SessionChange::CompleteInflight(packet_id))
+        });
+        Some(removed)
     }
 
     /// Records an inbound QoS 2 packet id; false if it was already recorded
@@ -282,7 +386,18 @@ impl SessionState {
 
     /// PUBREL: forgets an inbound QoS 2 packet id.
     pub(crate) fn release_inbound_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.inbound_qos2.remove(&packet_id.get()).is_some()
+        let known = self.inbound_qos2.remove(&packet_id.get()).is_some();
+        if known {
+            self.record(|| Some(SessionChange::RemoveInboundQos2(packet_id)));
+        }
+        known
+    }
+
+    /// Forgets an inbound QoS 2 id whose PUBLISH could not be routed, so
+    /// that its retransmission is routed; nothing is journaled (storage
+    /// never got the id).
+    pub(crate) fn forget_inbound_qos2(&mut self, packet_id: PacketId) {
+        self.inbound_qos2.remove(&packet_id.get());
     }
 
     /// Drops every queued message and in-flight state (clean session).
@@ -308,6 +423,7 @@ impl SessionState {
             inbound_qos2: inbound_qos2.into_iter().map(|id| (id.get(), ())).collect(),
             last_packet_id,
             dropped: 0,
+            journal: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! `docs/openapi.json` describes all of it and is served at
 //! `/api/v1/openapi.json`.
 
+mod aliyun;
 mod error;
 mod handlers;
 mod stats;
@@ -335,6 +336,9 @@ impl<R: Runtime> State<R> {
             ));
         }
         self.check_auth(request.headers())?;
+        if let Some(rest) = path.strip_prefix("/api/v1/aliyun/") {
+            return self.aliyun(&method, rest, request).await;
+        }
         let Some((route, client_id)) = Route::find(&path) else {
             return Err(ApiError::not_found(
                 "no-such-endpoint",

@@ -237,6 +237,7 @@ impl Config {
                 "must be at least 1, got 0".to_owned(),
             );
         }
+        self.check_aliyun(&fail)?;
         Ok(())
     }
 }

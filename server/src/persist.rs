@@ -1,0 +1,381 @@
+//! Durable persistence on the node side: what is written to storage, when,
+//! and how a node recovers what storage holds.
+//!
+//! Only with a durable backend (`Storage::is_durable`); with the in-memory
+//! backend none of this runs and routing stays in memory.
+//!
+//! - An inbound QoS 1/2 PUBLISH (and a retained or will message) is routed
+//!   in two halves: [`Node::prepare_route`] matches the trie and builds one
+//!   batch (`PutMessage`, one `Enqueue` per matching persistent session,
+//!   `SetRetained`, and last `AddInboundQos2` for a persistent publisher);
+//!   the connection's driver applies it, and only once storage acknowledged
+//!   it calls [`Node::finish_route`] (deliveries in memory) and sends the
+//!   PUBACK/PUBREC. Stored, then visible, then acknowledged.
+//! - A persistent session's outbound changes are journaled by core's
+//!   `SessionState` and written by the driver; a QoS 2 PUBLISH leaves only
+//!   after the `SetInflight` giving it its packet id is stored.
+//! - Message ids: [`MessageId::new`] with a 16-bit tag (FNV-1a of the node
+//!   id, folded) and a 48-bit sequence seeded from the wall clock in
+//!   microseconds at start, so a node restarted under the same id does not
+//!   mint ids its previous life stored (as long as it minted fewer than one
+//!   id per microsecond on average).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use easy_mqtt_core::ByteStr;
+use easy_mqtt_core::PacketId;
+use easy_mqtt_core::QoS;
+use easy_mqtt_core::session::{
+    Delivery, InflightMessage, Message, SessionChange, SessionLimits, SessionState,
+};
+use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError, StoredSession};
+
+use crate::metrics::Metrics;
+use crate::node::{Node, write};
+use crate::runtime::Runtime;
+use crate::sessions::{SessionEntry, SessionKey, lock};
+
+/// A message whose batch is being stored, and where it goes once it is.
+pub struct PreparedRoute {
+    pub message: Arc<Message>,
+    pub id: MessageId,
+    /// Session, granted QoS, and whether storage holds the delivery.
+    pub targets: Vec<(SessionKey, QoS, bool)>,
+}
+
+/// How a CONNECT must be prepared before it is accepted.
+pub enum ConnectPlan {
+    /// Accept at once.
+    Direct,
+    /// Load the stored session and put its record (persistent CONNECT).
+    Load,
+    /// Delete the stored session (a clean CONNECT replacing it).
+    Delete,
+}
+
+/// The 16-bit tag of message ids minted by the node `node_id`: FNV-1a.
+pub fn node_tag(node_id: &str) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in node_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    ((hash >> 16) ^ (hash & 0xffff)) as u16
+}
+
+/// The first sequence number of this process: the wall clock in microseconds.
+pub fn sequence_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Maps journaled changes of `client_id` onto ops; true when one of them
+/// assigns a packet id to a QoS 2 PUBLISH (its bytes must wait for it).
+pub fn journal_ops(client_id: &ByteStr, changes: Vec<SessionChange>, ops: &mut Vec<Op>) -> bool {
+    let mut gates = false;
+    for change in changes {
+        ops.push(match change {
+            SessionChange::Dequeue(id) => Op::Dequeue {
+                client_id: client_id.clone(),
+                id,
+            },
+            SessionChange::SetInflight {
+                packet_id,
+                id,
+                phase,
+                qos,
+            } => {
+                if qos == QoS::ExactlyOnce
+                    && phase == easy_mqtt_core::session::OutboundPhase::Published
+                {
+                    gates = true;
+                }
+                Op::SetInflight {
+                    client_id: client_id.clone(),
+                    packet_id,
+                    id,
+                    phase,
+                }
+            }
+            SessionChange::CompleteInflight(packet_id) => Op::CompleteInflight {
+                client_id: client_id.clone(),
+                packet_id,
+            },
+            SessionChange::RemoveInboundQos2(packet_id) => Op::RemoveInboundQos2 {
+                client_id: client_id.clone(),
+                packet_id,
+            },
+        });
+    }
+    gates
+}
+
+/// A stored session as the state machine's session, journal on.
+pub fn restore(stored: StoredSession, limits: SessionLimits) -> SessionState {
+    let delivery = |d: easy_mqtt_core::storage::StoredDelivery| Delivery {
+        message: d.message,
+        qos: d.qos,
+        retain: d.retain,
+        id: Some(d.id),
+    };
+    let inflight = stored
+        .inflight
+        .into_iter()
+        .map(|m| InflightMessage {
+            packet_id: m.packet_id,
+            delivery: delivery(m.delivery),
+            phase: m.phase,
+        })
+        .collect();
+    let queue = stored.queue.into_iter().map(delivery).collect();
+    let mut state = SessionState::restore(limits, inflight, queue, stored.inbound_qos2);
+    state.set_journal(true);
+    state
+}
+
+impl<R: Runtime> Node<R> {
+    /// Whether writes go to a durable backend.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    fn next_message_id(&self) -> MessageId {
+        let sequence = self.next_message.fetch_add(1, Ordering::Relaxed);
+        MessageId::new(self.node_tag, sequence)
+    }
+
+    /// Counts a storage failure and logs it, at most once a second.
+    pub fn storage_failed(&self, what: &str, error: &StorageError) {
+        Metrics::inc(&self.metrics.storage_errors);
+        let now = now_ms();
+        let last = self.storage_error_logged.load(Ordering::Relaxed);
+        if now >= last + 1000
+            && self
+                .storage_error_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %error,
+                what,
+                errors = Metrics::get(&self.metrics.storage_errors),
+                "storage write failed"
+            );
+        }
+    }
+
+    /// Loads every persistent session's subscriptions: the sessions become
+    /// offline entries, routed to (through storage) before they return.
+    pub(crate) async fn recover_sessions(&self) -> Result<(), StorageError> {
+        let sessions = self.storage.load_subscriptions().await?;
+        let count = sessions.len();
+        for (record, subscriptions) in sessions {
+            let entry = {
+                let mut registry = lock(&self.registry);
+                registry
+                    .entry(record.client_id.clone())
+                    .or_insert_with(|| {
+                        Metrics::inc(&self.metrics.sessions_current);
+                        Arc::new(SessionEntry::new(record.client_id.clone()))
+                    })
+                    .clone()
+            };
+            let mut inner = lock(&entry.inner);
+            inner.clean = false;
+            inner.stored = true;
+            let key = SessionKey(entry.clone());
+            let mut trie = write(&self.trie);
+            for (filter, qos) in subscriptions {
+                trie.insert(&filter, key.clone(), qos);
+                inner.subscriptions.insert(filter, qos);
+            }
+        }
+        if count > 0 {
+            tracing::info!(count, "persistent sessions recovered");
+        }
+        Ok(())
+    }
+
+    /// What a CONNECT needs from storage before it is accepted. A `Load`
+    /// marks the session as loading: deliveries meanwhile are kept aside.
+    pub fn connect_plan(&self, client_id: &ByteStr, clean_session: bool) -> ConnectPlan {
+        if !self.durable || client_id.is_empty() {
+            return ConnectPlan::Direct;
+        }
+        let entry = lock(&self.registry).get(client_id).cloned();
+        let Some(entry) = entry else {
+            return if clean_session {
+                ConnectPlan::Direct
+            } else {
+                ConnectPlan::Load
+            };
+        };
+        let mut inner = lock(&entry.inner);
+        if clean_session {
+            return if inner.stored {
+                ConnectPlan::Delete
+            } else {
+                ConnectPlan::Direct
+            };
+        }
+        if inner.stored && (inner.attached.is_some() || inner.offline.is_some()) {
+            // The live state in memory is the newest.
+            return ConnectPlan::Direct;
+        }
+        if inner.loading.is_none() {
+            inner.loading = Some(Vec::new());
+        }
+        ConnectPlan::Load
+    }
+
+    /// The future of a [`ConnectPlan::Load`]: the stored session (if any),
+    /// then its record put.
+    pub fn load_for_connect(
+        self: &Arc<Self>,
+        client_id: ByteStr,
+    ) -> easy_mqtt_core::storage::BoxFuture<'static, Result<Option<StoredSession>, StorageError>>
+    {
+        let storage = self.storage.clone();
+        let runtime = self.runtime.clone();
+        // Retried with back-off for up to half the connect timeout: a
+        // connection to storage that dropped is re-established by the
+        // backend on the next call.
+        let deadline = runtime.now() + self.config.connection.connect_timeout / 2;
+        Box::pin(async move {
+            let mut attempt = 0;
+            loop {
+                let result = async {
+                    let stored = storage.load_session(client_id.as_str()).await?;
+                    storage
+                        .apply(vec![Op::PutSession(SessionRecord {
+                            client_id: client_id.clone(),
+                            created_at_ms: now_ms(),
+                        })])
+                        .await?;
+                    Ok(stored)
+                }
+                .await;
+                match result {
+                    Err(StorageError::Unavailable(_)) if runtime.now() < deadline => {
+                        attempt += 1;
+                        let at = runtime.now() + backoff(attempt);
+                        crate::runtime::sleep_until(&runtime, at).await;
+                    }
+                    result => return result,
+                }
+            }
+        })
+    }
+
+    /// A CONNECT whose load failed: deliveries kept aside are dropped
+    /// (storage holds them).
+    pub fn end_load(&self, client_id: &ByteStr) {
+        let entry = lock(&self.registry).get(client_id).cloned();
+        if let Some(entry) = entry {
+            lock(&entry.inner).loading = None;
+        }
+    }
+
+    /// Matches a message and builds the batch that stores it for every
+    /// persistent session it goes to. `publisher`: the client id and packet
+    /// id of a persistent publisher's QoS 2 PUBLISH.
+    pub fn prepare_route(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<(ByteStr, PacketId)>,
+        scratch: &mut Vec<(SessionKey, QoS)>,
+    ) -> (PreparedRoute, Vec<Op>) {
+        let id = self.next_message_id();
+        crate::node::read(&self.trie).matches_dedup(&message.topic, scratch);
+        let mut ops = Vec::new();
+        let mut targets = Vec::with_capacity(scratch.len());
+        for (key, granted) in scratch.drain(..) {
+            let stored = {
+                let inner = lock(&key.0.inner);
+                inner.stored && !inner.clean && !inner.removed
+            };
+            let qos = message.qos.min(granted);
+            let stored = stored && qos != QoS::AtMostOnce;
+            if stored {
+                if ops.is_empty() {
+                    ops.push(Op::PutMessage {
+                        id,
+                        message: message.clone(),
+                    });
+                }
+                ops.push(Op::Enqueue {
+                    client_id: key.0.client_id.clone(),
+                    id,
+                    qos,
+                    retain: false,
+                });
+            }
+            targets.push((key, granted, stored));
+        }
+        if message.retain {
+            ops.push(Op::SetRetained {
+                topic: message.topic.clone(),
+                message: (!message.payload.is_empty()).then(|| message.clone()),
+            });
+        }
+        if let Some((client_id, packet_id)) = publisher {
+            ops.push(Op::AddInboundQos2 {
+                client_id,
+                packet_id,
+            });
+        }
+        (
+            PreparedRoute {
+                message,
+                id,
+                targets,
+            },
+            ops,
+        )
+    }
+
+    /// The second half of routing, once the batch is stored: the retained
+    /// index and the deliveries in memory.
+    pub fn finish_route(&self, prepared: PreparedRoute) -> usize {
+        let PreparedRoute {
+            message,
+            id,
+            targets,
+        } = prepared;
+        if message.retain {
+            let mut retained = write(&self.retained);
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.insert(&message.topic, message.clone());
+            }
+        }
+        let mut delivered = 0;
+        for (key, granted, stored) in targets {
+            let mut delivery = Delivery::routed(message.clone(), granted);
+            if stored {
+                delivery = delivery.stored_as(id);
+            }
+            if key.0.deliver(delivery, &self.metrics) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+/// The back-off before the `attempt`-th retry of a storage write.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(1))
+}
