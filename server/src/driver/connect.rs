@@ -1,0 +1,162 @@
+//! The CONNECT phase of a connection: authentication, loading a stored
+//! session, and accepting it with the node.
+
+use super::*;
+
+/// A CONNECT waiting for the authenticator's answer.
+pub(super) type PendingAuth = (
+    Box<Connect>,
+    Pin<Box<dyn Future<Output = AuthDecision> + Send>>,
+);
+
+/// A CONNECT waiting for storage: its stored session loaded (or deleted).
+pub(super) type PendingConnect = (
+    Box<Connect>,
+    BoxFuture<'static, Result<Option<StoredSession>, StorageError>>,
+);
+
+impl<S, R> Driver<S, R>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Runtime,
+{
+    pub(super) fn accept(&mut self, connect: Connect, loaded: Option<Option<StoredSession>>) {
+        let policy = self.node.policy().cloned();
+        let copy = policy.as_ref().map(|_| connect.clone());
+        if let Some(attachment) = self
+            .node
+            .connect_loaded(&self.cell, connect, &self.info, loaded)
+        {
+            self.span
+                .record("client_id", tracing::field::display(&attachment.client_id));
+            if let (Some(policy), Some(connect)) = (policy, copy) {
+                policy.on_connected(&self.ctx(&attachment), &connect, &self.info);
+            }
+            self.attachment = Some(attachment);
+        }
+    }
+
+    pub(super) fn ctx<'a>(&self, attachment: &'a Attachment) -> ClientCtx<'a> {
+        ClientCtx {
+            client_id: &attachment.client_id,
+            connection_id: self.cell.id,
+        }
+    }
+
+    /// Whether the node's policy, if any, lets this client publish this.
+    pub(super) fn policy_allows(&self, publish: &easy_mqtt_core::packet::Publish) -> bool {
+        match (self.node.policy(), &self.attachment) {
+            (Some(policy), Some(attachment)) => {
+                policy.authorize_publish(&self.ctx(attachment), publish)
+            }
+            _ => true,
+        }
+    }
+
+    pub(super) fn auth_request(&self, connect: &Connect) -> AuthRequest {
+        AuthRequest {
+            username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
+            password: connect.password.clone(),
+            client_id: connect.client_id.as_str().to_owned(),
+            remote_address: self.info.peer,
+            protocol: connect.protocol,
+            transport: self.info.transport,
+            client_cert_cn: self.info.client_cert_cn.clone(),
+        }
+    }
+
+    /// Polls the pending authentication, if any, and applies its answer.
+    /// True when it did (the state machine has work then).
+    pub(super) fn poll_auth(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((_, decision)) = &mut self.pending_auth else {
+            return false;
+        };
+        if self.closed {
+            // Closed meanwhile (peer gone, shutdown): nobody waits for the answer.
+            self.pending_auth = None;
+            return false;
+        }
+        let Poll::Ready(decision) = decision.as_mut().poll(cx) else {
+            return false;
+        };
+        let Some((connect, _)) = self.pending_auth.take() else {
+            return false;
+        };
+        let metrics = &self.node.metrics;
+        match decision {
+            AuthDecision::Accept => {
+                Metrics::inc(&metrics.auth_accepted);
+                self.start_connect(connect);
+            }
+            AuthDecision::Refuse(code) => {
+                let code = if code == ConnectReturnCode::Accepted {
+                    ConnectReturnCode::NotAuthorized
+                } else {
+                    code
+                };
+                if code == ConnectReturnCode::ServerUnavailable {
+                    Metrics::inc(&metrics.auth_unavailable);
+                } else {
+                    Metrics::inc(&metrics.auth_refused);
+                }
+                let now = self.node.runtime().now();
+                lock(&self.cell.inner).conn.refuse(code, now);
+            }
+        }
+        true
+    }
+
+    /// Accepts a CONNECT, or first loads (persistent) or deletes (clean)
+    /// its stored session on a durable node; the CONNACK waits for that.
+    pub(super) fn start_connect(&mut self, connect: Box<Connect>) {
+        match self
+            .node
+            .connect_plan(&connect.client_id, connect.clean_session)
+        {
+            ConnectPlan::Direct => self.accept(*connect, None),
+            ConnectPlan::Load => {
+                let future = self.node.load_for_connect(connect.client_id.clone());
+                self.pending_connect = Some((connect, future));
+            }
+            ConnectPlan::Delete => {
+                let storage = self.node.storage().clone();
+                let client_id = connect.client_id.clone();
+                let future: BoxFuture<'static, _> = Box::pin(async move {
+                    storage.apply(vec![Op::DeleteSession { client_id }]).await?;
+                    Ok(None)
+                });
+                self.pending_connect = Some((connect, future));
+            }
+        }
+    }
+
+    /// Polls the pending storage work of a CONNECT; true when it finished.
+    pub(super) fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((connect, future)) = &mut self.pending_connect else {
+            return false;
+        };
+        if self.closed {
+            self.node.end_load(&connect.client_id);
+            self.pending_connect = None;
+            return false;
+        }
+        let Poll::Ready(result) = future.as_mut().poll(cx) else {
+            return false;
+        };
+        let Some((connect, _)) = self.pending_connect.take() else {
+            return false;
+        };
+        match result {
+            Ok(stored) => self.accept(*connect, Some(stored)),
+            Err(error) => {
+                self.node.storage_failed("connect", &error);
+                self.node.end_load(&connect.client_id);
+                let now = self.node.runtime().now();
+                lock(&self.cell.inner)
+                    .conn
+                    .refuse(ConnectReturnCode::ServerUnavailable, now);
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,269 @@
+//! Storage writes of a connection on a durable node: its batches, applied
+//! one at a time in order, and what happens once each is stored or fails.
+
+use super::*;
+
+/// Inbound PUBLISH packets waiting for storage beyond which the driver
+/// stops reading.
+pub(super) const MAX_STORAGE_BACKLOG: usize = 256;
+
+/// What to do once a storage batch is stored.
+pub(super) enum After {
+    /// Deliver in memory, then acknowledge (a will or retained QoS 0: no ack).
+    Route {
+        packet_id: Option<PacketId>,
+        prepared: PreparedRoute,
+    },
+    Subscribe {
+        subscribe: Subscribe,
+        codes: Vec<SubscribeReturnCode>,
+    },
+    Unsubscribe(PacketId),
+    /// The session's outbound changes: nothing but (maybe) releasing
+    /// held-back QoS 2 PUBLISH bytes.
+    Journal,
+}
+
+/// One storage write of this connection; they are applied one at a time,
+/// in order (a FIFO), and writes queued meanwhile share one batch.
+pub(super) struct StorageBatch {
+    pub(super) ops: Vec<Op>,
+    pub(super) after: Vec<After>,
+    /// Holds back the bytes written meanwhile: it assigns a packet id to a
+    /// QoS 2 PUBLISH.
+    pub(super) gates: bool,
+    pub(super) routes: usize,
+    pub(super) running: Option<BoxFuture<'static, Result<(), StorageError>>>,
+    pub(super) failing_since: Option<Instant>,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) attempts: u32,
+}
+
+impl<S, R> Driver<S, R>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Runtime,
+{
+    /// The client id of this connection's session when storage holds it.
+    pub(super) fn stored_client(&self) -> Option<easy_mqtt_core::ByteStr> {
+        let attachment = self.attachment.as_ref()?;
+        let stored = {
+            let inner = lock(&attachment.entry.inner);
+            inner.stored && !inner.clean
+        };
+        stored.then(|| attachment.client_id.clone())
+    }
+
+    /// A QoS 1/2 (or retained) PUBLISH on a durable node: stored, then
+    /// delivered, then acknowledged.
+    pub(super) fn route_durable(&mut self, publish: Publish) {
+        Metrics::inc(&self.node.metrics.publishes_received);
+        let packet_id = publish.packet_id();
+        let publisher = match publish.qos_pid {
+            easy_mqtt_core::QosPid::ExactlyOnce(id) => self.stored_client().map(|c| (c, id)),
+            _ => None,
+        };
+        let message = Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos_pid.qos(),
+            retain: publish.retain,
+        });
+        let (prepared, ops) = self
+            .node
+            .prepare_route(message, publisher, &mut self.scratch);
+        self.push_storage(
+            ops,
+            After::Route {
+                packet_id,
+                prepared,
+            },
+            false,
+        );
+    }
+
+    pub(super) fn route_will(&mut self, will: easy_mqtt_core::LastWill) {
+        Metrics::inc(&self.node.metrics.wills_published);
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+        });
+        if self.node.is_direct(&message.topic) {
+            self.node.route(message, &mut self.scratch);
+            return;
+        }
+        let (prepared, ops) = self.node.prepare_route(message, None, &mut self.scratch);
+        self.push_storage(
+            ops,
+            After::Route {
+                packet_id: None,
+                prepared,
+            },
+            false,
+        );
+    }
+
+    /// Queues a storage write behind the earlier ones (sharing the batch
+    /// not yet sent, if any). With nothing to write and nothing before it,
+    /// it completes at once.
+    pub(super) fn push_storage(&mut self, ops: Vec<Op>, after: After, gates: bool) {
+        if ops.is_empty() && self.storage.is_empty() {
+            self.finish_after(after);
+            return;
+        }
+        let routes = usize::from(matches!(after, After::Route { .. }));
+        if let Some(back) = self.storage.back_mut()
+            && back.running.is_none()
+            && back.failing_since.is_none()
+        {
+            back.ops.extend(ops);
+            back.after.push(after);
+            back.gates |= gates;
+            back.routes += routes;
+            return;
+        }
+        self.storage.push_back(StorageBatch {
+            ops,
+            after: vec![after],
+            gates,
+            routes,
+            running: None,
+            failing_since: None,
+            retry_at: None,
+            attempts: 0,
+        });
+    }
+
+    /// Runs the storage FIFO: one batch at a time, retried with back-off
+    /// while it fails, for up to the connect timeout. True on progress.
+    pub(super) fn poll_storage(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            let now = self.node.runtime().now();
+            let Some(front) = self.storage.front_mut() else {
+                return progress;
+            };
+            if front.running.is_none() {
+                if front.ops.is_empty() {
+                    if let Some(batch) = self.storage.pop_front() {
+                        self.finish_batch(batch);
+                    }
+                    progress = true;
+                    continue;
+                }
+                if let Some(at) = front.retry_at
+                    && at > now
+                {
+                    let runtime = self.node.runtime().clone();
+                    let timer = match &mut self.retry_timer {
+                        Some(timer) => {
+                            runtime.reset(timer, at);
+                            timer
+                        }
+                        None => self.retry_timer.insert(runtime.timer(at)),
+                    };
+                    if runtime.poll_timer(timer, cx).is_pending() {
+                        return progress;
+                    }
+                }
+                front.retry_at = None;
+                let storage = self.node.storage().clone();
+                let ops = front.ops.clone();
+                front.running = Some(Box::pin(async move { storage.apply(ops).await }));
+            }
+            let Some(running) = &mut front.running else {
+                return progress;
+            };
+            let Poll::Ready(result) = running.as_mut().poll(cx) else {
+                return progress;
+            };
+            progress = true;
+            front.running = None;
+            match result {
+                Ok(()) => {
+                    if let Some(batch) = self.storage.pop_front() {
+                        self.finish_batch(batch);
+                    }
+                }
+                Err(error) => {
+                    self.node.storage_failed("apply", &error);
+                    let since = *front.failing_since.get_or_insert(now);
+                    front.attempts += 1;
+                    let limit = self.node.config().connection.connect_timeout;
+                    if now.duration_since(since) >= limit
+                        || matches!(error, StorageError::Invalid(_))
+                    {
+                        if let Some(batch) = self.storage.pop_front() {
+                            self.fail_batch(batch, now);
+                        }
+                    } else {
+                        front.retry_at = Some(now + crate::persist::backoff(front.attempts));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn finish_batch(&mut self, batch: StorageBatch) {
+        for after in batch.after {
+            self.finish_after(after);
+        }
+    }
+
+    pub(super) fn finish_after(&mut self, after: After) {
+        match after {
+            After::Route {
+                packet_id,
+                prepared,
+            } => {
+                self.node.finish_route(prepared);
+                if let Some(id) = packet_id {
+                    self.acks.push(id);
+                }
+            }
+            After::Subscribe { subscribe, codes } => {
+                lock(&self.cell.inner)
+                    .conn
+                    .complete_subscribe(subscribe.packet_id, codes.clone());
+                if let Some(attachment) = &self.attachment
+                    && codes.iter().any(|c| *c != SubscribeReturnCode::Failure)
+                {
+                    self.node.deliver_retained(attachment, &subscribe, &codes);
+                }
+            }
+            After::Unsubscribe(packet_id) => {
+                lock(&self.cell.inner).conn.complete_unsubscribe(packet_id);
+            }
+            After::Journal => {}
+        }
+    }
+
+    /// Storage stayed unavailable: nothing of the batch is acknowledged,
+    /// and the connection closes (the client sends it all again).
+    pub(super) fn fail_batch(&mut self, batch: StorageBatch, now: Instant) {
+        tracing::warn!(
+            ops = batch.ops.len(),
+            "storage unavailable; closing the connection without acknowledging"
+        );
+        let mut inner = lock(&self.cell.inner);
+        for after in batch.after {
+            match after {
+                After::Route {
+                    packet_id: Some(id),
+                    ..
+                } => {
+                    Metrics::inc(&self.node.metrics.storage_publishes_failed);
+                    inner
+                        .conn
+                        .fail_publish(id, CloseReason::StorageUnavailable, now);
+                }
+                After::Route { .. } | After::Journal => {}
+                After::Subscribe { .. } | After::Unsubscribe(_) => {
+                    inner.conn.close(CloseReason::StorageUnavailable, now);
+                }
+            }
+        }
+    }
+}
