@@ -20,9 +20,11 @@
 //! - [`Op::SetInflight`] of an id comes after its [`Op::Enqueue`];
 //! - a packet id is not completed and reused for another message in one
 //!   batch ([`Op::CompleteInflight`] is keyed by packet id);
-//! - batches touching one session are applied one at a time (the broker
-//!   serialises them per session); batches of different sessions may run
-//!   concurrently.
+//! - batches that send, acknowledge or delete for one session (its
+//!   journal, `PutSession`, `DeleteSession`) are applied one at a time (the
+//!   broker serialises them per session). Batches that only `PutMessage`
+//!   and `Enqueue` (routing) may run concurrently with anything, including
+//!   for the same session: queue positions come from the message ids.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +44,24 @@ impl MessageId {
     /// A 16-bit node tag and a 48-bit per-node sequence number.
     pub fn new(node_tag: u16, sequence: u64) -> MessageId {
         MessageId((u64::from(node_tag) << 48) | (sequence & ((1 << 48) - 1)))
+    }
+
+    /// The 48-bit per-node sequence number (the low bits).
+    pub fn sequence(self) -> u64 {
+        self.0 & ((1 << 48) - 1)
+    }
+
+    /// The 16-bit tag of the node that minted the id (the high bits).
+    pub fn node_tag(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+
+    /// Queue order: by sequence, then node tag. Sequences are time based
+    /// (see the broker's `persist` module), so this is close to arrival
+    /// order across nodes, and it needs nothing but the id: concurrent
+    /// writers to one queue agree on every position without reading it.
+    pub fn queue_order(self) -> (u64, u16) {
+        (self.sequence(), self.node_tag())
     }
 }
 
@@ -111,7 +131,9 @@ pub enum Op {
         id: MessageId,
         message: Arc<Message>,
     },
-    /// Appends to the end of a session's queue.
+    /// Adds to a session's queue, which is kept in id order
+    /// ([`MessageId::queue_order`]): the position depends on the id alone,
+    /// so concurrent writers to one queue need no coordination.
     Enqueue {
         client_id: ByteStr,
         id: MessageId,

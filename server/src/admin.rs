@@ -2,6 +2,11 @@
 //! subscriptions, retained messages, counts) and publishing on behalf of
 //! the business system.
 //!
+//! On a durable node, the writes (publishing to a topic, to one client,
+//! deleting a retained message) go through storage as an MQTT PUBLISH does:
+//! stored, then visible, then answered; a storage failure is an error the
+//! API turns into 503 (the `*_stored` methods).
+//!
 //! Every method keeps the lock order of the node (registry → session entry
 //! → connection cell → trie) and holds the registry only long enough to
 //! copy out the entries it needs.
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use easy_mqtt_core::session::{CloseReason, Delivery, Message};
+use easy_mqtt_core::storage::{Op, StorageError};
 use easy_mqtt_core::{ByteStr, QoS};
 
 use crate::metrics::Metrics;
@@ -47,6 +53,14 @@ pub enum KickOutcome {
 /// The client id of a one-to-one publish is not a known session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownClient;
+
+/// Why a one-to-one publish through storage failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientPublishError {
+    UnknownClient,
+    /// Storage refused the write: nothing was delivered.
+    Storage(StorageError),
+}
 
 /// Sizes and counters of the node at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +228,114 @@ impl<R: Runtime> Node<R> {
     /// Removes a retained message; whether there was one.
     pub fn delete_retained(&self, topic: &str) -> bool {
         write(&self.retained).remove(topic).is_some()
+    }
+
+    /// Applies `ops`, retried with back-off while storage is unavailable
+    /// for up to half the connect timeout (as a CONNECT's load is).
+    async fn store(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let deadline = self.runtime.now() + self.config.connection.connect_timeout / 2;
+        let mut attempt = 0;
+        loop {
+            match self.storage.apply(ops.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    self.storage_failed("api", &error);
+                    if !matches!(error, StorageError::Unavailable(_))
+                        || self.runtime.now() >= deadline
+                    {
+                        return Err(error);
+                    }
+                    attempt += 1;
+                    let at = self.runtime.now() + crate::persist::backoff(attempt);
+                    crate::runtime::sleep_until(&self.runtime, at).await;
+                }
+            }
+        }
+    }
+
+    /// [`Node::publish_message`] through storage on a durable node: the
+    /// message is stored for every persistent session it goes to (and as
+    /// retained) before it is delivered in memory and before this returns.
+    /// On a storage error nothing is delivered.
+    pub async fn publish_message_stored(&self, message: Message) -> Result<usize, StorageError> {
+        let direct =
+            (self.policy.as_ref()).is_some_and(|p| p.direct_target(&message.topic).is_some());
+        if !self.durable || direct {
+            return Ok(self.publish_message(message));
+        }
+        Metrics::inc(&self.metrics.api_publishes);
+        let (prepared, ops) = self.prepare_route(Arc::new(message), None, &mut Vec::new());
+        self.store(ops).await?;
+        Ok(self.finish_route(prepared))
+    }
+
+    /// [`Node::publish_to_client`] through storage on a durable node: a QoS
+    /// 1 message to a persistent session is stored in its queue before it is
+    /// handed over and before this returns.
+    pub async fn publish_to_client_stored(
+        &self,
+        client_id: &str,
+        message: Message,
+    ) -> Result<bool, ClientPublishError> {
+        if !self.durable {
+            return self
+                .publish_to_client(client_id, message)
+                .map_err(|UnknownClient| ClientPublishError::UnknownClient);
+        }
+        let entry = self
+            .entry(client_id)
+            .ok_or(ClientPublishError::UnknownClient)?;
+        let stored = {
+            let inner = lock(&entry.inner);
+            if inner.removed {
+                return Err(ClientPublishError::UnknownClient);
+            }
+            inner.stored && !inner.clean
+        };
+        Metrics::inc(&self.metrics.api_publishes);
+        let qos = message.qos;
+        let message = Arc::new(message);
+        let mut delivery = Delivery {
+            message: message.clone(),
+            qos,
+            retain: false,
+            id: None,
+        };
+        if stored && qos != QoS::AtMostOnce {
+            let id = self.next_message_id();
+            let ops = vec![
+                Op::PutMessage { id, message },
+                Op::Enqueue {
+                    client_id: entry.client_id.clone(),
+                    id,
+                    qos,
+                    retain: false,
+                },
+            ];
+            self.store(ops).await.map_err(ClientPublishError::Storage)?;
+            delivery = delivery.stored_as(id);
+        }
+        Ok(entry.deliver(delivery, &self.metrics))
+    }
+
+    /// [`Node::delete_retained`] through storage on a durable node: cleared
+    /// in storage first, so that a restart does not bring it back.
+    pub async fn delete_retained_stored(&self, topic: &str) -> Result<bool, StorageError> {
+        if !self.durable {
+            return Ok(self.delete_retained(topic));
+        }
+        if read(&self.retained).get(topic).is_none() {
+            return Ok(false);
+        }
+        self.store(vec![Op::SetRetained {
+            topic: ByteStr::from(topic),
+            message: None,
+        }])
+        .await?;
+        Ok(self.delete_retained(topic))
     }
 
     /// Sizes and counters now.

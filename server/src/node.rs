@@ -500,11 +500,22 @@ impl<R: Runtime> Node<R> {
         subscribe: &Subscribe,
         codes: &[SubscribeReturnCode],
     ) {
+        for delivery in self.retained_deliveries(subscribe, codes) {
+            attachment.entry.deliver(delivery, &self.metrics);
+        }
+    }
+
+    /// The retained messages a SUBSCRIBE gets, in topic order.
+    pub fn retained_deliveries(
+        &self,
+        subscribe: &Subscribe,
+        codes: &[SubscribeReturnCode],
+    ) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
         {
             let retained = read(&self.retained);
             if retained.is_empty() {
-                return;
+                return deliveries;
             }
             for (f, code) in subscribe.filters.iter().zip(codes) {
                 if let SubscribeReturnCode::Granted(granted) = code {
@@ -517,9 +528,7 @@ impl<R: Runtime> Node<R> {
         // The index walks hash maps; topic order makes the delivery order
         // the same on every run (the simulator depends on it) and readable.
         deliveries.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
-        for delivery in deliveries {
-            attachment.entry.deliver(delivery, &self.metrics);
-        }
+        deliveries
     }
 
     pub fn unsubscribe(&self, attachment: &Attachment, cell: &Arc<ConnCell>, filters: &[ByteStr]) {

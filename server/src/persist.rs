@@ -150,7 +150,7 @@ impl<R: Runtime> Node<R> {
         self.durable
     }
 
-    fn next_message_id(&self) -> MessageId {
+    pub(crate) fn next_message_id(&self) -> MessageId {
         let sequence = self.next_message.fetch_add(1, Ordering::Relaxed);
         MessageId::new(self.node_tag, sequence)
     }

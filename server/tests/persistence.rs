@@ -425,3 +425,143 @@ fn storage_down_then_back_recovers_without_restart() {
     assert!(present);
     assert_eq!(receive(&mut sub, 1)[0].2, "back");
 }
+
+// ---------------------------------------------------------------------------
+// The HTTP API on a durable node
+// ---------------------------------------------------------------------------
+
+/// One HTTP exchange with the broker's API: (status, JSON body).
+fn api_call(broker: &TestBroker, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .new_agent();
+    let url = format!("http://{}{path}", broker.broker().api_addr().unwrap());
+    let response = match (method, body) {
+        ("POST", Some(body)) => agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes()),
+        ("DELETE", _) => agent.delete(&url).call(),
+        _ => agent.get(&url).call(),
+    };
+    let mut response = response.expect("HTTP exchange");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+/// Messages published through the API to an offline persistent session (to
+/// the client, and to a topic it subscribed to) are stored before the API
+/// answers: a new broker on the same storage delivers them. A retained
+/// message deleted through the API stays deleted after the restart.
+#[test]
+fn api_writes_are_stored_before_the_answer() {
+    let redis = Server::standalone();
+    let broker = broker_on(vec![redis.node()]);
+    subscribe_persistent(broker.addr(), "api-sub", &[("t/#", 1)]);
+    let (status, body) = api_call(
+        &broker,
+        "POST",
+        "/api/v1/clients/api-sub/publish",
+        Some(r#"{"topic":"direct/1","payload":"one","qos":1}"#),
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":1}"#));
+    let (status, body) = api_call(
+        &broker,
+        "POST",
+        "/api/v1/publish",
+        Some(r#"{"topic":"t/2","payload":"two","qos":1}"#),
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":1}"#));
+    let (status, _) = api_call(
+        &broker,
+        "POST",
+        "/api/v1/publish",
+        Some(r#"{"topic":"r/1","payload":"kept","qos":1,"retain":true}"#),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = api_call(
+        &broker,
+        "DELETE",
+        "/api/v1/retained/message?topic=r/1",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    drop(broker);
+
+    let broker = broker_on(vec![redis.node()]);
+    let (status, body) = api_call(&broker, "GET", "/api/v1/retained/message?topic=r/1", None);
+    assert_eq!(
+        status, 404,
+        "a retained message deleted through the API: {body}"
+    );
+    let (mut sub, present) = persistent(broker.addr(), "api-sub");
+    assert!(present);
+    assert_eq!(
+        receive(&mut sub, 2),
+        vec![
+            ("direct/1".to_owned(), 1, "one".to_owned()),
+            ("t/2".to_owned(), 1, "two".to_owned()),
+        ]
+    );
+    drain_silent(&mut sub);
+}
+
+/// A retained QoS 2 message sent to a persistent session because of its
+/// SUBSCRIBE is stored and journaled like any delivery: after a SIGKILL with
+/// it in flight (no PUBREC), it comes again with DUP under the same packet
+/// id, and a new message meanwhile gets another packet id.
+#[test]
+fn sigkill_with_a_retained_qos2_delivery_in_flight() {
+    let redis = Server::standalone();
+    let port = free_port();
+    let config = binary_config(&redis, port);
+    let broker = Binary::start(&config, port);
+    let mut publisher = RawClient::connect(broker.addr, "retainer");
+    publisher.send(&wire::publish("ret/x", 2, 1, true, b"kept"));
+    assert_eq!(publisher.recv().first, 0x50, "PUBREC");
+    publisher.send(&wire::pubrel(1));
+    assert_eq!(publisher.recv().first, 0x70, "PUBCOMP");
+    drop(publisher);
+
+    let (mut sub, present) = persistent(broker.addr, "ret-sub");
+    assert!(!present);
+    assert_eq!(sub.subscribe(1, &[("ret/#", 2)]), vec![2]);
+    let first = sub.recv().publish();
+    assert_eq!((first.topic.as_str(), first.qos), ("ret/x", 2));
+    assert!(first.retain);
+    assert_eq!(first.payload, b"kept");
+    let pid = first.packet_id.unwrap();
+    // No PUBREC: the message stays in flight. A QoS 2 PUBLISH leaves only
+    // once its packet id is stored.
+    broker.kill9();
+    drop(sub);
+
+    let broker = Binary::start(&config, port);
+    let (mut sub, present) = persistent(broker.addr, "ret-sub");
+    assert!(present, "session present after SIGKILL");
+    let again = sub.recv().publish();
+    assert_eq!(again.payload, b"kept");
+    assert_eq!(again.packet_id, Some(pid), "the same packet id");
+    assert!(again.dup, "a retransmission");
+    assert_eq!(again.qos, 2);
+    // A new message while `pid` is still held gets another packet id.
+    let mut publisher = RawClient::connect(broker.addr, "p2");
+    publish_acked(&mut publisher, "ret/y", 2, 1, "new");
+    drop(publisher);
+    let next = sub.recv().publish();
+    assert_eq!(next.payload, b"new");
+    assert_ne!(
+        next.packet_id,
+        Some(pid),
+        "a packet id the client holds is not reused"
+    );
+    for id in [pid, next.packet_id.unwrap()] {
+        sub.send(&wire::pubrec(id));
+        let rel = sub.recv();
+        assert_eq!((rel.first, rel.packet_id()), (0x62, id), "PUBREL");
+        sub.send(&wire::pubcomp(id));
+    }
+    drain_silent(&mut sub);
+}

@@ -2,8 +2,11 @@
 //!
 //! 1. **Read and pin** (one round trip): every touched session's record and
 //!    in-flight window, the held-set entries the batch names (`ZMSCORE`; the
-//!    whole held set when the batch deletes the session) and its highest
-//!    order; whether each enqueued body is stored. In the same round trip,
+//!    whole held set when the batch deletes the session) and, when the batch
+//!    sends, its highest order; whether each enqueued body is stored. Queue
+//!    positions do not depend on these reads: an enqueued id's order is its
+//!    sequence number (see [`MessageId::queue_order`]), so concurrent
+//!    batches enqueuing to one session never compete for a position. In the same round trip,
 //!    the writes that must be durable *before* any reference: bodies
 //!    (`HSETNX`), a holder field for every `Enqueue` (`HSET`, speculative,
 //!    one command per body), the index entry of every `PutSession`
@@ -47,7 +50,7 @@ struct Client {
     /// Read the whole held set (`DeleteSession` in the batch: it releases
     /// every held body).
     full: bool,
-    /// Read the highest order (the batch adds to the queue or window).
+    /// Read the highest order (the batch adds to the window: send order).
     needs_order: bool,
     /// Read the window.
     needs_window: bool,
@@ -186,8 +189,11 @@ impl Client {
                 id, qos, retain, ..
             } => {
                 if stored(&id) && !self.held.contains_key(&id) && !self.in_window(id) {
+                    // The position comes from the id alone, not from what
+                    // this batch read: concurrent writers to one queue agree
+                    // on it, and a replay writes the same score.
                     let held = Held {
-                        order: self.take_order()?,
+                        order: id.sequence(),
                         qos,
                         retain,
                     };
@@ -435,7 +441,6 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
             }
             Op::Enqueue { id, .. } => {
                 client.needs_window = true;
-                client.needs_order = true;
                 score(client, *id);
                 push_unique(&mut enqueued_ids, &mut enqueued_seen, *id);
                 push_unique(&mut pins, &mut pins_seen, (index, *id));

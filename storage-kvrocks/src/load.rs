@@ -122,7 +122,10 @@ pub(crate) async fn load_session(
     };
     let record = record(&session, client_id, &record_bytes)?;
     let subscriptions = subscriptions(&session, take(&mut values))?;
-    let held = held(&session, take(&mut values))?;
+    let mut held = held(&session, take(&mut values))?;
+    // Score order is order, then flags, then member bytes (node tag first);
+    // ties of one order are put in id order (sequence, then node tag).
+    held.sort_by_key(|(id, entry)| (entry.order, id.queue_order()));
     let mut window = window(&session, take(&mut values))?;
     window.sort_by_key(|(packet_id, entry)| (entry.order, *packet_id));
     let mut inbound_qos2 = reply::members(&session.inbound, take(&mut values))?

@@ -30,7 +30,9 @@
 //! - [`Op::Subscribe`] inserts or replaces the QoS of a filter;
 //!   [`Op::Unsubscribe`] removes it (no-op if absent).
 //! - [`Op::PutMessage`] stores a body; no-op if the id is already stored.
-//! - [`Op::Enqueue`] appends to the queue; no-op if the session already holds
+//! - [`Op::Enqueue`] inserts into the queue in id order
+//!   ([`MessageId::queue_order`](easy_mqtt_core::storage::MessageId::queue_order));
+//!   no-op if the session already holds
 //!   that id in its queue *or* its window (so a re-applied batch that enqueued
 //!   and then sent a message does not queue it again), or if the body is not
 //!   stored.
@@ -253,7 +255,12 @@ impl Inner {
                 };
                 if session.held.insert(id) {
                     body.refs += 1;
-                    session.queue.push_back(Entry { id, qos, retain });
+                    // In id order (sequence, then node tag), as every
+                    // backend keeps a queue.
+                    let at = session
+                        .queue
+                        .partition_point(|entry| entry.id.queue_order() <= id.queue_order());
+                    session.queue.insert(at, Entry { id, qos, retain });
                 }
             }
             Op::Dequeue { client_id, id } => {

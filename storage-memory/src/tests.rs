@@ -234,7 +234,7 @@ fn a_body_nobody_references_is_dropped_at_the_end_of_its_batch() {
 fn a_body_released_and_referenced_again_in_one_batch_survives() {
     let s = storage();
     apply(&s, vec![put_session("a"), put_message(1), enqueue("a", 1)]);
-    // Moved to the end of the queue within one batch.
+    // Dropped and queued again within one batch (back in id order).
     apply(
         &s,
         vec![
@@ -246,7 +246,7 @@ fn a_body_released_and_referenced_again_in_one_batch_survives() {
     );
     assert_eq!(s.message_count(), 2);
     let queue: Vec<MessageId> = load(&s, "a").queue.iter().map(|d| d.id).collect();
-    assert_eq!(queue, vec![id(2), id(1)]);
+    assert_eq!(queue, vec![id(1), id(2)]);
 }
 
 #[test]

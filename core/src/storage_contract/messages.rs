@@ -8,7 +8,7 @@ use crate::storage::{MessageId, Storage};
 
 use super::support::*;
 
-/// Queue order is enqueue order (not id order); a body enqueued for three
+/// Queue order is id order (not enqueue order); a body enqueued for three
 /// sessions is stored once and loads the same for each; `Dequeue` removes
 /// only that session's entry; a body outlives the deletion of one holder.
 pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
@@ -30,7 +30,7 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
         put_session(a, 1),
         put_session(b, 2),
         put_session(c, 3),
-        // Stored once, referenced three times; ids not in queue order.
+        // Stored once, referenced three times; stored and enqueued out of id order.
         put_message(m3, Arc::clone(&body3)),
         put_message(m1, Arc::clone(&body1)),
         put_message(m2, Arc::clone(&body2)),
@@ -58,27 +58,27 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
     assert_eq!(
         queue_of(a).await,
         vec![
-            delivery(m3, &body3, QoS::AtMostOnce, false),
             delivery(m1, &body1, QoS::AtLeastOnce, false),
             delivery(m2, &body2, QoS::ExactlyOnce, true),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
         "{CHECK}: queue of a in enqueue order, with its QoS and RETAIN flag"
     );
     assert_eq!(
         queue_of(b).await,
         vec![
-            delivery(m3, &body3, QoS::AtMostOnce, false),
             delivery(m1, &body1, QoS::AtLeastOnce, false),
             delivery(m2, &body2, QoS::AtLeastOnce, false),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
         "{CHECK}: queue of b"
     );
     assert_eq!(
         queue_of(c).await,
         vec![
-            delivery(m3, &body3, QoS::AtMostOnce, false),
             delivery(m1, &body1, QoS::AtLeastOnce, false),
             delivery(m2, &body2, QoS::AtMostOnce, false),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
         "{CHECK}: queue of c"
     );
@@ -97,9 +97,9 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
     assert_eq!(
         queue_of(a).await,
         vec![
-            delivery(m3, &body3, QoS::AtMostOnce, false),
             delivery(m1, &body1, QoS::AtLeastOnce, false),
             delivery(m2, &body2, QoS::ExactlyOnce, true),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
         "{CHECK}: PutMessage of a stored id and Enqueue of a held id are no-ops"
     );
@@ -119,8 +119,8 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
     assert_eq!(
         queue_of(b).await,
         vec![
-            delivery(m3, &body3, QoS::AtMostOnce, false),
             delivery(m2, &body2, QoS::AtLeastOnce, false),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
         "{CHECK}: Dequeue removes the entry"
     );
@@ -131,7 +131,7 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
                 .iter()
                 .map(|d| d.id)
                 .collect::<Vec<_>>(),
-            vec![m3, m1, m2],
+            vec![m1, m2, m3],
             "{CHECK}: Dequeue for b leaves {client} alone"
         );
     }
@@ -141,8 +141,8 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
     assert_eq!(
         queue_of(c).await,
         vec![
-            delivery(m3, &body3, QoS::AtMostOnce, false),
             delivery(m2, &body2, QoS::AtMostOnce, false),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
         "{CHECK}: bodies outlive one holder"
     );

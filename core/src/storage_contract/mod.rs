@@ -27,7 +27,8 @@
 //!   no-op); queues and windows refer to it by id, and the body lives as
 //!   long as one of them does. A body is enqueued in the batch that stores
 //!   it or while another entry still holds it.
-//! - `Enqueue` appends; it is a no-op when the session already holds the id
+//! - `Enqueue` inserts in id order (`MessageId::queue_order`: sequence, then
+//!   node tag), whatever the enqueue order; it is a no-op when the session already holds the id
 //!   in its queue or its window. `Dequeue` removes the id from the queue only.
 //! - `SetInflight` moves a queued message to the end of the window (send
 //!   order) with its queued QoS and RETAIN flag, or updates the phase of the

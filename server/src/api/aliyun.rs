@@ -175,7 +175,7 @@ impl<R: Runtime> State<R> {
                     None => json!({ "valid": false }),
                 }
             }
-            Endpoint::Send => self.send(aliyun, &self.json_body(request).await?)?,
+            Endpoint::Send => self.send(aliyun, &self.json_body(request).await?).await?,
             Endpoint::StatusBatch => {
                 let b: StatusBatchBody = parse(&self.json_body(request).await?)?;
                 if b.client_ids.is_empty() || b.client_ids.len() > MAX_STATUS_BATCH {
@@ -195,7 +195,7 @@ impl<R: Runtime> State<R> {
         Ok(json_response(StatusCode::OK, &value))
     }
 
-    fn send(&self, aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
+    async fn send(&self, aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
         let b: SendBody = parse(body)?;
         check_instance(aliyun, b.instance_id.as_deref())?;
         topic::validate_topic_name(&b.mqtt_topic)
@@ -226,12 +226,16 @@ impl<R: Runtime> State<R> {
             .map_err(|e| {
                 ApiError::bad_request("invalid-payload", format!("payload is not base64: {e}"))
             })?;
-        let delivered = self.node.publish_message(Message {
-            topic: ByteStr::from(b.mqtt_topic),
-            payload: Bytes::from(payload),
-            qos,
-            retain: false,
-        });
+        let delivered = self
+            .node
+            .publish_message_stored(Message {
+                topic: ByteStr::from(b.mqtt_topic),
+                payload: Bytes::from(payload),
+                qos,
+                retain: false,
+            })
+            .await
+            .map_err(|e| super::handlers::storage_unavailable(&e))?;
         Ok(json!({ "msgId": aliyun.message_id(), "delivered": delivered }))
     }
 }

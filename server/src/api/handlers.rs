@@ -8,13 +8,15 @@ use std::time::SystemTime;
 use base64::Engine;
 use bytes::Bytes;
 use easy_mqtt_core::session::Message;
+use easy_mqtt_core::storage::StorageError;
 use easy_mqtt_core::{ByteStr, QoS, topic};
+use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::util::{Query, rfc3339};
-use crate::admin::{ClientInfo, KickOutcome};
+use crate::admin::{ClientInfo, ClientPublishError, KickOutcome};
 use crate::node::Node;
 use crate::runtime::Runtime;
 
@@ -153,26 +155,40 @@ fn message<R: Runtime>(
     })
 }
 
-pub fn publish<R: Runtime>(node: &Node<R>, body: &[u8]) -> Result<Value, ApiError> {
-    let b: PublishBody = parse_json(body)?;
-    let message = message(node, "", b.topic, &b.payload, b.encoding, b.qos, b.retain)?;
-    Ok(json!({ "delivered": node.publish_message(message) }))
+/// 503: a durable node could not store the write; nothing was delivered.
+pub fn storage_unavailable(error: &StorageError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        format!("the message could not be stored, nothing was delivered: {error}"),
+    )
 }
 
-pub fn publish_to_client<R: Runtime>(
+pub async fn publish<R: Runtime>(node: &Node<R>, body: &[u8]) -> Result<Value, ApiError> {
+    let b: PublishBody = parse_json(body)?;
+    let message = message(node, "", b.topic, &b.payload, b.encoding, b.qos, b.retain)?;
+    let delivered = node
+        .publish_message_stored(message)
+        .await
+        .map_err(|e| storage_unavailable(&e))?;
+    Ok(json!({ "delivered": delivered }))
+}
+
+pub async fn publish_to_client<R: Runtime>(
     node: &Node<R>,
     client_id: &str,
     body: &[u8],
 ) -> Result<Value, ApiError> {
     let b: ClientPublishBody = parse_json(body)?;
     let message = message(node, "", b.topic, &b.payload, b.encoding, b.qos, false)?;
-    match node.publish_to_client(client_id, message) {
+    match node.publish_to_client_stored(client_id, message).await {
         Ok(taken) => Ok(json!({ "delivered": u8::from(taken) })),
-        Err(_) => Err(client_not_found(client_id)),
+        Err(ClientPublishError::UnknownClient) => Err(client_not_found(client_id)),
+        Err(ClientPublishError::Storage(e)) => Err(storage_unavailable(&e)),
     }
 }
 
-pub fn publish_batch<R: Runtime>(node: &Node<R>, body: &[u8]) -> Result<Value, ApiError> {
+pub async fn publish_batch<R: Runtime>(node: &Node<R>, body: &[u8]) -> Result<Value, ApiError> {
     let items: Vec<Value> = parse_json(body)?;
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
@@ -203,19 +219,21 @@ pub fn publish_batch<R: Runtime>(node: &Node<R>, body: &[u8]) -> Result<Value, A
             message,
         });
     }
-    let results: Vec<Value> = outgoing
-        .into_iter()
-        .map(|o| match o.client_id {
-            None => json!({ "delivered": node.publish_message(o.message) }),
-            Some(id) => match node.publish_to_client(&id, o.message) {
-                Ok(taken) => json!({ "delivered": u8::from(taken) }),
-                Err(_) => {
-                    let e = client_not_found(&id);
-                    json!({ "delivered": 0, "error": e.code, "detail": e.detail })
-                }
+    let mut results: Vec<Value> = Vec::with_capacity(outgoing.len());
+    for o in outgoing {
+        let failed = |e: ApiError| json!({ "delivered": 0, "error": e.code, "detail": e.detail });
+        results.push(match o.client_id {
+            None => match node.publish_message_stored(o.message).await {
+                Ok(delivered) => json!({ "delivered": delivered }),
+                Err(e) => failed(storage_unavailable(&e)),
             },
-        })
-        .collect();
+            Some(id) => match node.publish_to_client_stored(&id, o.message).await {
+                Ok(taken) => json!({ "delivered": u8::from(taken) }),
+                Err(ClientPublishError::UnknownClient) => failed(client_not_found(&id)),
+                Err(ClientPublishError::Storage(e)) => failed(storage_unavailable(&e)),
+            },
+        });
+    }
     Ok(json!({ "results": results }))
 }
 
@@ -368,9 +386,13 @@ pub fn get_retained<R: Runtime>(node: &Node<R>, query: &Query) -> Result<Value, 
     Ok(retained_json(&message))
 }
 
-pub fn delete_retained<R: Runtime>(node: &Node<R>, query: &Query) -> Result<Value, ApiError> {
+pub async fn delete_retained<R: Runtime>(node: &Node<R>, query: &Query) -> Result<Value, ApiError> {
     let topic_name = topic_param(query)?;
-    if node.delete_retained(topic_name) {
+    let deleted = node
+        .delete_retained_stored(topic_name)
+        .await
+        .map_err(|e| storage_unavailable(&e))?;
+    if deleted {
         Ok(json!({ "topic": topic_name, "deleted": true }))
     } else {
         Err(retained_not_found(topic_name))

@@ -364,11 +364,13 @@ impl<R: Runtime> State<R> {
                 ));
             }
             Route::Stats => self.stats(),
-            Route::Publish => handlers::publish(node, &self.json_body(request).await?)?,
-            Route::PublishBatch => handlers::publish_batch(node, &self.json_body(request).await?)?,
+            Route::Publish => handlers::publish(node, &self.json_body(request).await?).await?,
+            Route::PublishBatch => {
+                handlers::publish_batch(node, &self.json_body(request).await?).await?
+            }
             Route::ClientPublish => {
                 let body = self.json_body(request).await?;
-                handlers::publish_to_client(node, client_id, &body)?
+                handlers::publish_to_client(node, client_id, &body).await?
             }
             Route::Clients => handlers::list_clients(node, &query)?,
             Route::Client => handlers::get_client(node, client_id)?,
@@ -376,7 +378,7 @@ impl<R: Runtime> State<R> {
             Route::ClientKick => handlers::kick(node, client_id)?,
             Route::Retained => handlers::list_retained(node, &query)?,
             Route::RetainedMessage if method == Method::DELETE => {
-                handlers::delete_retained(node, &query)?
+                handlers::delete_retained(node, &query).await?
             }
             Route::RetainedMessage => handlers::get_retained(node, &query)?,
         };

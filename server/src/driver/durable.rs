@@ -19,6 +19,9 @@ pub(super) enum After {
         codes: Vec<SubscribeReturnCode>,
     },
     Unsubscribe(PacketId),
+    /// Retained messages for a new subscription of a persistent session,
+    /// stored in its queue (QoS 1/2, with ids): delivered in memory now.
+    Retained(Vec<easy_mqtt_core::session::Delivery>),
     /// The session's outbound changes: nothing but (maybe) releasing
     /// held-back QoS 2 PUBLISH bytes.
     Journal,
@@ -230,7 +233,19 @@ where
                 if let Some(attachment) = &self.attachment
                     && codes.iter().any(|c| *c != SubscribeReturnCode::Failure)
                 {
-                    self.node.deliver_retained(attachment, &subscribe, &codes);
+                    match self.stored_client() {
+                        // Journaled like any delivery: stored with an id
+                        // first, so the packet id it gets is stored too.
+                        Some(client_id) => self.store_retained(client_id, &subscribe, &codes),
+                        None => self.node.deliver_retained(attachment, &subscribe, &codes),
+                    }
+                }
+            }
+            After::Retained(deliveries) => {
+                if let Some(attachment) = &self.attachment {
+                    for delivery in deliveries {
+                        attachment.entry.deliver(delivery, &self.node.metrics);
+                    }
                 }
             }
             After::Unsubscribe(packet_id) => {
@@ -238,6 +253,43 @@ where
             }
             After::Journal => {}
         }
+    }
+
+    /// The retained messages of a persistent session's new subscription:
+    /// each QoS 1/2 one gets a message id and is stored in the session's
+    /// queue before it is delivered, so that the packet id it is sent under
+    /// is journaled like any delivery's (a QoS 2 one survives a crash
+    /// under the same packet id).
+    fn store_retained(
+        &mut self,
+        client_id: easy_mqtt_core::ByteStr,
+        subscribe: &Subscribe,
+        codes: &[SubscribeReturnCode],
+    ) {
+        let mut ops = Vec::new();
+        let deliveries = self
+            .node
+            .retained_deliveries(subscribe, codes)
+            .into_iter()
+            .map(|delivery| {
+                if delivery.qos == easy_mqtt_core::QoS::AtMostOnce {
+                    return delivery;
+                }
+                let id = self.node.next_message_id();
+                ops.push(Op::PutMessage {
+                    id,
+                    message: delivery.message.clone(),
+                });
+                ops.push(Op::Enqueue {
+                    client_id: client_id.clone(),
+                    id,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                });
+                delivery.stored_as(id)
+            })
+            .collect();
+        self.push_storage(ops, After::Retained(deliveries), false);
     }
 
     /// Storage stayed unavailable: nothing of the batch is acknowledged,
@@ -260,7 +312,7 @@ where
                         .fail_publish(id, CloseReason::StorageUnavailable, now);
                 }
                 After::Route { .. } | After::Journal => {}
-                After::Subscribe { .. } | After::Unsubscribe(_) => {
+                After::Subscribe { .. } | After::Unsubscribe(_) | After::Retained(_) => {
                     inner.conn.close(CloseReason::StorageUnavailable, now);
                 }
             }
