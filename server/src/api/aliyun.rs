@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::State;
 use super::error::{ApiError, json_response};
-use super::util::{Query, percent_decode};
+use super::util::{Query, parse_json, percent_decode, present};
 use crate::aliyun::{Aliyun, now_ms};
 use crate::runtime::Runtime;
 use easy_mqtt_core::session::Message;
@@ -80,22 +80,6 @@ struct StatusBatchBody {
     client_ids: Vec<String>,
 }
 
-/// An optional field that, when given, must not be `null`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
-}
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "invalid-json"
-        } else {
-            "invalid-body"
-        };
-        ApiError::bad_request(code, format!("request body: {e}"))
-    })
-}
-
 fn check_instance(aliyun: &Aliyun, given: Option<&str>) -> Result<(), ApiError> {
     match given {
         Some(id) if id != aliyun.config.instance_id => Err(ApiError::not_found(
@@ -154,7 +138,7 @@ impl<R: Runtime> State<R> {
             Endpoint::Status => status(aliyun, client_id.as_deref().unwrap_or_default()),
             Endpoint::Apply => apply(aliyun, &self.json_body(request).await?)?,
             Endpoint::Revoke => {
-                let b: TokenBody = parse(&self.json_body(request).await?)?;
+                let b: TokenBody = parse_json(&self.json_body(request).await?)?;
                 check_instance(aliyun, b.instance_id.as_deref())?;
                 let revoked = aliyun.tokens.revoke(&b.token);
                 if revoked {
@@ -163,7 +147,7 @@ impl<R: Runtime> State<R> {
                 json!({ "revoked": revoked })
             }
             Endpoint::QueryToken => {
-                let b: TokenBody = parse(&self.json_body(request).await?)?;
+                let b: TokenBody = parse_json(&self.json_body(request).await?)?;
                 check_instance(aliyun, b.instance_id.as_deref())?;
                 match aliyun.tokens.get(&b.token) {
                     Some(token) => json!({
@@ -177,7 +161,7 @@ impl<R: Runtime> State<R> {
             }
             Endpoint::Send => self.send(aliyun, &self.json_body(request).await?).await?,
             Endpoint::StatusBatch => {
-                let b: StatusBatchBody = parse(&self.json_body(request).await?)?;
+                let b: StatusBatchBody = parse_json(&self.json_body(request).await?)?;
                 if b.client_ids.is_empty() || b.client_ids.len() > MAX_STATUS_BATCH {
                     return Err(ApiError::bad_request(
                         "invalid-body",
@@ -196,7 +180,7 @@ impl<R: Runtime> State<R> {
     }
 
     async fn send(&self, aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
-        let b: SendBody = parse(body)?;
+        let b: SendBody = parse_json(body)?;
         check_instance(aliyun, b.instance_id.as_deref())?;
         topic::validate_topic_name(&b.mqtt_topic)
             .and_then(|()| {
@@ -249,7 +233,7 @@ fn actions_text(read: bool, write: bool) -> &'static str {
 }
 
 fn apply(aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
-    let b: ApplyBody = parse(body)?;
+    let b: ApplyBody = parse_json(body)?;
     check_instance(aliyun, b.instance_id.as_deref())?;
     let resources: Vec<String> = match b.resources {
         Resources::Text(text) => text.split(',').map(|r| r.trim().to_owned()).collect(),

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::util::{Query, rfc3339};
+use super::util::{Query, parse_json, present, rfc3339};
 use crate::admin::{ClientInfo, ClientPublishError, KickOutcome};
 use crate::node::Node;
 use crate::runtime::Runtime;
@@ -87,26 +87,10 @@ struct BatchItem {
     retain: bool,
 }
 
-/// An optional field that, when given, must not be `null`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
-}
-
 /// A checked message and, for one-to-one, its recipient.
 struct Outgoing {
     client_id: Option<String>,
     message: Message,
-}
-
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "invalid-json"
-        } else {
-            "invalid-body"
-        };
-        ApiError::bad_request(code, format!("request body: {e}"))
-    })
 }
 
 /// Checks the fields of a message to publish; `context` prefixes errors.

@@ -150,6 +150,24 @@ pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
         == 0
 }
 
+/// An optional field that, when given, must not be `null`.
+pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    String::deserialize(d).map(Some)
+}
+
+/// A JSON request body, or a 400 naming what is wrong with it.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "invalid-json"
+        } else {
+            "invalid-body"
+        };
+        ApiError::bad_request(code, format!("request body: {e}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
