@@ -173,7 +173,8 @@ struct Driver<S, R: Runtime> {
     flush_pending: bool,
     wants_input: bool,
     closed: bool,
-    timer: Option<R::Timer>,
+    /// The timer and the deadline it is armed for.
+    timer: Option<(R::Timer, Instant)>,
     deadline: Option<Instant>,
     /// Once closed: when to give up flushing to a peer that reads nothing.
     close_deadline: Option<Instant>,
@@ -520,15 +521,26 @@ where
         let Some(deadline) = self.deadline else {
             return false;
         };
-        let runtime = self.node.runtime().clone();
+        let runtime = self.node.runtime();
         let timer = match &mut self.timer {
-            Some(timer) => {
-                runtime.reset(timer, deadline);
+            // Re-arming costs the reactor a wake-up (an eventfd write with
+            // async-io), so only when the deadline really moved.
+            Some((timer, armed)) => {
+                if *armed != deadline {
+                    runtime.reset(timer, deadline);
+                    *armed = deadline;
+                }
                 timer
             }
-            None => self.timer.insert(runtime.timer(deadline)),
+            None => &mut self.timer.insert((runtime.timer(deadline), deadline)).0,
         };
-        runtime.poll_timer(timer, cx).is_ready()
+        let fired = runtime.poll_timer(timer, cx).is_ready();
+        if fired {
+            // A one-shot timer that fired may never fire again; the next
+            // deadline gets a fresh one.
+            self.timer = None;
+        }
+        fired
     }
 
     fn release_idle_buffers(&mut self) {
