@@ -419,16 +419,7 @@ impl<R: Runtime> Node<R> {
             // Point-to-point: that session only, never the trie or the retained store.
             return usize::from(self.deliver_direct(&target, message));
         }
-        if message.retain {
-            let mut retained = write(&self.retained);
-            if message.payload.is_empty() {
-                // [MQTT-3.3.1-10], [MQTT-3.3.1-11]
-                retained.remove(&message.topic);
-            } else {
-                // [MQTT-3.3.1-5]
-                retained.insert(&message.topic, message.clone());
-            }
-        }
+        self.update_retained(&message);
         read(&self.trie).matches_dedup(&message.topic, scratch);
         let mut delivered = 0;
         for (key, granted) in scratch.drain(..) {
@@ -440,6 +431,22 @@ impl<R: Runtime> Node<R> {
             }
         }
         delivered
+    }
+
+    /// Stores, replaces or (empty payload) clears the retained message of
+    /// the topic, when the message asks to be retained.
+    pub(crate) fn update_retained(&self, message: &Arc<Message>) {
+        if !message.retain {
+            return;
+        }
+        let mut retained = write(&self.retained);
+        if message.payload.is_empty() {
+            // [MQTT-3.3.1-10], [MQTT-3.3.1-11]
+            retained.remove(&message.topic);
+        } else {
+            // [MQTT-3.3.1-5]
+            retained.insert(&message.topic, message.clone());
+        }
     }
 
     /// Publishes a will message on behalf of a connection that ended.

@@ -353,14 +353,7 @@ impl<R: Runtime> Node<R> {
             id,
             targets,
         } = prepared;
-        if message.retain {
-            let mut retained = write(&self.retained);
-            if message.payload.is_empty() {
-                retained.remove(&message.topic);
-            } else {
-                retained.insert(&message.topic, message.clone());
-            }
-        }
+        self.update_retained(&message);
         let mut delivered = 0;
         for (key, granted, stored) in targets {
             let mut delivery = Delivery::routed(message.clone(), granted);
