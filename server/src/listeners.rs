@@ -247,11 +247,20 @@ async fn accept_loop(bound: Bound, shared: Arc<Shared>) {
         if shared.node.is_shutting_down() {
             break;
         }
-        let task = shared.clone();
-        shared
-            .executor
-            .spawn(async move { serve(task, stream, peer, transport).await })
-            .detach();
+        // A plain TCP connection's task is the driver alone: an async state
+        // machine is as large as its largest state, and the TLS and
+        // WebSocket handshakes would make every idle connection pay for them.
+        let task = match transport {
+            Transport::Tcp => shared.executor.spawn(driver::serve(
+                shared.node.clone(),
+                stream,
+                ConnectionInfo::tcp(peer),
+            )),
+            _ => shared
+                .executor
+                .spawn(serve(shared.clone(), stream, peer, transport)),
+        };
+        task.detach();
     }
 }
 
@@ -290,7 +299,9 @@ where
     }
 }
 
-/// One connection: its handshakes, then the MQTT driver.
+/// One connection over TLS or WebSocket: its handshakes, then the MQTT
+/// driver. Each handshake and each driver is boxed, so that the task holds
+/// only the one in progress (a TLS handshake's state is kilobytes).
 async fn serve(
     shared: Arc<Shared>,
     stream: async_net::TcpStream,
@@ -306,13 +317,13 @@ async fn serve(
     let timeout = shared.handshake_timeout;
     let result = match transport {
         Transport::Tcp => {
-            driver::serve(node, stream, info(None)).await;
+            Box::pin(driver::serve(node, stream, info(None))).await;
             return;
         }
-        Transport::Tls => match bounded(timeout, tls_handshake(&shared, stream)).await {
+        Transport::Tls => match Box::pin(bounded(timeout, tls_handshake(&shared, stream))).await {
             Ok(tls) => {
                 log_client_cert(peer, transport, &tls.client_cert_cn);
-                driver::serve(node, tls.stream, info(tls.client_cert_cn)).await;
+                Box::pin(driver::serve(node, tls.stream, info(tls.client_cert_cn))).await;
                 return;
             }
             Err(err) => err,
@@ -323,9 +334,9 @@ async fn serve(
                     .await
                     .map_err(HandshakeError::WebSocket)
             };
-            match bounded(timeout, upgrade).await {
+            match Box::pin(bounded(timeout, upgrade)).await {
                 Ok(ws) => {
-                    driver::serve(node, ws, info(None)).await;
+                    Box::pin(driver::serve(node, ws, info(None))).await;
                     return;
                 }
                 Err(err) => err,
@@ -340,10 +351,10 @@ async fn serve(
                     .map_err(HandshakeError::WebSocket)?;
                 Ok((ws, cn))
             };
-            match bounded(timeout, upgrade).await {
+            match Box::pin(bounded(timeout, upgrade)).await {
                 Ok((ws, cn)) => {
                     log_client_cert(peer, transport, &cn);
-                    driver::serve(node, ws, info(cn)).await;
+                    Box::pin(driver::serve(node, ws, info(cn))).await;
                     return;
                 }
                 Err(err) => err,

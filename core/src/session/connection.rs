@@ -10,12 +10,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::codec::{self, DecodeError, Decoded};
 use crate::packet::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    QosPid, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    ByteStr, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketId, ProtocolVersion,
+    Publish, QoS, QosPid, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
 };
 use crate::session::state::{Delivery, Enqueued, OutboundPhase, SessionLimits, SessionState};
 use crate::topic::{self, TopicError};
@@ -257,7 +257,17 @@ impl Connection {
         }
     }
 
-    fn handle_connect(&mut self, connect: Connect, now: Instant) {
+    fn handle_connect(&mut self, mut connect: Connect, now: Instant) {
+        // Decoded fields are slices of the read buffer; what outlives the
+        // packet (the client id, the will) is copied, or those few bytes
+        // would keep the whole buffer allocated for the session's lifetime.
+        connect.client_id = ByteStr::from(connect.client_id.as_str());
+        if let Some(will) = &mut connect.will {
+            will.topic = ByteStr::from(will.topic.as_str());
+            will.payload = Bytes::copy_from_slice(&will.payload);
+        }
+        connect.username = connect.username.map(|name| ByteStr::from(name.as_str()));
+        connect.password = connect.password.map(|word| Bytes::copy_from_slice(&word));
         self.protocol = Some(connect.protocol);
         if connect.client_id.is_empty() && !connect.clean_session {
             // [MQTT-3.1.3-8]
@@ -350,7 +360,14 @@ impl Connection {
                 }
                 self.control.push_back(Packet::PubComp(id));
             }
-            Packet::Subscribe(subscribe) => self.events.push_back(Event::Subscribe(subscribe)),
+            Packet::Subscribe(mut subscribe) => {
+                // Filters stay in the subscription index: copied out of the
+                // read buffer (see `handle_connect`).
+                for filter in &mut subscribe.filters {
+                    filter.filter = ByteStr::from(filter.filter.as_str());
+                }
+                self.events.push_back(Event::Subscribe(subscribe))
+            }
             Packet::Unsubscribe(unsubscribe) => {
                 self.events.push_back(Event::Unsubscribe(unsubscribe))
             }
@@ -538,10 +555,12 @@ impl Connection {
             let Some(session) = &mut self.session else {
                 break;
             };
-            let Some((delivery, packet_id)) = session.next_sendable() else {
+            let sent = session.send_next(|delivery, packet_id| {
+                encode_into(&publish_packet(delivery, packet_id, false), buf)
+            });
+            if sent.is_none() {
                 break;
-            };
-            encode_into(&publish_packet(&delivery, packet_id, false), buf);
+            }
             self.publishes_sent += 1;
             written += 1;
         }

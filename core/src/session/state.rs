@@ -2,7 +2,8 @@
 //! window, the queue behind it, the inbound QoS 2 packet ids awaiting PUBREL,
 //! and the packet-id allocator.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -152,8 +153,15 @@ pub enum Enqueued {
 #[derive(Debug, Clone)]
 pub struct SessionState {
     limits: SessionLimits,
+    /// The outbound window in send order (the order of a resend).
     inflight: VecDeque<InflightMessage>,
+    /// The packet ids in `inflight`, so that allocating one is O(1).
+    inflight_ids: HashSet<u16, BuildHasherDefault<IdHasher>>,
     queue: VecDeque<Delivery>,
+    /// When each queued message was enqueued, in queue order (ms since the
+    /// epoch by the caller's clock, 0 = unknown), for a retention limit
+    /// ([`SessionState::expire_queued`]). As long as `queue`.
+    stamps: VecDeque<u64>,
     /// Client packet ids of QoS 2 messages received and acknowledged with
     /// PUBREC, kept until PUBREL so a resent PUBLISH is not routed twice.
     inbound_qos2: BTreeMap<u16, ()>,
@@ -168,7 +176,9 @@ impl SessionState {
         SessionState {
             limits,
             inflight: VecDeque::new(),
+            inflight_ids: HashSet::default(),
             queue: VecDeque::new(),
+            stamps: VecDeque::new(),
             inbound_qos2: BTreeMap::new(),
             last_packet_id: 0,
             dropped: 0,
@@ -217,6 +227,12 @@ impl SessionState {
     /// Offers a message to the queue. QoS 0 messages are accepted too: the
     /// caller decides whether an offline session takes them.
     pub fn enqueue(&mut self, delivery: Delivery) -> Enqueued {
+        self.enqueue_at(delivery, 0)
+    }
+
+    /// [`SessionState::enqueue`], recording that it happened at `at_ms`
+    /// (ms since the epoch) for [`SessionState::expire_queued`].
+    pub fn enqueue_at(&mut self, delivery: Delivery, at_ms: u64) -> Enqueued {
         if self.queue.len() >= self.limits.max_queued.max(1) {
             match self.limits.overflow {
                 QueueOverflow::DropNewest => {
@@ -226,7 +242,9 @@ impl SessionState {
                 }
                 QueueOverflow::DropOldest => {
                     let oldest = self.queue.pop_front();
+                    self.stamps.pop_front();
                     self.queue.push_back(delivery);
+                    self.stamps.push_back(at_ms);
                     self.dropped += 1;
                     let dropped = oldest.as_ref().and_then(|d| d.id);
                     self.record(|| dropped.map(SessionChange::Dequeue));
@@ -238,7 +256,35 @@ impl SessionState {
             }
         }
         self.queue.push_back(delivery);
+        self.stamps.push_back(at_ms);
         Enqueued::Accepted
+    }
+
+    /// Drops the queued messages (not those in flight) enqueued before
+    /// `before_ms` (ms since the epoch; messages of unknown time stay):
+    /// an offline-message retention. Journals their removal; returns how
+    /// many were dropped.
+    pub fn expire_queued(&mut self, before_ms: u64) -> usize {
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut kept_stamps = VecDeque::with_capacity(self.queue.len());
+        let mut expired = 0;
+        let queue = std::mem::take(&mut self.queue);
+        let stamps = std::mem::take(&mut self.stamps);
+        for (delivery, at) in queue
+            .into_iter()
+            .zip(stamps.into_iter().chain(std::iter::repeat(0)))
+        {
+            if at != 0 && at < before_ms {
+                expired += 1;
+                self.record(|| delivery.id.map(SessionChange::Dequeue));
+            } else {
+                kept.push_back(delivery);
+                kept_stamps.push_back(at);
+            }
+        }
+        self.queue = kept;
+        self.stamps = kept_stamps;
+        expired
     }
 
     pub fn queued(&self) -> usize {
@@ -275,16 +321,29 @@ impl SessionState {
     /// QoS 1/2 only with room in the window. Keeps queue order, so a QoS 0
     /// message never overtakes an earlier QoS 1 message stuck behind a full
     /// window.
+    #[cfg(test)]
     pub(crate) fn next_sendable(&mut self) -> Option<(Delivery, Option<PacketId>)> {
+        self.send_next(|delivery, packet_id| (delivery.clone(), packet_id))
+    }
+
+    /// [`SessionState::next_sendable`] without a copy of the delivery: `send`
+    /// sees it where it stays (the window for QoS 1/2), which spares the
+    /// message's shared reference count two atomic updates per delivery.
+    pub(crate) fn send_next<T>(
+        &mut self,
+        send: impl FnOnce(&Delivery, Option<PacketId>) -> T,
+    ) -> Option<T> {
         let front = self.queue.front()?;
         if front.qos == QoS::AtMostOnce {
-            return self.queue.pop_front().map(|d| (d, None));
+            self.stamps.pop_front();
+            return self.queue.pop_front().map(|d| send(&d, None));
         }
         if !self.window_open() {
             return None;
         }
         let packet_id = self.allocate_packet_id()?;
         let delivery = self.queue.pop_front()?;
+        self.stamps.pop_front();
         self.record(|| {
             delivery.id.map(|id| SessionChange::SetInflight {
                 packet_id,
@@ -293,24 +352,31 @@ impl SessionState {
                 qos: delivery.qos,
             })
         });
+        self.inflight_ids.insert(packet_id.get());
         self.inflight.push_back(InflightMessage {
             packet_id,
-            delivery: delivery.clone(),
+            delivery,
             phase: OutboundPhase::Published,
         });
-        Some((delivery, Some(packet_id)))
+        let sent = self.inflight.back()?;
+        Some(send(&sent.delivery, Some(packet_id)))
     }
 
     /// Picks the next packet id after the last one, skipping 0 and every id
     /// still in flight, so an id is never reused before its flow completes.
+    /// O(1) unless ids from a previous round of the 16-bit space are still
+    /// in flight.
     fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        if self.inflight_ids.len() >= usize::from(u16::MAX) {
+            return None;
+        }
         let mut candidate = self.last_packet_id;
         for _ in 0..u16::MAX {
             candidate = candidate.wrapping_add(1);
             let Some(id) = PacketId::new(candidate) else {
                 continue;
             };
-            if !self.inflight.iter().any(|m| m.packet_id == id) {
+            if !self.inflight_ids.contains(&candidate) {
                 self.last_packet_id = candidate;
                 return Some(id);
             }
@@ -318,14 +384,52 @@ impl SessionState {
         None
     }
 
+    /// Where the in-flight message with `packet_id` is. Ids are given in
+    /// send order and clients acknowledge in order ([MQTT-4.6.0-2]), so the
+    /// message is found by its distance from the front or from the back of
+    /// the window without a search; the search is only for the rest.
+    fn inflight_index(&self, packet_id: PacketId) -> Option<usize> {
+        if !self.inflight_ids.contains(&packet_id.get()) {
+            return None;
+        }
+        let id = packet_id.get();
+        let is_at = |index: usize| {
+            self.inflight
+                .get(index)
+                .is_some_and(|m| m.packet_id == packet_id)
+        };
+        if let Some(front) = self.inflight.front() {
+            let index = usize::from(id.wrapping_sub(front.packet_id.get()));
+            if is_at(index) {
+                return Some(index);
+            }
+        }
+        if let Some(back) = self.inflight.back() {
+            let behind = usize::from(back.packet_id.get().wrapping_sub(id));
+            if let Some(index) = (self.inflight.len() - 1).checked_sub(behind)
+                && is_at(index)
+            {
+                return Some(index);
+            }
+        }
+        self.inflight.iter().position(|m| m.packet_id == packet_id)
+    }
+
+    /// Removes the in-flight message at `index`.
+    fn remove_inflight(&mut self, index: usize) -> Option<InflightMessage> {
+        let removed = self.inflight.remove(index)?;
+        self.inflight_ids.remove(&removed.packet_id.get());
+        Some(removed)
+    }
+
     /// PUBACK: completes a QoS 1 message. Returns whether it was in flight.
     pub(crate) fn acknowledge(&mut self, packet_id: PacketId) -> Option<InflightMessage> {
-        let index = self.inflight.iter().position(|m| {
-            m.packet_id == packet_id
-                && m.phase == OutboundPhase::Published
-                && m.delivery.qos == QoS::AtLeastOnce
+        let index = self.inflight_index(packet_id).filter(|&index| {
+            self.inflight.get(index).is_some_and(|m| {
+                m.phase == OutboundPhase::Published && m.delivery.qos == QoS::AtLeastOnce
+            })
         })?;
-        let removed = self.inflight.remove(index)?;
+        let removed = self.remove_inflight(index)?;
         self.record(|| {
             removed
                 .delivery
@@ -339,10 +443,10 @@ impl SessionState {
     /// the id belongs to a QoS 2 message in flight (in either phase, since a
     /// PUBREC may be repeated).
     pub(crate) fn received(&mut self, packet_id: PacketId) -> bool {
-        match self
-            .inflight
-            .iter_mut()
-            .find(|m| m.packet_id == packet_id && m.delivery.qos == QoS::ExactlyOnce)
+        let index = self.inflight_index(packet_id);
+        match index
+            .and_then(|index| self.inflight.get_mut(index))
+            .filter(|m| m.delivery.qos == QoS::ExactlyOnce)
         {
             Some(m) => {
                 let change = (m.phase == OutboundPhase::Published)
@@ -364,11 +468,12 @@ impl SessionState {
 
     /// PUBCOMP: completes a QoS 2 message.
     pub(crate) fn complete(&mut self, packet_id: PacketId) -> Option<InflightMessage> {
-        let index = self
-            .inflight
-            .iter()
-            .position(|m| m.packet_id == packet_id && m.phase == OutboundPhase::Released)?;
-        let removed = self.inflight.remove(index)?;
+        let index = self.inflight_index(packet_id).filter(|&index| {
+            self.inflight
+                .get(index)
+                .is_some_and(|m| m.phase == OutboundPhase::Released)
+        })?;
+        let removed = self.remove_inflight(index)?;
         self.record(|| {
             removed
                 .delivery
@@ -403,7 +508,9 @@ impl SessionState {
     /// Drops every queued message and in-flight state (clean session).
     pub fn clear(&mut self) {
         self.inflight.clear();
+        self.inflight_ids.clear();
         self.queue.clear();
+        self.stamps.clear();
         self.inbound_qos2.clear();
     }
 
@@ -416,15 +523,39 @@ impl SessionState {
         inbound_qos2: Vec<PacketId>,
     ) -> SessionState {
         let last_packet_id = inflight.last().map(|m| m.packet_id.get()).unwrap_or(0);
+        let inflight_ids = inflight.iter().map(|m| m.packet_id.get()).collect();
         SessionState {
             limits,
             inflight: inflight.into(),
+            inflight_ids,
+            stamps: std::iter::repeat_n(0, queue.len()).collect(),
             queue: queue.into(),
             inbound_qos2: inbound_qos2.into_iter().map(|id| (id.get(), ())).collect(),
             last_packet_id,
             dropped: 0,
             journal: None,
         }
+    }
+}
+
+/// Hashes a packet id with one multiplication (SipHash would cost more
+/// than the lookup it serves; the ids are ours, not the peer's choice).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
@@ -439,6 +570,39 @@ mod tests {
             qos,
             retain: false,
         })
+    }
+
+    #[test]
+    fn expire_queued_drops_only_what_is_older_than_the_limit() {
+        let mut s = SessionState::new(SessionLimits {
+            max_inflight: 1,
+            max_queued: 3,
+            overflow: QueueOverflow::DropOldest,
+        });
+        s.set_journal(true);
+        let stored =
+            Delivery::routed(message(QoS::AtLeastOnce), QoS::AtLeastOnce).stored_as(MessageId(7));
+        s.enqueue_at(stored, 1_000);
+        s.enqueue(Delivery::routed(
+            message(QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+        ));
+        let fresh =
+            Delivery::routed(message(QoS::AtLeastOnce), QoS::AtLeastOnce).stored_as(MessageId(8));
+        s.enqueue_at(fresh.clone(), 5_000);
+        // Overflow drops the oldest (stamped 1 000) with its stamp.
+        s.enqueue_at(fresh.clone(), 2_000);
+        assert_eq!(s.queued(), 3);
+        s.take_journal();
+        // Unknown time (0) stays; 2 000 < 3 000 goes.
+        assert_eq!(s.expire_queued(3_000), 1);
+        assert_eq!(s.queued(), 2);
+        assert_eq!(s.take_journal(), vec![SessionChange::Dequeue(MessageId(8))]);
+        // What is sent leaves the queue with its stamp.
+        assert!(s.next_sendable().is_some());
+        assert_eq!(s.expire_queued(6_000), 1);
+        assert_eq!(s.queued(), 0);
+        assert_eq!(s.expire_queued(u64::MAX), 0);
     }
 
     #[test]
@@ -540,6 +704,101 @@ mod tests {
         ));
         let (_, id) = s.next_sendable().expect("room");
         assert_eq!(id.map(|id| id.get()), Some(3));
+    }
+
+    #[test]
+    fn acknowledgements_out_of_order_and_after_a_wrap() {
+        let mut s = SessionState::new(SessionLimits {
+            max_inflight: 4,
+            max_queued: 100,
+            overflow: QueueOverflow::DropOldest,
+        });
+        s.last_packet_id = u16::MAX - 2;
+        for _ in 0..4 {
+            s.enqueue(Delivery::routed(
+                message(QoS::AtLeastOnce),
+                QoS::AtLeastOnce,
+            ));
+        }
+        let ids: Vec<PacketId> = std::iter::from_fn(|| s.next_sendable())
+            .filter_map(|(_, id)| id)
+            .collect();
+        assert_eq!(
+            ids.iter().map(|id| id.get()).collect::<Vec<_>>(),
+            vec![65534, 65535, 1, 2]
+        );
+        // The middle ones first, then one unknown, then the ends.
+        assert!(s.acknowledge(ids[2]).is_some());
+        assert!(s.acknowledge(ids[1]).is_some());
+        assert!(s.acknowledge(ids[1]).is_none(), "already acknowledged");
+        assert!(s.acknowledge(PacketId::new(9).expect("nonzero")).is_none());
+        assert!(s.acknowledge(ids[3]).is_some());
+        assert!(s.acknowledge(ids[0]).is_some());
+        assert_eq!(s.inflight_len(), 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Against a model: the window never holds an id twice, acks find
+        /// exactly the messages in flight whatever their order, and the
+        /// window keeps send order.
+        #[test]
+        fn window_matches_a_model(
+            start in proptest::prelude::any::<u16>(),
+            ops in proptest::collection::vec((0u8..4, proptest::prelude::any::<u16>()), 1..400),
+        ) {
+            let mut s = SessionState::new(SessionLimits {
+                max_inflight: 8,
+                max_queued: 1000,
+                overflow: QueueOverflow::DropOldest,
+            });
+            s.last_packet_id = start;
+            // (packet id, qos 2, released)
+            let mut model: Vec<(u16, bool, bool)> = Vec::new();
+            for (op, pick) in ops {
+                match op {
+                    0 => {
+                        let qos = if pick % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                        s.enqueue(Delivery::routed(message(qos), qos));
+                        if let Some((d, Some(id))) = s.next_sendable() {
+                            proptest::prop_assert!(model.iter().all(|m| m.0 != id.get()));
+                            model.push((id.get(), d.qos == QoS::ExactlyOnce, false));
+                        }
+                    }
+                    _ => {
+                        // An id in flight (most of the time) or any id.
+                        let id = if model.is_empty() || pick % 5 == 0 {
+                            pick.max(1)
+                        } else {
+                            model[usize::from(pick) % model.len()].0
+                        };
+                        let Some(packet_id) = PacketId::new(id) else { continue };
+                        let at = model.iter().position(|m| m.0 == id);
+                        match op {
+                            1 => {
+                                let expect = at.filter(|&i| !model[i].1);
+                                proptest::prop_assert_eq!(s.acknowledge(packet_id).is_some(), expect.is_some());
+                                if let Some(i) = expect { model.remove(i); }
+                            }
+                            2 => {
+                                let expect = at.filter(|&i| model[i].1);
+                                proptest::prop_assert_eq!(s.received(packet_id), expect.is_some());
+                                if let Some(i) = expect { model[i].2 = true; }
+                            }
+                            _ => {
+                                let expect = at.filter(|&i| model[i].1 && model[i].2);
+                                proptest::prop_assert_eq!(s.complete(packet_id).is_some(), expect.is_some());
+                                if let Some(i) = expect { model.remove(i); }
+                            }
+                        }
+                    }
+                }
+                let window: Vec<u16> = s.inflight().map(|m| m.packet_id.get()).collect();
+                let expected: Vec<u16> = model.iter().map(|m| m.0).collect();
+                proptest::prop_assert_eq!(window, expected);
+            }
+        }
     }
 
     #[test]
