@@ -5,6 +5,7 @@
 //! deadline. The same code therefore runs in the server, in the deterministic
 //! simulator and in property tests.
 
+pub mod cluster;
 pub mod codec;
 pub mod packet;
 pub mod session;

@@ -30,6 +30,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::cluster::{Cluster, ClusterOp};
 use crate::packet::{ByteStr, PacketId, QoS};
 use crate::session::{Message, OutboundPhase};
 
@@ -73,9 +74,17 @@ pub struct SessionRecord {
     pub created_at_ms: u64,
 }
 
-/// A session's record and its subscriptions in filter order, as listed by
-/// [`Storage::load_subscriptions`].
-pub type SessionSubscriptions = (SessionRecord, Vec<(ByteStr, QoS)>);
+/// A persistent session as listed by [`Storage::load_subscriptions`]: what
+/// routing to it needs before it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSubscriptions {
+    pub record: SessionRecord,
+    /// In filter order.
+    pub subscriptions: Vec<(ByteStr, QoS)>,
+    /// The ids in its queue (not in flight), in queue order: the broker
+    /// bounds the queue of a session not loaded yet with them.
+    pub queued: Vec<MessageId>,
+}
 
 /// A message waiting in a session's queue or window, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +180,9 @@ pub enum Op {
         topic: ByteStr,
         message: Option<Arc<Message>>,
     },
+    /// A write of the cluster state ([`crate::cluster`]); backends without
+    /// [`Storage::cluster`] reject it as [`StorageError::Invalid`].
+    Cluster(ClusterOp),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,10 +218,17 @@ pub trait Storage: Send + Sync + 'static {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredSession>, StorageError>>;
 
-    /// Every persistent session's record and subscriptions, for routing
-    /// after a restart (queues and windows load lazily on CONNECT).
+    /// Every persistent session's record, subscriptions and queued ids,
+    /// for routing after a restart (bodies and windows load lazily on
+    /// CONNECT).
     fn load_subscriptions(&self) -> BoxFuture<'_, Result<Vec<SessionSubscriptions>, StorageError>>;
 
     /// Every retained message.
     fn load_retained(&self) -> BoxFuture<'_, Result<Vec<Arc<Message>>, StorageError>>;
+
+    /// The cluster state this backend shares between broker nodes, if it
+    /// can (see [`crate::cluster`]).
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
 }

@@ -1,12 +1,16 @@
 //! `apply`: a batch of ops becomes a few pipelined phases.
 //!
-//! 1. **Read and pin** (one round trip): every touched session's record and
-//!    in-flight window, the held-set entries the batch names (`ZMSCORE`; the
-//!    whole held set when the batch deletes the session) and, when the batch
-//!    sends, its highest order; whether each enqueued body is stored. Queue
-//!    positions do not depend on these reads: an enqueued id's order is its
-//!    sequence number (see [`MessageId::queue_order`]), so concurrent
-//!    batches enqueuing to one session never compete for a position. In the same round trip,
+//! 1. **Read and pin** (one round trip): every touched session's existence
+//!    (`EXISTS`) and in-flight window (only the entries named, `HMGET`, for
+//!    a session the batch only completes deliveries of), the held-set
+//!    entries the batch names (`ZMSCORE`; the whole held set when the batch
+//!    deletes the session; neither window nor entries for a session the
+//!    batch only enqueues to)
+//!    and, when the batch sends, its highest order; whether each enqueued
+//!    body is stored. Queue positions do not depend on these reads: an
+//!    enqueued id's order is its sequence number (see
+//!    [`MessageId::queue_order`]), so concurrent batches enqueuing to one
+//!    session never compete for a position. In the same round trip,
 //!    the writes that must be durable *before* any reference: bodies
 //!    (`HSETNX`), a holder field for every `Enqueue` (`HSET`, speculative,
 //!    one command per body), the index entry of every `PutSession`
@@ -58,10 +62,24 @@ struct Client {
     lifecycle: bool,
     /// Held-set entries to read (`ZMSCORE`, when not `full`).
     score_ids: Vec<MessageId>,
+    /// Every op of the batch for this client is an `Enqueue` (a routing
+    /// batch): nothing but the session's existence is read (see
+    /// [`apply`]).
+    only_enqueue: bool,
+    /// The ids this client's `Enqueue`s name (read with `ZMSCORE` unless
+    /// `only_enqueue`).
+    enqueued: Vec<MessageId>,
+    /// Every op of the batch for this client is a `CompleteInflight` (a
+    /// journal batch acknowledging): only the window entries it names are
+    /// read (`HMGET`), not the whole window.
+    only_complete: bool,
+    /// The packet ids this client's `CompleteInflight`s name.
+    completed: Vec<PacketId>,
 
     // Where phase 1 put each read.
     record_at: usize,
     window_at: Option<usize>,
+    completed_at: Option<usize>,
     full_at: Option<usize>,
     max_at: Option<usize>,
     scores_at: Option<usize>,
@@ -88,8 +106,13 @@ impl Client {
             needs_window: false,
             lifecycle: false,
             score_ids: Vec::new(),
+            only_enqueue: true,
+            enqueued: Vec::new(),
+            only_complete: true,
+            completed: Vec::new(),
             record_at: 0,
             window_at: None,
+            completed_at: None,
             full_at: None,
             max_at: None,
             scores_at: None,
@@ -215,7 +238,7 @@ impl Client {
             Op::RemoveInboundQos2 { packet_id, .. } => self.write(
                 Command::new("SREM", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
             ),
-            Op::PutMessage { .. } | Op::SetRetained { .. } => {}
+            Op::PutMessage { .. } | Op::SetRetained { .. } | Op::Cluster(_) => {}
         }
         Ok(())
     }
@@ -369,7 +392,7 @@ fn session_id(op: &Op) -> Option<&ByteStr> {
         | Op::CompleteInflight { client_id, .. }
         | Op::AddInboundQos2 { client_id, .. }
         | Op::RemoveInboundQos2 { client_id, .. } => Some(client_id),
-        Op::PutMessage { .. } | Op::SetRetained { .. } => None,
+        Op::PutMessage { .. } | Op::SetRetained { .. } | Op::Cluster(_) => None,
     }
 }
 
@@ -400,6 +423,20 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
     if ops.is_empty() {
         return Ok(());
     }
+    // A big batch (a routing batch to thousands of sessions) waits for its
+    // turn: its commands and replies take memory (see the `conn` module).
+    let _turn = redis.big_call(ops.len()).await?;
+    // Cluster ops touch keys of their own: their writes go in the first
+    // round trip, in batch order (see the `cluster` module).
+    let (cluster_ops, ops): (Vec<Op>, Vec<Op>) =
+        ops.into_iter().partition(|op| matches!(op, Op::Cluster(_)));
+    let cluster_writes: Vec<Command> = cluster_ops
+        .into_iter()
+        .flat_map(|op| match op {
+            Op::Cluster(op) => crate::cluster::writes(keys, op),
+            _ => Vec::new(),
+        })
+        .collect();
     let deadline = redis.deadline();
     let mut batch = Batch {
         keys,
@@ -429,6 +466,12 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
                 client.score_ids.push(id);
             }
         };
+        if !matches!(op, Op::Enqueue { .. }) {
+            client.only_enqueue = false;
+        }
+        if !matches!(op, Op::CompleteInflight { .. }) {
+            client.only_complete = false;
+        }
         match op {
             Op::PutSession(_) => {
                 client.lifecycle = true;
@@ -440,8 +483,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
                 client.needs_window = true;
             }
             Op::Enqueue { id, .. } => {
-                client.needs_window = true;
-                score(client, *id);
+                client.enqueued.push(*id);
                 push_unique(&mut enqueued_ids, &mut enqueued_seen, *id);
                 push_unique(&mut pins, &mut pins_seen, (index, *id));
             }
@@ -454,8 +496,39 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
                 client.needs_window = true;
                 score(client, *id);
             }
-            Op::CompleteInflight { .. } => client.needs_window = true,
+            Op::CompleteInflight { packet_id, .. } if !client.completed.contains(packet_id) => {
+                client.completed.push(*packet_id);
+            }
             _ => {}
+        }
+    }
+
+    // A client whose ops are all `Enqueue`s reads its existence only: each
+    // of its writes is a `ZADD NX`, which already leaves an id the session
+    // holds (queued or in flight: the held set has both) as it is, and the
+    // simulated state is used for nothing else than telling which holder
+    // fields to release (an enqueued id is held either way). Mixed with
+    // other ops, the queue state before the batch decides what they do
+    // (and an `Enqueue` of an id already held must not change its QoS),
+    // so it is read.
+    //
+    // A client whose ops are all `CompleteInflight`s reads the window
+    // entries they name only: an id is in the window under one packet id
+    // at most (`SetInflight`, which reads the whole window, moves only an
+    // id that is not in it), so the entries not read cannot make a
+    // completed id still held.
+    for (index, client) in batch.clients.iter_mut().enumerate() {
+        if !client.only_complete && !client.completed.is_empty() {
+            client.needs_window = true;
+        }
+        if client.only_enqueue {
+            continue;
+        }
+        for id in std::mem::take(&mut client.enqueued) {
+            client.needs_window = true;
+            if score_seen.insert((index, id)) {
+                client.score_ids.push(id);
+            }
         }
     }
 
@@ -464,10 +537,17 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
     let mut phase1 = Vec::new();
     for client in &mut batch.clients {
         client.record_at = phase1.len();
-        phase1.push(Command::new("GET", &client.keys.record));
+        phase1.push(Command::new("EXISTS", &client.keys.record));
         if client.needs_window {
             client.window_at = Some(phase1.len());
             phase1.push(Command::new("HGETALL", &client.keys.window));
+        } else if !client.completed.is_empty() {
+            client.completed_at = Some(phase1.len());
+            let mut command = Command::new("HMGET", &client.keys.window);
+            for packet_id in &client.completed {
+                command = command.arg(&codec::encode_packet_id(*packet_id));
+            }
+            phase1.push(command);
         }
         if client.full {
             client.full_at = Some(phase1.len());
@@ -544,6 +624,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
             phase1.push(command);
         }
     }
+    phase1.extend(cluster_writes);
     let values = redis.run(&phase1, deadline).await?;
 
     // What was read.
@@ -561,12 +642,36 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
         }
     }
     for client in &mut batch.clients {
-        client.exists =
-            reply::optional_bytes(&client.keys.record, take(client.record_at))?.is_some();
+        client.exists = reply::int(&client.keys.record, &take(client.record_at))? == 1;
         if let Some(at) = client.window_at {
             for (packet_id, entry) in load::window(&client.keys, take(at))? {
                 client.see_order(entry.order);
                 client.window.insert(packet_id, entry);
+            }
+        }
+        if let Some(at) = client.completed_at {
+            let key = client.keys.window.clone();
+            let key = &key;
+            let entries = reply::items(key, take(at))?;
+            if entries.len() != client.completed.len() {
+                return Err(StorageError::Corrupt {
+                    key: key.clone(),
+                    reason: format!(
+                        "{} entries for {} packet ids",
+                        entries.len(),
+                        client.completed.len()
+                    ),
+                });
+            }
+            for (packet_id, entry) in std::mem::take(&mut client.completed)
+                .into_iter()
+                .zip(entries)
+            {
+                if let Some(bytes) = reply::optional_bytes(key, entry)? {
+                    let entry = codec::decode_window(key, &bytes)?;
+                    client.see_order(entry.order);
+                    client.window.insert(packet_id, entry);
+                }
             }
         }
         let mut held = Vec::new();

@@ -8,10 +8,14 @@
 //! - In-flight entry: `01 | message id (u64 BE) | flags | send order (u64
 //!   BE)`, flags = QoS bits 0–1, RETAIN bit 2, phase bit 3 (1 = Released).
 //! - Packet ids: 2 bytes BE; message ids in sorted sets: 8 bytes BE.
+//! - Cluster values (inbox entries, presence, owners): see their encoders.
 //! - Held score: `order × 8 + QoS × 2 + RETAIN`, exact in an `f64` while
 //!   the order stays below 2^50.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use easy_mqtt_core::cluster::{BusEntry, Owner, Presence};
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
 use easy_mqtt_core::storage::{MessageId, SessionRecord, StorageError};
@@ -227,6 +231,216 @@ pub(crate) fn decode_utf8(key: &str, bytes: Vec<u8>) -> Result<ByteStr, StorageE
     ByteStr::from_utf8(Bytes::from(bytes)).map_err(|_| corrupt(key, "not UTF-8"))
 }
 
+fn utf8(key: &str, bytes: &[u8], what: &str) -> Result<ByteStr, StorageError> {
+    ByteStr::from_utf8(Bytes::copy_from_slice(bytes))
+        .map_err(|_| corrupt(key, format!("{what} is not UTF-8")))
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Splits a `u32 BE` length-prefixed string off `bytes`.
+fn take_str<'b>(
+    key: &str,
+    bytes: &'b [u8],
+    what: &str,
+) -> Result<(ByteStr, &'b [u8]), StorageError> {
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Err(corrupt(key, format!("{what} length missing")));
+    };
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| corrupt(key, "length"))?;
+    if rest.len() < len {
+        return Err(corrupt(key, format!("{what} cut short")));
+    }
+    let (text, rest) = rest.split_at(len);
+    Ok((utf8(key, text, what)?, rest))
+}
+
+fn take_u64<'b>(key: &str, bytes: &'b [u8], what: &str) -> Result<(u64, &'b [u8]), StorageError> {
+    let Some((value, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err(corrupt(key, format!("{what} cut short")));
+    };
+    Ok((u64::from_be_bytes(*value), rest))
+}
+
+fn versioned<'b>(key: &str, bytes: &'b [u8], what: &str) -> Result<&'b [u8], StorageError> {
+    match bytes {
+        [VERSION, rest @ ..] => Ok(rest),
+        [version, ..] => Err(corrupt(key, format!("{what} version {version}"))),
+        [] => Err(corrupt(key, format!("empty {what}"))),
+    }
+}
+
+/// Bus entry kinds (the byte after the version).
+const PUBLISH: u8 = 0;
+const DIRECT: u8 = 1;
+const KICK: u8 = 2;
+const RELEASED: u8 = 3;
+const ROUTES_CHANGED: u8 = 4;
+
+/// An inbox entry: `01 | kind | …`, by kind:
+/// - Publish: `message id (u64 BE) | message`;
+/// - Direct: `message id (u64 BE) | QoS | client id (u32 BE length) | message`;
+/// - Kick: `epoch (u64 BE) | client id (u32 BE length) | from`;
+/// - Released: `epoch (u64 BE) | client id`;
+/// - RoutesChanged: `node`;
+///
+/// where a message is encoded as a stored body (payload byte for byte).
+pub(crate) fn encode_bus_entry(entry: &BusEntry) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    match entry {
+        BusEntry::Publish { id, message } => {
+            out.push(PUBLISH);
+            out.extend_from_slice(&id.0.to_be_bytes());
+            out.extend_from_slice(&encode_message(message));
+        }
+        BusEntry::Direct {
+            client_id,
+            id,
+            message,
+            qos,
+        } => {
+            out.push(DIRECT);
+            out.extend_from_slice(&id.0.to_be_bytes());
+            out.push(*qos as u8);
+            put_str(&mut out, client_id);
+            out.extend_from_slice(&encode_message(message));
+        }
+        BusEntry::Kick {
+            client_id,
+            epoch,
+            from,
+        } => {
+            out.push(KICK);
+            out.extend_from_slice(&epoch.to_be_bytes());
+            put_str(&mut out, client_id);
+            out.extend_from_slice(from.as_bytes());
+        }
+        BusEntry::Released { client_id, epoch } => {
+            out.push(RELEASED);
+            out.extend_from_slice(&epoch.to_be_bytes());
+            out.extend_from_slice(client_id.as_bytes());
+        }
+        BusEntry::RoutesChanged { node } => {
+            out.push(ROUTES_CHANGED);
+            out.extend_from_slice(node.as_bytes());
+        }
+    }
+    out
+}
+
+pub(crate) fn decode_bus_entry(key: &str, bytes: &[u8]) -> Result<BusEntry, StorageError> {
+    let [kind, rest @ ..] = versioned(key, bytes, "inbox entry")? else {
+        return Err(corrupt(key, "inbox entry without a kind"));
+    };
+    match *kind {
+        PUBLISH => {
+            let (id, rest) = take_u64(key, rest, "message id")?;
+            Ok(BusEntry::Publish {
+                id: MessageId(id),
+                message: Arc::new(decode_message(key, rest)?),
+            })
+        }
+        DIRECT => {
+            let (id, rest) = take_u64(key, rest, "message id")?;
+            let [qos, rest @ ..] = rest else {
+                return Err(corrupt(key, "direct entry without a QoS"));
+            };
+            let qos = QoS::from_u8(*qos).ok_or_else(|| corrupt(key, format!("QoS {qos}")))?;
+            let (client_id, rest) = take_str(key, rest, "client id")?;
+            Ok(BusEntry::Direct {
+                client_id,
+                id: MessageId(id),
+                message: Arc::new(decode_message(key, rest)?),
+                qos,
+            })
+        }
+        KICK => {
+            let (epoch, rest) = take_u64(key, rest, "epoch")?;
+            let (client_id, rest) = take_str(key, rest, "client id")?;
+            Ok(BusEntry::Kick {
+                client_id,
+                epoch,
+                from: utf8(key, rest, "node")?,
+            })
+        }
+        RELEASED => {
+            let (epoch, rest) = take_u64(key, rest, "epoch")?;
+            Ok(BusEntry::Released {
+                client_id: utf8(key, rest, "client id")?,
+                epoch,
+            })
+        }
+        ROUTES_CHANGED => Ok(BusEntry::RoutesChanged {
+            node: utf8(key, rest, "node")?,
+        }),
+        other => Err(corrupt(key, format!("inbox entry kind {other}"))),
+    }
+}
+
+/// A presence: `01 | epoch (u64 BE) | since_ms (u64 BE) | client id (u32
+/// BE length) | 0`, or `… | 1 | will` with the will encoded as a message.
+pub(crate) fn encode_presence(presence: &Presence) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend_from_slice(&presence.epoch.to_be_bytes());
+    out.extend_from_slice(&presence.since_ms.to_be_bytes());
+    put_str(&mut out, &presence.client_id);
+    match &presence.will {
+        None => out.push(0),
+        Some(will) => {
+            out.push(1);
+            out.extend_from_slice(&encode_message(will));
+        }
+    }
+    out
+}
+
+pub(crate) fn decode_presence(key: &str, bytes: &[u8]) -> Result<Presence, StorageError> {
+    let rest = versioned(key, bytes, "presence")?;
+    let (epoch, rest) = take_u64(key, rest, "epoch")?;
+    let (since_ms, rest) = take_u64(key, rest, "since")?;
+    let (client_id, rest) = take_str(key, rest, "client id")?;
+    let will = match rest {
+        [0] => None,
+        [1, will @ ..] => Some(Arc::new(decode_message(key, will)?)),
+        _ => return Err(corrupt(key, "presence will flag")),
+    };
+    Ok(Presence {
+        client_id,
+        epoch,
+        will,
+        since_ms,
+    })
+}
+
+/// The owner of a client id: `01 | epoch (u64 BE) | node`.
+pub(crate) fn encode_owner(owner: &Owner) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + owner.node.len());
+    out.push(VERSION);
+    out.extend_from_slice(&owner.epoch.to_be_bytes());
+    out.extend_from_slice(owner.node.as_bytes());
+    out
+}
+
+pub(crate) fn decode_owner(key: &str, bytes: &[u8]) -> Result<Owner, StorageError> {
+    let rest = versioned(key, bytes, "owner")?;
+    let (epoch, rest) = take_u64(key, rest, "epoch")?;
+    Ok(Owner {
+        node: utf8(key, rest, "node")?,
+        epoch,
+    })
+}
+
+/// A decimal number (incarnations, epochs).
+pub(crate) fn decode_u64(key: &str, bytes: &[u8]) -> Result<u64, StorageError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| corrupt(key, "not a decimal number"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +477,66 @@ mod tests {
             order: 12,
         };
         assert_eq!(decode_window("k", &encode_window(&entry)), Ok(entry));
+    }
+
+    #[test]
+    fn cluster_values_round_trip() {
+        let payload: Vec<u8> = (0..=255).rev().collect();
+        let message = Arc::new(Message {
+            topic: ByteStr::from("t/ü"),
+            payload: Bytes::from(payload),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        });
+        let entries = [
+            BusEntry::Publish {
+                id: MessageId::new(3, 4),
+                message: Arc::clone(&message),
+            },
+            BusEntry::Direct {
+                client_id: ByteStr::from("c{1}"),
+                id: MessageId(u64::MAX),
+                message: Arc::clone(&message),
+                qos: QoS::ExactlyOnce,
+            },
+            BusEntry::Kick {
+                client_id: ByteStr::from(""),
+                epoch: 9,
+                from: ByteStr::from("n1"),
+            },
+            BusEntry::Released {
+                client_id: ByteStr::from("c"),
+                epoch: 0,
+            },
+            BusEntry::RoutesChanged {
+                node: ByteStr::from("ü"),
+            },
+        ];
+        for entry in entries {
+            let encoded = encode_bus_entry(&entry);
+            assert_eq!(decode_bus_entry("k", &encoded), Ok(entry));
+            assert!(decode_bus_entry("k", &encoded[..1]).is_err());
+        }
+        assert!(decode_bus_entry("k", &[1, 9]).is_err());
+        for will in [None, Some(message)] {
+            let presence = Presence {
+                client_id: ByteStr::from("c"),
+                epoch: 5,
+                will,
+                since_ms: 1_700_000_000_000,
+            };
+            let encoded = encode_presence(&presence);
+            assert_eq!(decode_presence("k", &encoded), Ok(presence));
+            assert!(decode_presence("k", &encoded[..20]).is_err());
+        }
+        let owner = Owner {
+            node: ByteStr::from("n"),
+            epoch: 77,
+        };
+        assert_eq!(decode_owner("k", &encode_owner(&owner)), Ok(owner));
+        assert!(decode_owner("k", &[1, 0]).is_err());
+        assert_eq!(decode_u64("k", b"42"), Ok(42));
+        assert!(decode_u64("k", b"x").is_err());
     }
 
     #[test]

@@ -1,11 +1,32 @@
 //! Connections and round trips: one *phase* = a list of commands sent as
-//! pipelines in one round trip, with timeouts, `TRYAGAIN` retries and the
-//! mapping of errors onto [`StorageError`].
+//! pipelines in one round trip (a long one: in several, one after the
+//! other), with timeouts, `TRYAGAIN` retries and the mapping of errors onto
+//! [`StorageError`].
+//!
+//! # Bounded load on the server
+//!
+//! A phase of more than [`PIPELINE_COMMANDS`] commands is sent as
+//! consecutive pipelines of at most that many, each sent once the one
+//! before it answered (so their commands still run in order). At most
+//! [`PIPELINES_IN_FLIGHT`] pipelines of more than [`SMALL_PIPELINE`]
+//! commands are in flight at once, all callers together; a pipeline waits for its turn here, not in the server's
+//! socket buffers, and its timeout starts when it is sent: the timeout
+//! measures how fast the server answers a bounded request, not how long
+//! the queue in front of it is (a routing batch of 19,500 enqueues among
+//! 300 others would never be answered within 5 s as one pipeline, and
+//! retrying it whole would only add to the queue). Waiting for a turn
+//! fails as unavailable only when no pipeline at all was answered for
+//! [`KvrocksSettings::timeout`].
+//!
+//! The same holds for whole calls with more than [`PIPELINE_COMMANDS`] ops
+//! (`apply` of a big routing batch): at most [`BIG_CALLS`] prepare and run
+//! at once, which bounds the memory their commands and replies take.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
+use async_lock::{Semaphore, SemaphoreGuard};
 use easy_mqtt_core::storage::StorageError;
 use futures_lite::future;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -39,6 +60,23 @@ impl Command {
     }
 }
 
+/// At most this many commands in one pipeline; a longer phase is split.
+pub(crate) const PIPELINE_COMMANDS: usize = 2_000;
+
+/// Pipelines of more than [`SMALL_PIPELINE`] commands in flight at once,
+/// all callers together.
+const PIPELINES_IN_FLIGHT: usize = 16;
+
+/// A pipeline of at most this many commands (a session's journal batch)
+/// is sent without waiting for a turn: there is at most one such call per
+/// client connection at a time (the broker applies a connection's batches
+/// one after the other), and making thousands of them queue for 16 turns
+/// would cap the round trips per second, not the load.
+const SMALL_PIPELINE: usize = 64;
+
+/// Calls with more than [`PIPELINE_COMMANDS`] ops running at once.
+const BIG_CALLS: usize = 4;
+
 enum Connections {
     Standalone(Vec<ConnectionManager>),
     Cluster(Vec<ClusterConnection>),
@@ -51,10 +89,39 @@ pub(crate) struct Redis {
     tryagain_attempts: u32,
     tryagain_backoff: Duration,
     round_trips: AtomicU64,
+    /// Turns to send a pipeline ([`PIPELINES_IN_FLIGHT`]).
+    pipelines: Semaphore,
+    /// Turns to run a big call ([`BIG_CALLS`]).
+    big_calls: Semaphore,
+    /// When the server last answered a pipeline (or failed it), in
+    /// milliseconds since `epoch`.
+    last_answer: AtomicU64,
+    epoch: Instant,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable(what.to_string())
+}
+
+fn invalid(what: impl std::fmt::Display) -> StorageError {
+    StorageError::Invalid(what.to_string())
+}
+
+/// Whether the server refused the password, or wants one that was not
+/// given (or got one it does not want): retrying will not help.
+fn is_auth_error(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || error
+            .to_string()
+            .contains("without any password configured")
+}
+
+/// A refused password, naming the setting (and the original's key).
+fn auth_refused(error: impl std::fmt::Display) -> StorageError {
+    invalid(format_args!(
+        "password refused (password, mqtt.kvrocks.password): {error}"
+    ))
 }
 
 fn connection_info(node: &str, password: Option<&str>) -> Result<ConnectionInfo, StorageError> {
@@ -63,10 +130,11 @@ fn connection_info(node: &str, password: Option<&str>) -> Result<ConnectionInfo,
     } else {
         format!("redis://{node}")
     };
-    let info = url
-        .as_str()
-        .into_connection_info()
-        .map_err(|error| unavailable(format_args!("invalid node {node:?}: {error}")))?;
+    let info = url.as_str().into_connection_info().map_err(|error| {
+        invalid(format_args!(
+            "invalid node address {node:?} (nodes, mqtt.kvrocks.cluster.nodes): {error}"
+        ))
+    })?;
     // No CLIENT SETINFO after connecting: not every Kvrocks version knows it.
     let mut redis = info.redis_settings().clone().set_skip_set_lib_name();
     if let Some(password) = password {
@@ -88,21 +156,60 @@ async fn is_cluster_node(
     probe.arg("INFO");
     match before(deadline, probe.query_async::<Value>(&mut manager)).await {
         None => Err(unavailable("no answer to CLUSTER INFO")),
+        Some(Err(error)) if is_auth_error(&error) => Err(auth_refused(error)),
         Some(Ok(Value::BulkString(info))) => Ok(info.windows(14).any(|w| w == b"cluster_state:")),
         Some(Ok(Value::VerbatimString { text, .. })) => Ok(text.contains("cluster_state:")),
         Some(Ok(_)) => Ok(false),
         Some(Err(error))
-            if error.is_io_error()
-                || error.is_timeout()
-                || error.is_connection_dropped()
-                || error.kind() == redis::ErrorKind::AuthenticationFailed
-                || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")) =>
+            if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() =>
         {
             Err(unavailable(format_args!("connecting: {error}")))
         }
         // "cluster support disabled" or the like: standalone.
         Some(Err(_)) => Ok(false),
     }
+}
+
+/// Why connecting to a cluster failed: a configured node that answers but
+/// is not a cluster node (a wrong node list: several standalone servers)
+/// or that refuses the password is a misconfiguration
+/// ([`StorageError::Invalid`]); otherwise `error` stands (unreachable
+/// nodes may be starting up).
+async fn diagnose_cluster(
+    settings: &KvrocksSettings,
+    infos: &[ConnectionInfo],
+    error: StorageError,
+) -> StorageError {
+    if matches!(error, StorageError::Invalid(_)) {
+        return error;
+    }
+    let deadline = Instant::now() + settings.connect_timeout;
+    for info in infos {
+        let Ok(client) = Client::open(info.clone()) else {
+            continue;
+        };
+        let connected = before(deadline, client.get_multiplexed_async_connection()).await;
+        let mut connection = match connected {
+            Some(Ok(connection)) => connection,
+            Some(Err(error)) if is_auth_error(&error) => return auth_refused(error),
+            _ => continue,
+        };
+        let mut probe = redis::cmd("CLUSTER");
+        probe.arg("INFO");
+        match before(deadline, probe.query_async::<Value>(&mut connection)).await {
+            Some(Err(error)) if is_auth_error(&error) => return auth_refused(error),
+            Some(Err(error)) if error.code().is_some() => {
+                return invalid(format_args!(
+                    "{:?} is not a cluster node ({error}); list one node for a \
+                     standalone Kvrocks, or only nodes of one cluster \
+                     (nodes, mqtt.kvrocks.cluster.nodes)",
+                    info.addr().to_string()
+                ));
+            }
+            _ => {}
+        }
+    }
+    error
 }
 
 /// Resolves to `None` when `deadline` passes first.
@@ -117,10 +224,12 @@ pub(crate) async fn before<T>(deadline: Instant, work: impl Future<Output = T>) 
 impl Redis {
     pub async fn connect(settings: &KvrocksSettings) -> Result<Redis, StorageError> {
         if settings.nodes.is_empty() {
-            return Err(unavailable("no Kvrocks node configured"));
+            return Err(invalid(
+                "no Kvrocks node configured (nodes, mqtt.kvrocks.cluster.nodes)",
+            ));
         }
         if settings.key_prefix.contains(['{', '}']) {
-            return Err(unavailable(format_args!(
+            return Err(invalid(format_args!(
                 "key prefix {:?} must not contain '{{' or '}}'",
                 settings.key_prefix
             )));
@@ -142,7 +251,10 @@ impl Redis {
                 Connections::Standalone(managers)
             }
             // Several nodes, or one seed node of a cluster.
-            _ => Self::connect_cluster(settings, infos, password, count, deadline).await?,
+            _ => match Self::connect_cluster(settings, &infos, password, count, deadline).await {
+                Ok(connections) => connections,
+                Err(error) => return Err(diagnose_cluster(settings, &infos, error).await),
+            },
         };
         Ok(Redis {
             connections,
@@ -151,6 +263,10 @@ impl Redis {
             tryagain_attempts: settings.tryagain_attempts,
             tryagain_backoff: settings.tryagain_backoff,
             round_trips: AtomicU64::new(0),
+            pipelines: Semaphore::new(PIPELINES_IN_FLIGHT),
+            big_calls: Semaphore::new(BIG_CALLS),
+            last_answer: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -177,7 +293,13 @@ impl Redis {
             )
             .await
             .ok_or_else(|| unavailable(format_args!("connecting to {:?} timed out", info.addr())))?
-            .map_err(|error| unavailable(format_args!("connecting: {error}")))?;
+            .map_err(|error| {
+                if is_auth_error(&error) {
+                    auth_refused(error)
+                } else {
+                    unavailable(format_args!("connecting: {error}"))
+                }
+            })?;
             managers.push(manager);
         }
         Ok(managers)
@@ -185,12 +307,12 @@ impl Redis {
 
     async fn connect_cluster(
         settings: &KvrocksSettings,
-        infos: Vec<ConnectionInfo>,
+        infos: &[ConnectionInfo],
         password: Option<&str>,
         count: usize,
         deadline: Instant,
     ) -> Result<Connections, StorageError> {
-        let mut builder = ClusterClient::builder(infos)
+        let mut builder = ClusterClient::builder(infos.to_vec())
             .retries(settings.max_redirects)
             .min_retry_wait(10)
             .max_retry_wait(500)
@@ -199,13 +321,23 @@ impl Redis {
         if let Some(password) = password {
             builder = builder.password(password);
         }
-        let client = builder.build().map_err(unavailable)?;
+        let client = builder.build().map_err(|error| {
+            invalid(format_args!(
+                "cluster nodes (nodes, mqtt.kvrocks.cluster.nodes): {error}"
+            ))
+        })?;
         let mut connections = Vec::with_capacity(count);
         for _ in 0..count {
             let connection = before(deadline, client.get_async_connection())
                 .await
                 .ok_or_else(|| unavailable("connecting to the cluster timed out"))?
-                .map_err(|error| unavailable(format_args!("connecting: {error}")))?;
+                .map_err(|error| {
+                    if is_auth_error(&error) {
+                        auth_refused(error)
+                    } else {
+                        unavailable(format_args!("connecting to the cluster: {error}"))
+                    }
+                })?;
             connections.push(connection);
         }
         Ok(Connections::Cluster(connections))
@@ -220,18 +352,79 @@ impl Redis {
         Instant::now() + self.timeout
     }
 
-    /// Round trips (phases) sent so far, retries included.
+    /// Round trips (pipelines) sent so far, retries included.
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    /// Sends `commands` in one round trip and returns one value per command.
+    fn millis_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn answered(&self) {
+        let now = self.millis_since_epoch(Instant::now());
+        self.last_answer.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// A turn from `semaphore`: waits as long as the server keeps
+    /// answering, fails when it answered nothing for a whole timeout.
+    async fn turn<'s>(&self, semaphore: &'s Semaphore) -> Result<SemaphoreGuard<'s>, StorageError> {
+        loop {
+            if let Some(guard) = semaphore.try_acquire() {
+                return Ok(guard);
+            }
+            let waiting_since = Instant::now();
+            if let Some(guard) = before(waiting_since + self.timeout, semaphore.acquire()).await {
+                return Ok(guard);
+            }
+            if self.last_answer.load(Ordering::Relaxed) < self.millis_since_epoch(waiting_since) {
+                return Err(unavailable(format_args!(
+                    "no answer within {:?} (waiting for a turn)",
+                    self.timeout
+                )));
+            }
+        }
+    }
+
+    /// A turn for a call of `size` ops: `None` (no turn needed) unless it
+    /// is big (see the module documentation).
+    pub async fn big_call(&self, size: usize) -> Result<Option<SemaphoreGuard<'_>>, StorageError> {
+        if size <= PIPELINE_COMMANDS {
+            return Ok(None);
+        }
+        self.turn(&self.big_calls).await.map(Some)
+    }
+
+    /// Sends `commands` and returns one value per command: in one round
+    /// trip, or in consecutive ones of at most [`PIPELINE_COMMANDS`]
+    /// commands each (in order: each is sent once the previous answered).
+    /// Each round trip must be answered by `deadline` or within the
+    /// timeout after it was sent, whichever is later.
     ///
     /// Every phase the backend sends is idempotent as a whole (each command
     /// sets or removes a definite value), so a phase that failed part-way
     /// is simply sent again: on `TRYAGAIN` after a back-off, on a dropped
     /// connection once at once (the connection manager reconnects).
     pub async fn run(
+        &self,
+        commands: &[Command],
+        deadline: Instant,
+    ) -> Result<Vec<Value>, StorageError> {
+        let mut values = Vec::with_capacity(commands.len());
+        for chunk in commands.chunks(PIPELINE_COMMANDS) {
+            let _turn = if chunk.len() > SMALL_PIPELINE {
+                Some(self.turn(&self.pipelines).await?)
+            } else {
+                None
+            };
+            let deadline = deadline.max(Instant::now() + self.timeout);
+            values.extend(self.run_pipeline(chunk, deadline).await?);
+        }
+        Ok(values)
+    }
+
+    /// [`Redis::run`] for one pipeline.
+    async fn run_pipeline(
         &self,
         commands: &[Command],
         deadline: Instant,
@@ -252,6 +445,7 @@ impl Redis {
                     self.timeout
                 )));
             };
+            self.answered();
             let retry_tryagain = match result {
                 Ok(values) => match check_values(commands, values)? {
                     Checked::Values(values) => return Ok(values),
@@ -268,6 +462,7 @@ impl Redis {
                     tracing::debug!(%error, "kvrocks: connection lost, sending the phase again");
                     continue;
                 }
+                Err(error) if is_auth_error(&error) => return Err(auth_refused(error)),
                 Err(error) => return Err(unavailable(error)),
             };
             tryagain += 1;
@@ -353,6 +548,116 @@ impl Redis {
     }
 }
 
+/// A node to `SCAN`: the standalone server, or one primary of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanNode {
+    Standalone,
+    Primary { host: String, port: u16 },
+}
+
+impl Redis {
+    /// The nodes whose keys a full `SCAN` must visit: the server, or every
+    /// primary of the cluster (from `CLUSTER NODES`).
+    pub async fn scan_nodes(&self) -> Result<Vec<ScanNode>, StorageError> {
+        let Connections::Cluster(connections) = &self.connections else {
+            return Ok(vec![ScanNode::Standalone]);
+        };
+        let mut connection = connections[0].clone();
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::Random,
+        );
+        let value = before(self.deadline(), connection.route_command(cmd, routing))
+            .await
+            .ok_or_else(|| unavailable("no answer to CLUSTER NODES"))?
+            .map_err(unavailable)?;
+        let text = match value {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            other => return Err(unavailable(format_args!("CLUSTER NODES: {other:?}"))),
+        };
+        // `<id> <ip:port@cport[,hostname]> <flags> ...`
+        let mut nodes = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(_), Some(address), Some(flags)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                continue;
+            }
+            let address = address.split(['@', ',']).next().unwrap_or_default();
+            let Some((host, port)) = address.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse() else {
+                continue;
+            };
+            nodes.push(ScanNode::Primary {
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port,
+            });
+        }
+        nodes.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        nodes.dedup();
+        Ok(nodes)
+    }
+
+    /// One `SCAN cursor MATCH pattern COUNT count` on `node`: the next
+    /// cursor (`0` at the end) and the keys of the page.
+    pub async fn scan_page(
+        &self,
+        node: &ScanNode,
+        cursor: &[u8],
+        pattern: &str,
+        count: usize,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), StorageError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let answer = match (&self.connections, node) {
+            (Connections::Standalone(managers), ScanNode::Standalone) => {
+                let mut connection = managers[turn % managers.len()].clone();
+                before(deadline, cmd.query_async::<Value>(&mut connection)).await
+            }
+            (Connections::Cluster(connections), ScanNode::Primary { host, port }) => {
+                let mut connection = connections[turn % connections.len()].clone();
+                let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                );
+                before(deadline, connection.route_command(cmd, routing)).await
+            }
+            _ => return Err(unavailable("SCAN target of another mode")),
+        };
+        let value = answer
+            .ok_or_else(|| unavailable(format_args!("no answer within {:?}", self.timeout)))?
+            .map_err(|error| {
+                if is_auth_error(&error) {
+                    auth_refused(error)
+                } else {
+                    unavailable(error)
+                }
+            })?;
+        let (next, page) = crate::reply::scan_page("SCAN", value)?;
+        Ok((next, crate::reply::members("SCAN", page)?))
+    }
+}
+
 enum Prepared {
     One(redis::Pipeline),
     PerSlot(Vec<(Vec<usize>, redis::Pipeline)>),
@@ -386,6 +691,8 @@ fn check_values(commands: &[Command], values: Vec<Value>) -> Result<Checked, Sto
         };
         if error.kind() == Some(ServerErrorKind::TryAgain) {
             tryagain.get_or_insert_with(|| format!("{}: {error:?}", command.key));
+        } else if matches!(error.code(), "NOAUTH" | "WRONGPASS" | "NOPERM") {
+            return Err(auth_refused(format_args!("{}: {error:?}", command.key)));
         } else if error.code() == "WRONGTYPE" {
             return Err(StorageError::Corrupt {
                 key: command.key.clone(),

@@ -95,6 +95,73 @@ impl Keys {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+
+    /// Hash node → last incarnation that heartbeated: the members.
+    pub fn members(&self) -> String {
+        format!("{}:{{n}}:members", self.prefix)
+    }
+
+    /// The keys of one node, all under the hash tag `{n:<escaped node>}`.
+    pub fn node(&self, node: &str) -> NodeKeys {
+        let tag = format!("{}:{{n:{}}}:", self.prefix, escape(node));
+        NodeKeys {
+            alive: format!("{tag}alive"),
+            inbox: format!("{tag}inbox"),
+            routes: format!("{tag}routes"),
+            presence: format!("{tag}presence"),
+            owned: format!("{tag}owned"),
+            tag,
+        }
+    }
+
+    /// String: the epoch counter of a client id (in the client's slot).
+    pub fn epoch(&self, client_id: &str) -> String {
+        format!("{}:{{c:{}}}:e", self.prefix, escape(client_id))
+    }
+
+    /// String: the owner of a client id (in the client's slot).
+    pub fn owner(&self, client_id: &str) -> String {
+        format!("{}:{{c:{}}}:o", self.prefix, escape(client_id))
+    }
+
+    /// String: one record of a space.
+    pub fn record(&self, space: &str, key: &str) -> String {
+        format!("{}:{{x:{}}}:k:{key}", self.prefix, escape(space))
+    }
+
+    /// Sorted set key → expiry (Unix ms, `+inf` without one): the index of
+    /// the records of a space, in the space's slot.
+    pub fn record_index(&self, space: &str) -> String {
+        format!("{}:{{x:{}}}:i", self.prefix, escape(space))
+    }
+
+    /// List: one log, newest first.
+    pub fn log(&self, space: &str, key: &str) -> String {
+        format!("{}:{{l:{}}}:{key}", self.prefix, escape(space))
+    }
+}
+
+/// The keys of one broker node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeKeys {
+    tag: String,
+    /// String: the incarnation whose heartbeat is current (expires).
+    pub alive: String,
+    /// Stream: the node's inbox.
+    pub inbox: String,
+    /// Hash filter → `1`.
+    pub routes: String,
+    /// Hash client id → presence.
+    pub presence: String,
+    /// Set of client ids owned by the node.
+    pub owned: String,
+}
+
+impl NodeKeys {
+    /// String: the adopter of an incarnation (set once, expires).
+    pub fn fence(&self, incarnation: u64) -> String {
+        format!("{}fence:{incarnation}", self.tag)
+    }
 }
 
 /// The holder field of a client in a body's hash.
@@ -148,6 +215,20 @@ mod tests {
         assert_eq!(odd.held, "emq:{c:a%7Db%7Bc%25}:q");
         assert_ne!(keys.session("%7D").record, keys.session("}").record);
         assert_eq!(escape("%7D"), "%257D");
+    }
+
+    #[test]
+    fn cluster_keys_share_a_slot_per_node_client_and_space() {
+        let keys = Keys::new("emq");
+        let node = keys.node("n{1}");
+        assert_eq!(node.alive, "emq:{n:n%7B1%7D}:alive");
+        assert_eq!(node.fence(7), "emq:{n:n%7B1%7D}:fence:7");
+        assert_eq!(keys.epoch("c"), "emq:{c:c}:e");
+        assert_eq!(keys.owner("c"), "emq:{c:c}:o");
+        assert_eq!(keys.record("s{", "k}"), "emq:{x:s%7B}:k:k}");
+        assert_eq!(keys.record_index("s"), "emq:{x:s}:i");
+        assert_eq!(keys.log("s", "k"), "emq:{l:s}:k");
+        assert_eq!(keys.members(), "emq:{n}:members");
     }
 
     #[test]

@@ -25,6 +25,18 @@
 //! | `P:m:<message id, 16 hex>` | hash | field `b`: the body; one field `h:<client id>` per client holding it |
 //! | `P:{i:<n>}`, n in 0..16 | set | index of persistent sessions (client ids), sharded by FNV-1a of the id |
 //! | `P:{r:<n>}`, n in 0..16 | hash | retained messages: topic → message, sharded by FNV-1a of the topic |
+//! | `P:{n}:members` | hash | cluster members: node → last incarnation that heartbeated (decimal) |
+//! | `P:{n:<node>}:alive` | string | the incarnation whose heartbeat is current (`SET PX` ttl) |
+//! | `P:{n:<node>}:fence:<incarnation>` | string | the adopter of that incarnation (`SET NX`, one day) |
+//! | `P:{n:<node>}:inbox` | stream | the node's inbox: one field `e`, the encoded entry (`XADD *`, `XDEL` on ack, never trimmed) |
+//! | `P:{n:<node>}:routes` | hash | filter → `1` |
+//! | `P:{n:<node>}:presence` | hash | client id → presence (epoch, since, will) |
+//! | `P:{n:<node>}:owned` | set | client ids the node owns |
+//! | `P:{c:<id>}:e` | string | the client id's ownership epoch (`INCR`) |
+//! | `P:{c:<id>}:o` | string | its owner: epoch and node (`SET … GET`) |
+//! | `P:{x:<space>}:k:<key>` | string | a record (`SET`, `PX` with a time to live) |
+//! | `P:{x:<space>}:i` | sorted set | index of the records of a space: key → expiry (Unix ms, `+inf`); `scan_records` reads it, not `SCAN` |
+//! | `P:{l:<space>}:<key>` | list | a log, newest first (`LPUSH` + `LTRIM`) |
 //!
 //! The queue is the held set minus the ids in the window, in score order;
 //! the window is in send order. Bodies and retained messages use a compact
@@ -47,14 +59,19 @@
 //! - `Subscribe`/`Unsubscribe`: `HSET`/`HDEL`.
 //! - `PutMessage`: `HSETNX m:<id> b`, before anything refers to it.
 //! - `Enqueue`: the holder field `h:<client>` is set first (`HSET`), then
-//!   `ZADD q NX`, which never moves or changes an id already held.
+//!   `ZADD q NX`, which never moves or changes an id already held. A
+//!   session touched by nothing but `Enqueue`s in the batch (a routing
+//!   batch) reads only its existence (`EXISTS r`): two commands per
+//!   enqueue plus one `HSET` of up to 1,024 holder fields per body.
 //! - `Dequeue`: `ZREM q`, then the holder field goes.
 //! - `SetInflight`: one `HSET w` (the id stays in the held set; an id in
 //!   the window is not queued), so the move from queue to window is a
 //!   single command. Replacing another message under the same packet id
 //!   removes that one from the held set first.
 //! - `CompleteInflight`: `ZREM q` then `HDEL w`: in between, the entry is
-//!   still in flight (not queued), and a replay completes it.
+//!   still in flight (not queued), and a replay completes it. A session
+//!   touched by nothing but `CompleteInflight`s in the batch reads the
+//!   window entries they name (`HMGET`), not the whole window.
 //! - Inbound QoS 2: `SADD`/`SREM`. Retained: `HSET`/`HDEL` in the shard.
 //!
 //! Sending a phase again after a partial failure is therefore harmless (the
@@ -72,9 +89,15 @@
 //! Connection failures and timeouts are [`StorageError::Unavailable`];
 //! `TRYAGAIN` (slot migration) is retried with a doubling back-off a few
 //! times, then Unavailable; data this backend cannot decode (or a key of
-//! the wrong type) is [`StorageError::Corrupt`] naming the key. Every call
-//! is bounded by [`KvrocksSettings::timeout`] (the loads of all sessions
-//! and all retained messages: per round trip, since they page).
+//! the wrong type) is [`StorageError::Corrupt`] naming the key. Every round
+//! trip is bounded by [`KvrocksSettings::timeout`] from when it is sent;
+//! a round trip carries at most 2,000 commands (a longer phase is sent as
+//! consecutive pipelines), and only a bounded number of large pipelines and
+//! large batches run at once, the others wait for their turn as long as
+//! the server keeps answering (see the `conn` module). So a call's time
+//! grows with its size and with the load, not a call that is merely queued
+//! fails (a routing batch of 19,500 enqueues among 300 others, sent as one
+//! pipeline, timed out and was retried whole, without end).
 //!
 //! # Assumptions
 //!
@@ -84,29 +107,56 @@
 //!
 //! A batch cut short (connection lost, broker killed) never leaves a queue
 //! or window entry without its body, and applying it again completes it.
-//! It can leak bodies: pinned by a holder whose queue never got the entry
-//! (if never replayed), or left with no holder when the cut falls between
-//! dropping the last reference and deleting the body (a replay no longer
-//! sees that reference). Leaks cost space only; a sweeper that removes
-//! holder fields older than a grace period without a matching entry, and
-//! bodies with no holder, would reclaim them.
+//!
+//! # Leaked bodies
+//!
+//! A cut batch can leak bodies (space only, never wrong data):
+//!
+//! - **No holder**: `apply` removes the last holder field (`HDEL m:<id>
+//!   h:<client>`, in the round trip after the `ZREM`/`HDEL w` of a
+//!   `Dequeue`, `CompleteInflight` or `DeleteSession`), then reads `HLEN`
+//!   and `HEXISTS b`, then `DEL`s the hash in a last round trip. A cut
+//!   after the `HDEL` and before that `DEL` leaves `m:<id>` with its `b`
+//!   field only, and a replay no longer sees the reference it dropped. So
+//!   does a batch cut between `PutMessage` (`HSETNX b`, first round trip
+//!   of writes) and the `HSET` of its holders when it is never replayed
+//!   (the broker gave up on it).
+//!   [`KvrocksStorage::sweep_leaked_bodies`] deletes these: the broker
+//!   runs it after recovery at start, then every 10 minutes, each round
+//!   bounded (`SCAN … COUNT`), for bodies whose id is older than 10
+//!   minutes.
+//! - **Stale holder**: a batch cut between the `HSET` of a holder field and
+//!   the `ZADD` of the queue entry, never replayed, pins the body with a
+//!   holder whose queue does not hold the id. The sweeper leaves these
+//!   (telling them from a live holder takes a read of that session's
+//!   queue); they are rare (the broker replays a failed batch until it
+//!   succeeds or the connection closes) and are deleted with their session.
 
 mod apply;
+mod cluster;
 mod codec;
 mod conn;
 mod keys;
 mod load;
 mod reply;
 mod settings;
+mod sweep;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use bytes::Bytes;
+use easy_mqtt_core::cluster::{
+    BusEntry, Claim, Cluster, InboxId, Liveness, Member, Owner, Presence,
+};
+use easy_mqtt_core::packet::ByteStr;
 use easy_mqtt_core::session::Message;
 use easy_mqtt_core::storage::{
     BoxFuture, Op, SessionSubscriptions, Storage, StorageError, StoredSession,
 };
 
 pub use settings::KvrocksSettings;
+pub use sweep::SweepRound;
 
 /// Connects to Kvrocks: the same as [`KvrocksStorage::connect`].
 pub async fn connect(settings: KvrocksSettings) -> Result<KvrocksStorage, StorageError> {
@@ -118,6 +168,8 @@ pub async fn connect(settings: KvrocksSettings) -> Result<KvrocksStorage, Storag
 pub struct KvrocksStorage {
     redis: conn::Redis,
     keys: keys::Keys,
+    /// Where [`KvrocksStorage::sweep_leaked_bodies`] stands.
+    sweep: Mutex<sweep::SweepCursor>,
 }
 
 impl std::fmt::Debug for KvrocksStorage {
@@ -138,12 +190,44 @@ impl KvrocksStorage {
         Ok(KvrocksStorage {
             redis,
             keys: keys::Keys::new(&settings.key_prefix),
+            sweep: Mutex::new(sweep::SweepCursor::default()),
         })
     }
 
     /// Whether this backend talks to a cluster.
     pub fn is_cluster(&self) -> bool {
         self.redis.is_cluster()
+    }
+
+    /// One round of the sweeper of leaked bodies (see "Leaked bodies" in
+    /// the crate documentation): scans at most about `budget` body keys,
+    /// continuing where the previous round stopped, and deletes those whose
+    /// hash holds the body only (no holder) and whose id is older than
+    /// `grace`. A pass over every key takes as many rounds as it needs;
+    /// [`SweepRound::pass_complete`] tells when one ended. Rounds are meant
+    /// to run one at a time (a round running beside another starts its own
+    /// pass, which is harmless but wasted work). `grace` must be well above
+    /// the longest a routing batch is retried (the broker's connect
+    /// timeout); the broker uses 10 minutes.
+    pub async fn sweep_leaked_bodies(
+        &self,
+        grace: Duration,
+        budget: usize,
+    ) -> Result<SweepRound, StorageError> {
+        let mut cursor = std::mem::take(
+            &mut *self
+                .sweep
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let result = sweep::round(&self.redis, &self.keys, &mut cursor, grace, budget).await;
+        if result.is_ok() {
+            *self
+                .sweep
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = cursor;
+        }
+        result
     }
 
     /// Round trips sent since connecting (a phase sent to several cluster
@@ -179,5 +263,123 @@ impl Storage for KvrocksStorage {
 
     fn load_retained(&self) -> BoxFuture<'_, Result<Vec<Arc<Message>>, StorageError>> {
         Box::pin(load::load_retained(&self.redis, &self.keys))
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
+    }
+}
+
+/// The cluster state (see the `cluster` module for what each call costs).
+impl Cluster for KvrocksStorage {
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        incarnation: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Liveness, StorageError>> {
+        Box::pin(cluster::heartbeat(
+            &self.redis,
+            &self.keys,
+            node,
+            incarnation,
+            ttl,
+        ))
+    }
+
+    fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
+        Box::pin(cluster::members(&self.redis, &self.keys))
+    }
+
+    fn claim_adoption<'a>(
+        &'a self,
+        dead: &'a str,
+        incarnation: u64,
+        by: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(cluster::claim_adoption(
+            &self.redis,
+            &self.keys,
+            dead,
+            incarnation,
+            by,
+        ))
+    }
+
+    fn forget_member<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(cluster::forget_member(&self.redis, &self.keys, node))
+    }
+
+    fn claim_owner<'a>(
+        &'a self,
+        client_id: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, StorageError>> {
+        Box::pin(cluster::claim_owner(
+            &self.redis,
+            &self.keys,
+            client_id,
+            node,
+        ))
+    }
+
+    fn owner<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Owner>, StorageError>> {
+        Box::pin(cluster::owner(&self.redis, &self.keys, client_id))
+    }
+
+    fn owned_by<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>> {
+        Box::pin(cluster::owned_by(&self.redis, &self.keys, node))
+    }
+
+    fn presence<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Presence>, StorageError>> {
+        Box::pin(cluster::presence(&self.redis, &self.keys, node))
+    }
+
+    fn routes(&self) -> BoxFuture<'_, Result<easy_mqtt_core::cluster::NodeRoutes, StorageError>> {
+        Box::pin(cluster::routes(&self.redis, &self.keys))
+    }
+
+    fn read_inbox<'a>(
+        &'a self,
+        node: &'a str,
+        after: Option<InboxId>,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<(InboxId, BusEntry)>, StorageError>> {
+        Box::pin(cluster::read_inbox(
+            &self.redis,
+            &self.keys,
+            node,
+            after,
+            max,
+            wait,
+        ))
+    }
+
+    fn get_record<'a>(
+        &'a self,
+        space: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
+        Box::pin(cluster::get_record(&self.redis, &self.keys, space, key))
+    }
+
+    fn scan_records<'a>(
+        &'a self,
+        space: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(ByteStr, Bytes)>, StorageError>> {
+        Box::pin(cluster::scan_records(&self.redis, &self.keys, space))
+    }
+
+    fn read_log<'a>(
+        &'a self,
+        space: &'a str,
+        key: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, StorageError>> {
+        Box::pin(cluster::read_log(&self.redis, &self.keys, space, key, max))
     }
 }

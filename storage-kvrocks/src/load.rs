@@ -99,6 +99,27 @@ pub(crate) fn held(
         .collect()
 }
 
+/// The ids of a session's queue in queue order: the held set (`held`, a
+/// `ZRANGE WITHSCORES` answer) minus the ids in the window (`window`, an
+/// `HGETALL` answer).
+fn queued(
+    keys: &SessionKeys,
+    held_value: Value,
+    window_value: Value,
+) -> Result<Vec<MessageId>, StorageError> {
+    let mut held = held(keys, held_value)?;
+    held.sort_by_key(|(id, entry)| (entry.order, id.queue_order()));
+    let in_window: HashSet<MessageId> = window(keys, window_value)?
+        .into_iter()
+        .map(|(_, entry)| entry.id)
+        .collect();
+    Ok(held
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !in_window.contains(id))
+        .collect())
+}
+
 pub(crate) async fn load_session(
     redis: &Redis,
     keys: &Keys,
@@ -273,6 +294,11 @@ pub(crate) async fn load_subscriptions(
                 [
                     Command::new("GET", &session.record),
                     Command::new("HGETALL", &session.subscriptions),
+                    Command::new("ZRANGE", &session.held)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES"),
+                    Command::new("HGETALL", &session.window),
                 ]
             })
             .collect();
@@ -280,13 +306,19 @@ pub(crate) async fn load_subscriptions(
         for (client_id, session) in chunk.iter().zip(&session_keys) {
             let record_value = take(&mut values);
             let subscriptions_value = take(&mut values);
+            let held_value = take(&mut values);
+            let window_value = take(&mut values);
             // An index entry without a record: a session deleted (or a
             // batch cut short) after the entry was written; not a session.
             let Some(bytes) = reply::optional_bytes(&session.record, record_value)? else {
                 continue;
             };
             let record = record(session, client_id, &bytes)?;
-            sessions.push((record, subscriptions(session, subscriptions_value)?));
+            sessions.push(SessionSubscriptions {
+                record,
+                subscriptions: subscriptions(session, subscriptions_value)?,
+                queued: queued(session, held_value, window_value)?,
+            });
         }
     }
     Ok(sessions)

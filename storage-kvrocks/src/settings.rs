@@ -37,8 +37,11 @@ pub struct KvrocksSettings {
     /// Multiplexed connections opened at start (at least 1); requests are
     /// spread over them round robin.
     pub connections: usize,
-    /// The longest any one call (`apply` or a load) may take, retries
-    /// included, before it fails with `StorageError::Unavailable`.
+    /// The longest one round trip (a pipeline of at most 2,000 commands)
+    /// may take from when it is sent, retries included, before the call
+    /// fails with `StorageError::Unavailable`; also the longest a call waits
+    /// for its turn while the server answers nothing (see the crate
+    /// documentation, "Errors").
     pub timeout: Duration,
     /// The longest one connection attempt may take.
     pub connect_timeout: Duration,

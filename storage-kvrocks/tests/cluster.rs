@@ -58,12 +58,39 @@ check!(retained);
 check!(idempotence);
 check!(unknown_sessions_are_not_created);
 check!(batch_applied_in_order);
+check!(queued_ids_listed);
 
 #[test]
 fn run_all() {
     let storage = storage("cluster-run_all");
     smol::block_on(contract::run_all(&storage));
     assert_empty("cluster-run_all");
+}
+
+fn sleep(time: Duration) -> easy_mqtt_core::storage::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        smol::Timer::after(time).await;
+    })
+}
+
+/// The cluster contract on the cluster: node, client, space and log keys
+/// spread over the three nodes. What stays behind is only what must
+/// (fences of adopted incarnations, epochs and owners of client ids).
+#[test]
+fn run_cluster() {
+    let test = "cluster-run_cluster";
+    let storage = storage(test);
+    let cluster = storage.cluster().expect("kvrocks has a cluster");
+    smol::block_on(contract::run_cluster(&storage, cluster, &sleep));
+    let left = common::dump(&servers(), &prefix(test));
+    let (kept, stray): (Vec<_>, Vec<_>) = left.keys().partition(|key| {
+        let key = String::from_utf8_lossy(key);
+        key.contains("}:fence:")
+            || (key.contains(":{c:") && (key.ends_with("}:e") || key.ends_with("}:o")))
+    });
+    assert!(stray.is_empty(), "{test}: keys left behind: {left:#?}");
+    // One fence, three clients' epoch and owner.
+    assert_eq!(kept.len(), 7, "{test}: {left:#?}");
 }
 
 fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {

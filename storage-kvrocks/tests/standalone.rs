@@ -51,10 +51,86 @@ check!(retained);
 check!(idempotence);
 check!(unknown_sessions_are_not_created);
 check!(batch_applied_in_order);
+check!(queued_ids_listed);
 
 #[test]
 fn run_all() {
     let storage = storage("run_all");
     smol::block_on(contract::run_all(&storage));
     assert_empty("run_all");
+}
+
+fn sleep(time: std::time::Duration) -> easy_mqtt_core::storage::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        smol::Timer::after(time).await;
+    })
+}
+
+/// The cluster contract, twice on one prefix; what stays behind is only
+/// what must (fences of adopted incarnations, epochs and owners of client
+/// ids).
+#[test]
+fn run_cluster() {
+    use easy_mqtt_core::storage::Storage;
+    let test = "run_cluster";
+    let storage = storage(test);
+    let cluster = storage.cluster().expect("kvrocks has a cluster");
+    smol::block_on(contract::run_cluster(&storage, cluster, &sleep));
+    smol::block_on(contract::run_cluster(&storage, cluster, &sleep));
+    let left = common::dump(&[server()], &prefix(test));
+    let (kept, stray): (Vec<_>, Vec<_>) = left.keys().partition(|key| {
+        let key = String::from_utf8_lossy(key);
+        key.contains("}:fence:")
+            || (key.contains(":{c:") && (key.ends_with("}:e") || key.ends_with("}:o")))
+    });
+    assert!(stray.is_empty(), "{test}: keys left behind: {left:#?}");
+    // Two fences (one per run), three clients' epoch and owner.
+    assert_eq!(kept.len(), 8, "{test}: {left:#?}");
+}
+
+/// `read_inbox` with a wait answers as soon as an entry comes, before the
+/// wait is over.
+#[test]
+fn read_inbox_waits_for_an_entry() {
+    use easy_mqtt_core::cluster::{BusEntry, ClusterOp};
+    use easy_mqtt_core::storage::{Op, Storage};
+    let test = "read_inbox_waits";
+    let storage = std::sync::Arc::new(storage(test));
+    let writer = std::sync::Arc::clone(&storage);
+    let entry = BusEntry::RoutesChanged { node: "w".into() };
+    let sent = entry.clone();
+    let thread = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let op = Op::Cluster(ClusterOp::Forward {
+            node: "r".into(),
+            entry: sent,
+        });
+        smol::block_on(writer.apply(vec![op])).unwrap();
+    });
+    let cluster = storage.cluster().unwrap();
+    let started = std::time::Instant::now();
+    let read = smol::block_on(cluster.read_inbox("r", None, 10, std::time::Duration::from_secs(5)))
+        .unwrap();
+    let waited = started.elapsed();
+    thread.join().unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0].1, entry);
+    assert!(
+        waited >= std::time::Duration::from_millis(150),
+        "answered before the entry came: {waited:?}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "waited too long: {waited:?}"
+    );
+    // An empty inbox answers after the wait.
+    let started = std::time::Instant::now();
+    let after = Some(read[0].0);
+    let none =
+        smol::block_on(cluster.read_inbox("r", after, 10, std::time::Duration::from_millis(300)))
+            .unwrap();
+    assert!(none.is_empty());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    smol::block_on(cluster.forget_member("r")).unwrap();
+    assert_empty(test);
 }

@@ -56,10 +56,21 @@
 //! Session-scoped ops (everything but `PutSession`, `PutMessage` and
 //! `SetRetained`) on a client id with no session are **ignored**: they never
 //! create a session. A session exists only through `PutSession`.
+//!
+//! [`Op::Cluster`] and the [`Cluster`] port: see the `cluster` module (times
+//! to live are measured by the clock of [`MemoryStorage::with_clock`]).
+
+mod cluster;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::ready;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use easy_mqtt_core::cluster::{
+    BusEntry, Claim, Cluster, InboxId, Liveness, Member, Owner, Presence,
+};
 
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
@@ -68,16 +79,49 @@ use easy_mqtt_core::storage::{
     StoredDelivery, StoredInflight, StoredSession,
 };
 
+/// The time since an arbitrary origin, by which times to live are measured.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
 /// The in-memory [`Storage`] backend. Not durable: everything is lost with
 /// the process.
-#[derive(Debug, Default)]
 pub struct MemoryStorage {
     inner: Mutex<Inner>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStorage")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStorage {
+    fn default() -> MemoryStorage {
+        let start = Instant::now();
+        MemoryStorage::with_clock(Arc::new(move || start.elapsed()))
+    }
 }
 
 impl MemoryStorage {
+    /// A storage measuring times to live with [`Instant`] since its creation.
     pub fn new() -> MemoryStorage {
         MemoryStorage::default()
+    }
+
+    /// A storage measuring times to live (heartbeats, records) with `clock`:
+    /// the time since an arbitrary origin, which must not go back (the
+    /// simulator hands it its virtual clock).
+    pub fn with_clock(clock: Clock) -> MemoryStorage {
+        MemoryStorage {
+            inner: Mutex::new(Inner::default()),
+            clock,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        (self.clock)()
     }
 
     /// How many message bodies are stored. Every stored body is referenced
@@ -108,7 +152,8 @@ impl Storage for MemoryStorage {
     }
 
     fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.lock().apply(ops);
+        let now = self.now();
+        self.lock().apply(ops, now);
         Box::pin(ready(Ok(())))
     }
 
@@ -127,6 +172,119 @@ impl Storage for MemoryStorage {
 
     fn load_retained(&self) -> BoxFuture<'_, Result<Vec<Arc<Message>>, StorageError>> {
         let result = self.lock().retained.values().cloned().collect();
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
+    }
+}
+
+impl Cluster for MemoryStorage {
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        incarnation: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Liveness, StorageError>> {
+        let now = self.now();
+        let result = self.lock().cluster.heartbeat(node, incarnation, ttl, now);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
+        let now = self.now();
+        let result = self.lock().cluster.members(now);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn claim_adoption<'a>(
+        &'a self,
+        dead: &'a str,
+        incarnation: u64,
+        _by: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        let now = self.now();
+        let result = self.lock().cluster.claim_adoption(dead, incarnation, now);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn forget_member<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.lock().cluster.forget_member(node);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn claim_owner<'a>(
+        &'a self,
+        client_id: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, StorageError>> {
+        let result = self.lock().cluster.claim_owner(client_id, node);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn owner<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Owner>, StorageError>> {
+        let result = self.lock().cluster.owner(client_id);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn owned_by<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>> {
+        let result = self.lock().cluster.owned_by(node);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn presence<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Presence>, StorageError>> {
+        let result = self.lock().cluster.presence(node);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn routes(&self) -> BoxFuture<'_, Result<easy_mqtt_core::cluster::NodeRoutes, StorageError>> {
+        let result = self.lock().cluster.routes();
+        Box::pin(ready(Ok(result)))
+    }
+
+    /// Answers at once, with nothing when the inbox has nothing after
+    /// `after`: `wait` is an upper bound, and the caller polls.
+    fn read_inbox<'a>(
+        &'a self,
+        node: &'a str,
+        after: Option<InboxId>,
+        max: usize,
+        _wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<(InboxId, BusEntry)>, StorageError>> {
+        let result = self.lock().cluster.read_inbox(node, after, max);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn get_record<'a>(
+        &'a self,
+        space: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
+        let now = self.now();
+        let result = self.lock().cluster.get_record(space, key, now);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn scan_records<'a>(
+        &'a self,
+        space: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(ByteStr, Bytes)>, StorageError>> {
+        let now = self.now();
+        let result = self.lock().cluster.scan_records(space, now);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn read_log<'a>(
+        &'a self,
+        space: &'a str,
+        key: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, StorageError>> {
+        let result = self.lock().cluster.read_log(space, key, max);
         Box::pin(ready(Ok(result)))
     }
 }
@@ -187,15 +345,16 @@ struct Inner {
     /// (`ByteStr` orders like `str`) and listings are in client-id order.
     sessions: BTreeMap<ByteStr, Session>,
     retained: BTreeMap<ByteStr, Arc<Message>>,
+    cluster: cluster::ClusterState,
 }
 
 impl Inner {
-    fn apply(&mut self, ops: Vec<Op>) {
+    fn apply(&mut self, ops: Vec<Op>, now: Duration) {
         // Bodies that were stored or lost a reference in this batch; those
         // left without references at the end of the batch are removed.
         let mut unreferenced = Vec::new();
         for op in ops {
-            self.apply_op(op, &mut unreferenced);
+            self.apply_op(op, now, &mut unreferenced);
         }
         for id in unreferenced {
             if self.messages.get(&id).is_some_and(|body| body.refs == 0) {
@@ -204,7 +363,7 @@ impl Inner {
         }
     }
 
-    fn apply_op(&mut self, op: Op, unreferenced: &mut Vec<MessageId>) {
+    fn apply_op(&mut self, op: Op, now: Duration, unreferenced: &mut Vec<MessageId>) {
         match op {
             Op::PutSession(record) => {
                 self.sessions
@@ -351,6 +510,7 @@ impl Inner {
                     self.retained.remove(topic.as_str());
                 }
             },
+            Op::Cluster(op) => self.cluster.apply(op, now),
         }
     }
 
@@ -400,7 +560,11 @@ impl Inner {
     fn load_subscriptions(&self) -> Vec<SessionSubscriptions> {
         self.sessions
             .values()
-            .map(|session| (session.record.clone(), subscriptions(session)))
+            .map(|session| SessionSubscriptions {
+                record: session.record.clone(),
+                subscriptions: subscriptions(session),
+                queued: session.queue.iter().map(|entry| entry.id).collect(),
+            })
             .collect()
     }
 }

@@ -88,3 +88,8 @@ fn identity() {
     assert_eq!(storage.name(), "memory");
     assert!(!storage.is_durable());
 }
+
+#[test]
+fn queued_ids_listed() {
+    block_on(contract::queued_ids_listed(&MemoryStorage::new()));
+}

@@ -36,9 +36,11 @@
 //! - Inbound QoS 2 ids form a set (load order unspecified).
 //! - Retained messages are set, replaced and cleared per topic; load order
 //!   is unspecified.
-//! - The order of sessions in `load_subscriptions` is unspecified.
+//! - The order of sessions in `load_subscriptions` is unspecified; each
+//!   lists its queued ids (not those in flight) in queue order.
 
 mod batches;
+mod cluster;
 mod messages;
 mod sessions;
 mod support;
@@ -46,9 +48,13 @@ mod support;
 use crate::storage::Storage;
 
 pub use batches::{batch_applied_in_order, idempotence};
+pub use cluster::{
+    Sleep, forget_member_removes_everything, inbox_order_and_ack, logs_capped_newest_first,
+    membership, ownership, presence_set_and_clear, records_with_ttl, routes, run_cluster,
+};
 pub use messages::{inflight_window, queue_order_and_shared_bodies, retained};
 pub use sessions::{
-    inbound_qos2, session_lifecycle, subscriptions_in_filter_order,
+    inbound_qos2, queued_ids_listed, session_lifecycle, subscriptions_in_filter_order,
     unknown_sessions_are_not_created,
 };
 
@@ -63,4 +69,5 @@ pub async fn run_all(storage: &dyn Storage) {
     idempotence(storage).await;
     unknown_sessions_are_not_created(storage).await;
     batch_applied_in_order(storage).await;
+    queued_ids_listed(storage).await;
 }

@@ -287,3 +287,46 @@ pub async fn unknown_sessions_are_not_created(storage: &dyn Storage) {
 
     cleanup(storage, CHECK, &[ghost, deleted], &[]).await;
 }
+
+/// `load_subscriptions` lists each session's queued ids in queue order (id
+/// order, whatever the enqueue order), without the ids in flight or
+/// dequeued: what the broker bounds a session not loaded yet with.
+pub async fn queued_ids_listed(storage: &dyn Storage) {
+    const CHECK: &str = "queued_ids_listed";
+    let clients = ["contract-queued-a", "contract-queued-b"];
+    let [a, b] = clients;
+    let ids: Vec<MessageId> = (1..=4).map(|n| MessageId::new(10, n)).collect();
+    let body = message("contract/queued/1", "q", QoS::AtLeastOnce);
+    let mut ops = vec![put_session(a, 1), put_session(b, 2)];
+    for id in ids.iter().rev() {
+        ops.push(put_message(*id, Arc::clone(&body)));
+        ops.push(enqueue(a, *id, QoS::AtLeastOnce, false));
+    }
+    apply(storage, CHECK, ops).await;
+    let queued = |listed: Vec<crate::storage::SessionSubscriptions>| {
+        listed
+            .into_iter()
+            .map(|l| (l.record.client_id.to_string(), l.queued))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        queued(listed_of(storage, CHECK, "contract-queued-").await),
+        vec![(a.to_owned(), ids.clone()), (b.to_owned(), vec![])],
+        "{CHECK}: queued ids in id order, none for an empty queue"
+    );
+    apply(
+        storage,
+        CHECK,
+        vec![
+            set_inflight(a, 1, ids[0], OutboundPhase::Published),
+            dequeue(a, ids[2]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        queued(listed_of(storage, CHECK, "contract-queued-").await),
+        vec![(a.to_owned(), vec![ids[1], ids[3]]), (b.to_owned(), vec![])],
+        "{CHECK}: ids in flight or dequeued are not queued"
+    );
+    cleanup(storage, CHECK, &clients, &[]).await;
+}

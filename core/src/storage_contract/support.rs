@@ -50,8 +50,9 @@ pub(super) async fn inbound_of(
     session(storage, check, client_id).await.inbound_qos2
 }
 
-/// The sessions whose client id starts with `prefix`, by client id.
-pub(super) async fn subscriptions_of(
+/// The sessions whose client id starts with `prefix`, by client id, as
+/// `load_subscriptions` lists them.
+pub(super) async fn listed_of(
     storage: &dyn Storage,
     check: &str,
     prefix: &str,
@@ -60,9 +61,22 @@ pub(super) async fn subscriptions_of(
         Ok(all) => all,
         Err(error) => panic!("{check}: {} load_subscriptions: {error}", storage.name()),
     };
-    all.retain(|(record, _)| record.client_id.starts_with(prefix));
-    all.sort_by(|x, y| x.0.client_id.cmp(&y.0.client_id));
+    all.retain(|listed| listed.record.client_id.starts_with(prefix));
+    all.sort_by(|x, y| x.record.client_id.cmp(&y.record.client_id));
     all
+}
+
+/// The records and subscriptions of [`listed_of`].
+pub(super) async fn subscriptions_of(
+    storage: &dyn Storage,
+    check: &str,
+    prefix: &str,
+) -> Vec<(SessionRecord, Vec<(ByteStr, QoS)>)> {
+    listed_of(storage, check, prefix)
+        .await
+        .into_iter()
+        .map(|listed| (listed.record, listed.subscriptions))
+        .collect()
 }
 
 /// The retained messages whose topic starts with `prefix`, by topic.
@@ -95,8 +109,8 @@ pub(super) async fn snapshot(
     for client in clients {
         sessions.push(load(storage, check, client).await);
     }
-    let mut subscriptions = subscriptions_of(storage, check, "").await;
-    subscriptions.retain(|(record, _)| clients.contains(&record.client_id.as_str()));
+    let mut subscriptions = listed_of(storage, check, "").await;
+    subscriptions.retain(|listed| clients.contains(&listed.record.client_id.as_str()));
     let retained = retained_of(storage, check, topic_prefix).await;
     (sessions, subscriptions, retained)
 }

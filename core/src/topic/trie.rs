@@ -365,6 +365,26 @@ impl<S: Clone + Eq + Hash> SubscriptionTrie<S> {
         self.filters
     }
 
+    /// Whether some subscriber has exactly `filter`.
+    pub fn has_filter(&self, filter: &str) -> bool {
+        if !has_wildcard(filter) {
+            return self.exact.get(filter).is_some_and(|subs| !subs.is_empty());
+        }
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            let next = match level {
+                "#" => return !node.hash.is_empty(),
+                "+" => node.plus.as_deref(),
+                _ => node.children.get(level),
+            };
+            match next {
+                Some(next) => node = next,
+                None => return false,
+            }
+        }
+        !node.subs.is_empty()
+    }
+
     /// Trie nodes (the root included) plus exact-filter entries; 1 when empty.
     #[cfg(test)]
     fn node_count(&self) -> usize {

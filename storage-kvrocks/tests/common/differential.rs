@@ -136,7 +136,7 @@ async fn snapshot(storage: &dyn Storage) -> Snapshot {
         sessions.push(session);
     }
     let mut subscriptions = storage.load_subscriptions().await.unwrap();
-    subscriptions.sort_by(|a, b| a.0.client_id.cmp(&b.0.client_id));
+    subscriptions.sort_by(|a, b| a.record.client_id.cmp(&b.record.client_id));
     let mut retained = storage.load_retained().await.unwrap();
     retained.sort_by(|a, b| a.topic.cmp(&b.topic));
     (sessions, subscriptions, retained)

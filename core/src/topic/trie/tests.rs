@@ -483,3 +483,19 @@ proptest! {
         check_against_reference(ops, &topics)?;
     }
 }
+
+#[test]
+fn has_filter_is_true_exactly_for_filters_with_subscribers() {
+    let mut t = trie(&["a/b", "a/+/c", "a/#", "+", "#"]);
+    for filter in ["a/b", "a/+/c", "a/#", "+", "#"] {
+        assert!(t.has_filter(filter), "{filter}");
+    }
+    for filter in ["a", "a/+", "a/b/c", "a/+/#", "b/#", "+/+"] {
+        assert!(!t.has_filter(filter), "{filter}");
+    }
+    assert!(t.remove("a/+/c", &1));
+    assert!(t.remove("a/#", &2));
+    assert!(!t.has_filter("a/+/c"));
+    assert!(!t.has_filter("a/#"));
+    assert!(t.has_filter("a/b"));
+}

@@ -1,0 +1,978 @@
+//! The cluster contract: checks every backend with [`Storage::cluster`]
+//! must pass ([`crate::cluster`]).
+//!
+//! Each check works on its own node names (`contract-<check>-…`), client
+//! ids, record spaces and log keys, and forgets, deletes or empties what it
+//! created, with two exceptions a backend cannot drop: the ownership of a
+//! client id (its epoch must keep growing) and the fences of adopted
+//! incarnations (a fenced process may still heartbeat).
+//!
+//! Times to live are short (a few hundred milliseconds) and the checks wait
+//! for them to pass through the `sleep` closure the backend's suite gives
+//! (a real sleep, or a step of a manual clock), so the contract needs no
+//! particular async runtime.
+//!
+//! # The contract
+//!
+//! - `heartbeat` registers a node (membership lists its last incarnation)
+//!   and keeps it alive for the time to live; after that the member is
+//!   listed with `alive: None`. A new incarnation replaces the old one.
+//! - `claim_adoption` of an incarnation whose heartbeat is current fails;
+//!   once it expired, exactly one claimant wins, and the incarnation's next
+//!   heartbeat answers `Fenced` without making it alive again. Another
+//!   incarnation of the same node is not fenced.
+//! - `claim_owner` answers an epoch higher than every earlier claim of the
+//!   client id and the owner it replaced; `owner` and `owned_by` follow.
+//! - Inbox entries read back equal (payloads byte for byte) in append order
+//!   with increasing ids; `after` and `max` page; `InboxAck` removes one
+//!   entry (again: no-op); `wait` is an upper bound (a backend may return
+//!   at once with nothing).
+//! - Routes and presence are sets keyed by filter and by client id; their
+//!   ops are idempotent. `routes` lists the routes of members only.
+//! - Records: set, replaced, deleted; one with a time to live is gone from
+//!   `get_record` and `scan_records` once it expired; setting it again
+//!   without a time to live keeps it. Logs: newest first, capped at `keep`
+//!   (`keep` 0 empties the log).
+//! - `forget_member` removes the membership, inbox, routes, presence and
+//!   owned-by index of a node; a later heartbeat registers it again.
+//! - Every op but `Forward` is idempotent: a batch applied twice leaves the
+//!   same state. (`Forward` appends: a replayed batch may deliver an entry
+//!   twice, and receivers tell duplicates by message id or epoch.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cluster::{BusEntry, Cluster, ClusterOp, InboxId, Liveness, Member, Presence};
+use crate::packet::{ByteStr, QoS};
+use crate::storage::{BoxFuture, MessageId, Op, Storage};
+
+use super::support::{apply, binary_message, message};
+
+/// Waits for a duration on the backend's clock (sleeps, or advances a
+/// manual clock).
+pub type Sleep = dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync;
+
+/// The time to live of the checks on expiry.
+const TTL: Duration = Duration::from_millis(300);
+/// Long enough for [`TTL`] to pass, with a margin for a slow machine.
+const PAST_TTL: Duration = Duration::from_millis(700);
+/// A time to live no check outlives.
+const LONG_TTL: Duration = Duration::from_secs(60);
+
+fn cluster_op(op: ClusterOp) -> Op {
+    Op::Cluster(op)
+}
+
+fn b(text: &str) -> ByteStr {
+    ByteStr::from(text)
+}
+
+async fn members(cluster: &dyn Cluster, check: &str, prefix: &str) -> Vec<Member> {
+    let mut members = match cluster.members().await {
+        Ok(members) => members,
+        Err(error) => panic!("{check}: members: {error}"),
+    };
+    members.retain(|member| member.node.starts_with(prefix));
+    members.sort_by(|x, y| x.node.cmp(&y.node));
+    members
+}
+
+async fn heartbeat(
+    cluster: &dyn Cluster,
+    check: &str,
+    node: &str,
+    incarnation: u64,
+    ttl: Duration,
+) -> Liveness {
+    match cluster.heartbeat(node, incarnation, ttl).await {
+        Ok(liveness) => liveness,
+        Err(error) => panic!("{check}: heartbeat({node}, {incarnation}): {error}"),
+    }
+}
+
+async fn adopt(cluster: &dyn Cluster, check: &str, dead: &str, incarnation: u64, by: &str) -> bool {
+    match cluster.claim_adoption(dead, incarnation, by).await {
+        Ok(won) => won,
+        Err(error) => panic!("{check}: claim_adoption({dead}, {incarnation}, {by}): {error}"),
+    }
+}
+
+async fn forget(cluster: &dyn Cluster, check: &str, node: &str) {
+    if let Err(error) = cluster.forget_member(node).await {
+        panic!("{check}: forget_member({node}): {error}");
+    }
+}
+
+async fn inbox(
+    cluster: &dyn Cluster,
+    check: &str,
+    node: &str,
+    after: Option<InboxId>,
+    max: usize,
+) -> Vec<(InboxId, BusEntry)> {
+    match cluster.read_inbox(node, after, max, Duration::ZERO).await {
+        Ok(entries) => entries,
+        Err(error) => panic!("{check}: read_inbox({node}, {after:?}, {max}): {error}"),
+    }
+}
+
+async fn routes_of(
+    cluster: &dyn Cluster,
+    check: &str,
+    prefix: &str,
+) -> Vec<(ByteStr, Vec<ByteStr>)> {
+    let mut routes = match cluster.routes().await {
+        Ok(routes) => routes,
+        Err(error) => panic!("{check}: routes: {error}"),
+    };
+    routes.retain(|(node, _)| node.starts_with(prefix));
+    for (_, filters) in &mut routes {
+        filters.sort();
+    }
+    // A member without routes may be listed with none, or not at all.
+    routes.retain(|(_, filters)| !filters.is_empty());
+    routes.sort();
+    routes
+}
+
+async fn presence_of(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<Presence> {
+    let mut presence = match cluster.presence(node).await {
+        Ok(presence) => presence,
+        Err(error) => panic!("{check}: presence({node}): {error}"),
+    };
+    presence.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    presence
+}
+
+async fn owned(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<ByteStr> {
+    let mut owned = match cluster.owned_by(node).await {
+        Ok(owned) => owned,
+        Err(error) => panic!("{check}: owned_by({node}): {error}"),
+    };
+    owned.sort();
+    owned
+}
+
+async fn record(cluster: &dyn Cluster, check: &str, space: &str, key: &str) -> Option<Bytes> {
+    match cluster.get_record(space, key).await {
+        Ok(value) => value,
+        Err(error) => panic!("{check}: get_record({space}, {key}): {error}"),
+    }
+}
+
+async fn records(cluster: &dyn Cluster, check: &str, space: &str) -> Vec<(ByteStr, Bytes)> {
+    let mut records = match cluster.scan_records(space).await {
+        Ok(records) => records,
+        Err(error) => panic!("{check}: scan_records({space}): {error}"),
+    };
+    records.sort();
+    records
+}
+
+async fn log(cluster: &dyn Cluster, check: &str, space: &str, key: &str, max: usize) -> Vec<Bytes> {
+    match cluster.read_log(space, key, max).await {
+        Ok(entries) => entries,
+        Err(error) => panic!("{check}: read_log({space}, {key}, {max}): {error}"),
+    }
+}
+
+/// An incarnation no earlier run used (runs take more than a
+/// microsecond): microseconds since the Unix epoch, times 10.
+fn fresh_incarnation() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|time| time.as_micros())
+        .unwrap_or_default();
+    u64::try_from(micros).unwrap_or(u64::MAX / 20) * 10
+}
+
+fn member(node: &str, alive: Option<u64>, incarnation: u64) -> Member {
+    Member {
+        node: b(node),
+        alive,
+        incarnation,
+    }
+}
+
+/// Heartbeats, expiry, adoption by one winner, fencing.
+pub async fn membership(_storage: &dyn Storage, cluster: &dyn Cluster, sleep: &Sleep) {
+    const CHECK: &str = "membership";
+    let prefix = "contract-membership-";
+    let node = "contract-membership-n";
+    let other = "contract-membership-o";
+    let [a, by] = ["contract-membership-a", "contract-membership-b"];
+    // Fences outlive the check: a run on a storage that ran it before uses
+    // new incarnations.
+    let base = fresh_incarnation();
+    let [one, two, seven] = [base + 1, base + 2, base + 7];
+
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![],
+        "{CHECK}: not empty at first"
+    );
+    assert_eq!(
+        heartbeat(cluster, CHECK, node, one, TTL).await,
+        Liveness::Alive,
+        "{CHECK}"
+    );
+    assert_eq!(
+        heartbeat(cluster, CHECK, other, seven, LONG_TTL).await,
+        Liveness::Alive,
+        "{CHECK}"
+    );
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![
+            member(node, Some(one), one),
+            member(other, Some(seven), seven)
+        ],
+        "{CHECK}: after the heartbeats"
+    );
+    assert!(
+        !adopt(cluster, CHECK, node, one, a).await,
+        "{CHECK}: an adoption won while the heartbeat is current"
+    );
+
+    sleep(PAST_TTL).await;
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![member(node, None, one), member(other, Some(seven), seven)],
+        "{CHECK}: after the time to live"
+    );
+    assert!(
+        !adopt(cluster, CHECK, other, seven, a).await,
+        "{CHECK}: adopted a live node"
+    );
+    let first = adopt(cluster, CHECK, node, one, a).await;
+    let second = adopt(cluster, CHECK, node, one, by).await;
+    let again = adopt(cluster, CHECK, node, one, a).await;
+    assert_eq!(
+        (first, second, again),
+        (true, false, false),
+        "{CHECK}: one winner"
+    );
+
+    // The fenced incarnation is not alive again, and stays fenced.
+    assert_eq!(
+        heartbeat(cluster, CHECK, node, one, LONG_TTL).await,
+        Liveness::Fenced,
+        "{CHECK}"
+    );
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![member(node, None, one), member(other, Some(seven), seven)],
+        "{CHECK}: a fenced heartbeat made the node alive"
+    );
+    assert_eq!(
+        heartbeat(cluster, CHECK, node, one, LONG_TTL).await,
+        Liveness::Fenced,
+        "{CHECK}"
+    );
+
+    // A new incarnation is not fenced, and cannot be adopted while alive.
+    assert_eq!(
+        heartbeat(cluster, CHECK, node, two, LONG_TTL).await,
+        Liveness::Alive,
+        "{CHECK}"
+    );
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![
+            member(node, Some(two), two),
+            member(other, Some(seven), seven)
+        ],
+        "{CHECK}: a new incarnation"
+    );
+    assert!(
+        !adopt(cluster, CHECK, node, two, a).await,
+        "{CHECK}: adopted a live incarnation"
+    );
+    // The old one can still not be adopted twice.
+    assert!(
+        !adopt(cluster, CHECK, node, one, by).await,
+        "{CHECK}: adopted twice"
+    );
+
+    forget(cluster, CHECK, node).await;
+    forget(cluster, CHECK, other).await;
+    forget(cluster, CHECK, other).await;
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![],
+        "{CHECK}: forgotten"
+    );
+}
+
+/// Epochs grow with every claim; the previous owner is answered.
+pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
+    const CHECK: &str = "ownership";
+    let [a, bn] = ["contract-ownership-a", "contract-ownership-b"];
+    let [c1, c2] = ["contract-ownership-c1", "contract-ownership-{c2}%"];
+    let claim = |client: &'static str, node: &'static str| async move {
+        match cluster.claim_owner(client, node).await {
+            Ok(claim) => claim,
+            Err(error) => panic!("{CHECK}: claim_owner({client}, {node}): {error}"),
+        }
+    };
+    let owner = |client: &'static str| async move {
+        match cluster.owner(client).await {
+            Ok(owner) => owner,
+            Err(error) => panic!("{CHECK}: owner({client}): {error}"),
+        }
+    };
+
+    // The checks may run on a storage that ran them before: ownership stays.
+    let before = owner(c1).await;
+    let first = claim(c1, a).await;
+    assert_eq!(
+        first.previous, before,
+        "{CHECK}: previous of the first claim"
+    );
+    if let Some(before) = &before {
+        assert!(first.epoch > before.epoch, "{CHECK}: epoch did not grow");
+    }
+    let got = owner(c1).await.map(|owner| (owner.node, owner.epoch));
+    assert_eq!(
+        got,
+        Some((b(a), first.epoch)),
+        "{CHECK}: owner after a claim"
+    );
+
+    let second = claim(c1, bn).await;
+    assert!(second.epoch > first.epoch, "{CHECK}: epoch did not grow");
+    let previous = second.previous.map(|owner| (owner.node, owner.epoch));
+    assert_eq!(
+        previous,
+        Some((b(a), first.epoch)),
+        "{CHECK}: previous owner"
+    );
+    assert_eq!(
+        owned(cluster, CHECK, a).await,
+        Vec::<ByteStr>::new(),
+        "{CHECK}: owned by a"
+    );
+    assert_eq!(
+        owned(cluster, CHECK, bn).await,
+        vec![b(c1)],
+        "{CHECK}: owned by b"
+    );
+
+    // Claiming again from the owner: a new epoch, still owned once.
+    let third = claim(c1, bn).await;
+    assert!(third.epoch > second.epoch, "{CHECK}: epoch did not grow");
+    let previous = third.previous.map(|owner| (owner.node, owner.epoch));
+    assert_eq!(
+        previous,
+        Some((b(bn), second.epoch)),
+        "{CHECK}: previous owner"
+    );
+    let other = claim(c2, bn).await;
+    assert_eq!(
+        owned(cluster, CHECK, bn).await,
+        vec![b(c1), b(c2)],
+        "{CHECK}: owned by b"
+    );
+    let got = owner(c2).await.map(|owner| (owner.node, owner.epoch));
+    assert_eq!(
+        got,
+        Some((b(bn), other.epoch)),
+        "{CHECK}: owner of an odd client id"
+    );
+    assert_eq!(
+        owner("contract-ownership-none").await,
+        None,
+        "{CHECK}: unclaimed"
+    );
+
+    let back = claim(c1, a).await;
+    assert!(back.epoch > third.epoch, "{CHECK}: epoch did not grow");
+    assert_eq!(
+        owned(cluster, CHECK, a).await,
+        vec![b(c1)],
+        "{CHECK}: owned by a"
+    );
+    assert_eq!(
+        owned(cluster, CHECK, bn).await,
+        vec![b(c2)],
+        "{CHECK}: owned by b"
+    );
+
+    forget(cluster, CHECK, a).await;
+    forget(cluster, CHECK, bn).await;
+    assert_eq!(
+        owned(cluster, CHECK, a).await,
+        Vec::<ByteStr>::new(),
+        "{CHECK}: forgotten"
+    );
+    assert_eq!(
+        owned(cluster, CHECK, bn).await,
+        Vec::<ByteStr>::new(),
+        "{CHECK}: forgotten"
+    );
+}
+
+fn entries() -> Vec<BusEntry> {
+    let bytes: Vec<u8> = (0..=255).rev().collect();
+    let binary = binary_message("contract/inbox/ü/{x}", &bytes, QoS::ExactlyOnce);
+    let mut retained = (*message("contract/inbox/r", "", QoS::AtLeastOnce)).clone();
+    retained.retain = true;
+    vec![
+        BusEntry::Publish {
+            id: MessageId::new(50, 1),
+            message: binary,
+        },
+        BusEntry::Direct {
+            client_id: b("contract-inbox-{c}"),
+            id: MessageId::new(50, 2),
+            message: Arc::new(retained),
+            qos: QoS::AtMostOnce,
+        },
+        BusEntry::Kick {
+            client_id: b("contract-inbox-c"),
+            epoch: u64::MAX,
+            from: b("contract-inbox-from"),
+        },
+        BusEntry::Released {
+            client_id: b(""),
+            epoch: 0,
+        },
+        BusEntry::RoutesChanged {
+            node: b("contract-inbox-ü"),
+        },
+    ]
+}
+
+fn forward(node: &str, entry: BusEntry) -> Op {
+    cluster_op(ClusterOp::Forward {
+        node: b(node),
+        entry,
+    })
+}
+
+fn ack(node: &str, entry: InboxId) -> Op {
+    cluster_op(ClusterOp::InboxAck {
+        node: b(node),
+        entry,
+    })
+}
+
+/// Inbox order, paging, acknowledgement; entries read back exactly.
+pub async fn inbox_order_and_ack(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
+    const CHECK: &str = "inbox_order_and_ack";
+    let node = "contract-inbox-n";
+    let other = "contract-inbox-o";
+    let sent = entries();
+    assert_eq!(
+        inbox(cluster, CHECK, node, None, 100).await,
+        vec![],
+        "{CHECK}: empty at first"
+    );
+    let waited = cluster
+        .read_inbox(node, None, 10, Duration::from_millis(50))
+        .await;
+    assert!(
+        matches!(waited.as_deref(), Ok([])),
+        "{CHECK}: waiting on an empty inbox: {waited:?}"
+    );
+
+    let (first, rest) = sent.split_at(2);
+    let mut batch: Vec<Op> = first.iter().map(|e| forward(node, e.clone())).collect();
+    batch.push(forward(other, sent[4].clone()));
+    apply(storage, CHECK, batch).await;
+    apply(
+        storage,
+        CHECK,
+        rest.iter().map(|e| forward(node, e.clone())).collect(),
+    )
+    .await;
+
+    let read = inbox(cluster, CHECK, node, None, 100).await;
+    let got: Vec<BusEntry> = read.iter().map(|(_, entry)| entry.clone()).collect();
+    assert_eq!(got, sent, "{CHECK}: entries in append order");
+    let ids: Vec<InboxId> = read.iter().map(|(id, _)| *id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "{CHECK}: ids not increasing: {ids:?}"
+    );
+    let others = inbox(cluster, CHECK, other, None, 100).await;
+    assert_eq!(others.len(), 1, "{CHECK}: another node's inbox: {others:?}");
+
+    assert_eq!(
+        inbox(cluster, CHECK, node, None, 2).await,
+        read[..2],
+        "{CHECK}: max"
+    );
+    assert_eq!(
+        inbox(cluster, CHECK, node, Some(ids[1]), 2).await,
+        read[2..4],
+        "{CHECK}: after"
+    );
+    assert_eq!(
+        inbox(cluster, CHECK, node, Some(ids[4]), 10).await,
+        vec![],
+        "{CHECK}: after the last"
+    );
+
+    // Acknowledged entries go; acknowledging again or an unknown id is a no-op.
+    let unknown = InboxId { ms: 1, seq: 1 };
+    let acks = vec![ack(node, ids[0]), ack(node, ids[2]), ack(node, unknown)];
+    apply(storage, CHECK, acks.clone()).await;
+    apply(storage, CHECK, acks).await;
+    let left = inbox(cluster, CHECK, node, None, 100).await;
+    let expected: Vec<(InboxId, BusEntry)> = [1, 3, 4].iter().map(|i| read[*i].clone()).collect();
+    assert_eq!(left, expected, "{CHECK}: after the acks");
+    assert_eq!(
+        inbox(cluster, CHECK, node, Some(ids[0]), 1).await,
+        expected[..1],
+        "{CHECK}: after an acked id"
+    );
+
+    // A later entry comes after every earlier one, acknowledged or not.
+    apply(storage, CHECK, vec![forward(node, sent[3].clone())]).await;
+    let last = inbox(cluster, CHECK, node, Some(ids[4]), 10).await;
+    assert_eq!(last.len(), 1, "{CHECK}: the later entry: {last:?}");
+    assert!(last[0].0 > ids[4], "{CHECK}: a later entry has a lower id");
+
+    forget(cluster, CHECK, node).await;
+    forget(cluster, CHECK, other).await;
+    assert_eq!(
+        inbox(cluster, CHECK, node, None, 100).await,
+        vec![],
+        "{CHECK}: forgotten"
+    );
+    assert_eq!(
+        inbox(cluster, CHECK, other, None, 100).await,
+        vec![],
+        "{CHECK}: forgotten"
+    );
+}
+
+fn add_route(node: &str, filter: &str) -> Op {
+    cluster_op(ClusterOp::AddRoute {
+        node: b(node),
+        filter: b(filter),
+    })
+}
+
+fn remove_route(node: &str, filter: &str) -> Op {
+    cluster_op(ClusterOp::RemoveRoute {
+        node: b(node),
+        filter: b(filter),
+    })
+}
+
+/// Routes form a set per node; listed for members.
+pub async fn routes(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
+    const CHECK: &str = "routes";
+    let prefix = "contract-routes-";
+    let [n, m] = ["contract-routes-n", "contract-routes-m"];
+    heartbeat(cluster, CHECK, n, 1, LONG_TTL).await;
+    heartbeat(cluster, CHECK, m, 1, LONG_TTL).await;
+    let batch = vec![
+        add_route(n, "a/+"),
+        add_route(n, "a/+"),
+        add_route(n, "#"),
+        add_route(n, "gone"),
+        remove_route(n, "gone"),
+        remove_route(n, "never"),
+        add_route(m, "b/{x}/ü"),
+    ];
+    apply(storage, CHECK, batch.clone()).await;
+    apply(storage, CHECK, batch).await;
+    let expected = vec![(b(m), vec![b("b/{x}/ü")]), (b(n), vec![b("#"), b("a/+")])];
+    assert_eq!(routes_of(cluster, CHECK, prefix).await, expected, "{CHECK}");
+
+    apply(
+        storage,
+        CHECK,
+        vec![remove_route(m, "b/{x}/ü"), remove_route(n, "#")],
+    )
+    .await;
+    apply(storage, CHECK, vec![remove_route(m, "b/{x}/ü")]).await;
+    let expected = vec![(b(n), vec![b("a/+")])];
+    assert_eq!(
+        routes_of(cluster, CHECK, prefix).await,
+        expected,
+        "{CHECK}: removed"
+    );
+
+    forget(cluster, CHECK, n).await;
+    forget(cluster, CHECK, m).await;
+    assert_eq!(
+        routes_of(cluster, CHECK, prefix).await,
+        vec![],
+        "{CHECK}: forgotten"
+    );
+}
+
+fn presence(client_id: &str, epoch: u64, will: bool) -> Presence {
+    let will = will.then(|| {
+        let bytes: Vec<u8> = (0..=255).collect();
+        binary_message("contract/presence/will", &bytes, QoS::AtLeastOnce)
+    });
+    Presence {
+        client_id: b(client_id),
+        epoch,
+        will,
+        since_ms: 1_700_000_000_000 + epoch,
+    }
+}
+
+fn set_presence(node: &str, presence: Presence) -> Op {
+    cluster_op(ClusterOp::SetPresence {
+        node: b(node),
+        presence,
+    })
+}
+
+fn clear_presence(node: &str, client_id: &str) -> Op {
+    cluster_op(ClusterOp::ClearPresence {
+        node: b(node),
+        client_id: b(client_id),
+    })
+}
+
+/// Presence is set, replaced and cleared per client.
+pub async fn presence_set_and_clear(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
+    const CHECK: &str = "presence_set_and_clear";
+    let [n, m] = ["contract-presence-n", "contract-presence-m"];
+    let [c1, c2, c3] = [
+        "contract-presence-1",
+        "contract-presence-{2}",
+        "contract-presence-3",
+    ];
+    let batch = vec![
+        set_presence(n, presence(c1, 1, true)),
+        set_presence(n, presence(c2, 2, false)),
+        set_presence(n, presence(c3, 3, false)),
+        clear_presence(n, c3),
+        clear_presence(n, "contract-presence-never"),
+        set_presence(m, presence(c3, 4, true)),
+    ];
+    apply(storage, CHECK, batch.clone()).await;
+    apply(storage, CHECK, batch).await;
+    assert_eq!(
+        presence_of(cluster, CHECK, n).await,
+        vec![presence(c1, 1, true), presence(c2, 2, false)],
+        "{CHECK}"
+    );
+    assert_eq!(
+        presence_of(cluster, CHECK, m).await,
+        vec![presence(c3, 4, true)],
+        "{CHECK}"
+    );
+
+    apply(
+        storage,
+        CHECK,
+        vec![
+            set_presence(n, presence(c1, 5, false)),
+            clear_presence(n, c2),
+        ],
+    )
+    .await;
+    assert_eq!(
+        presence_of(cluster, CHECK, n).await,
+        vec![presence(c1, 5, false)],
+        "{CHECK}: replaced and cleared"
+    );
+
+    forget(cluster, CHECK, n).await;
+    apply(storage, CHECK, vec![clear_presence(m, c3)]).await;
+    assert_eq!(
+        presence_of(cluster, CHECK, n).await,
+        vec![],
+        "{CHECK}: forgotten"
+    );
+    assert_eq!(
+        presence_of(cluster, CHECK, m).await,
+        vec![],
+        "{CHECK}: cleared"
+    );
+}
+
+fn put_record(space: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Op {
+    cluster_op(ClusterOp::PutRecord {
+        space: b(space),
+        key: b(key),
+        value: Bytes::copy_from_slice(value),
+        ttl,
+    })
+}
+
+fn delete_record(space: &str, key: &str) -> Op {
+    cluster_op(ClusterOp::DeleteRecord {
+        space: b(space),
+        key: b(key),
+    })
+}
+
+/// Records are set, replaced, deleted and expire.
+pub async fn records_with_ttl(storage: &dyn Storage, cluster: &dyn Cluster, sleep: &Sleep) {
+    const CHECK: &str = "records_with_ttl";
+    let space = "contract-records-{s}";
+    let other = "contract-records-o";
+    let binary: Vec<u8> = (0..=255).collect();
+    let [k1, k2, k3] = ["k1", "k/{2}", "k3"];
+    let batch = vec![
+        put_record(space, k1, b"one", None),
+        put_record(space, k1, &binary, None),
+        put_record(space, k2, b"two", Some(TTL)),
+        put_record(space, k3, b"three", Some(TTL)),
+        put_record(space, k3, b"three", None),
+        put_record(space, "gone", b"gone", None),
+        delete_record(space, "gone"),
+        delete_record(space, "never"),
+        put_record(other, k1, b"other", Some(LONG_TTL)),
+    ];
+    apply(storage, CHECK, batch.clone()).await;
+    apply(storage, CHECK, batch).await;
+    let value = |v: &[u8]| Some(Bytes::copy_from_slice(v));
+    assert_eq!(
+        record(cluster, CHECK, space, k1).await,
+        value(&binary),
+        "{CHECK}"
+    );
+    assert_eq!(
+        record(cluster, CHECK, space, k2).await,
+        value(b"two"),
+        "{CHECK}"
+    );
+    assert_eq!(
+        record(cluster, CHECK, space, "gone").await,
+        None,
+        "{CHECK}: deleted"
+    );
+    assert_eq!(
+        record(cluster, CHECK, other, k1).await,
+        value(b"other"),
+        "{CHECK}"
+    );
+    let listed = |pairs: &[(&str, &[u8])]| -> Vec<(ByteStr, Bytes)> {
+        let mut pairs: Vec<(ByteStr, Bytes)> = pairs
+            .iter()
+            .map(|(k, v)| (b(k), Bytes::copy_from_slice(v)))
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    assert_eq!(
+        records(cluster, CHECK, space).await,
+        listed(&[(k1, &binary), (k2, b"two"), (k3, b"three")]),
+        "{CHECK}: scan"
+    );
+
+    sleep(PAST_TTL).await;
+    assert_eq!(
+        record(cluster, CHECK, space, k2).await,
+        None,
+        "{CHECK}: expired"
+    );
+    assert_eq!(
+        record(cluster, CHECK, space, k3).await,
+        value(b"three"),
+        "{CHECK}: TTL removed"
+    );
+    assert_eq!(
+        records(cluster, CHECK, space).await,
+        listed(&[(k1, &binary), (k3, b"three")]),
+        "{CHECK}: scan after expiry"
+    );
+
+    let cleanup = vec![
+        delete_record(space, k1),
+        delete_record(space, k2),
+        delete_record(space, k3),
+        delete_record(other, k1),
+    ];
+    apply(storage, CHECK, cleanup.clone()).await;
+    apply(storage, CHECK, cleanup).await;
+    assert_eq!(
+        records(cluster, CHECK, space).await,
+        vec![],
+        "{CHECK}: deleted"
+    );
+    assert_eq!(
+        records(cluster, CHECK, other).await,
+        vec![],
+        "{CHECK}: deleted"
+    );
+}
+
+fn push_log(space: &str, key: &str, entry: &str, keep: u32) -> Op {
+    cluster_op(ClusterOp::PushLog {
+        space: b(space),
+        key: b(key),
+        entry: Bytes::copy_from_slice(entry.as_bytes()),
+        keep,
+    })
+}
+
+/// Logs read newest first, capped.
+pub async fn logs_capped_newest_first(
+    storage: &dyn Storage,
+    cluster: &dyn Cluster,
+    _sleep: &Sleep,
+) {
+    const CHECK: &str = "logs_capped_newest_first";
+    let space = "contract-logs-{s}";
+    let [k, other] = ["k/{1}", "k2"];
+    let batch: Vec<Op> = ["e1", "e2", "e3", "e4", "e5"]
+        .iter()
+        .map(|entry| push_log(space, k, entry, 3))
+        .chain([push_log(space, other, "x", 10)])
+        .collect();
+    apply(storage, CHECK, batch).await;
+    let texts = |entries: Vec<Bytes>| -> Vec<String> {
+        entries
+            .iter()
+            .map(|entry| String::from_utf8_lossy(entry).into_owned())
+            .collect()
+    };
+    assert_eq!(
+        texts(log(cluster, CHECK, space, k, 10).await),
+        ["e5", "e4", "e3"],
+        "{CHECK}"
+    );
+    assert_eq!(
+        texts(log(cluster, CHECK, space, k, 2).await),
+        ["e5", "e4"],
+        "{CHECK}: max"
+    );
+    assert_eq!(
+        texts(log(cluster, CHECK, space, other, 10).await),
+        ["x"],
+        "{CHECK}"
+    );
+    assert_eq!(
+        log(cluster, CHECK, space, "never", 10).await,
+        Vec::<Bytes>::new(),
+        "{CHECK}"
+    );
+
+    apply(storage, CHECK, vec![push_log(space, k, "e6", 1)]).await;
+    assert_eq!(
+        texts(log(cluster, CHECK, space, k, 10).await),
+        ["e6"],
+        "{CHECK}: keep 1"
+    );
+    apply(
+        storage,
+        CHECK,
+        vec![push_log(space, k, "e7", 0), push_log(space, other, "y", 0)],
+    )
+    .await;
+    assert_eq!(
+        log(cluster, CHECK, space, k, 10).await,
+        Vec::<Bytes>::new(),
+        "{CHECK}: keep 0"
+    );
+    assert_eq!(
+        log(cluster, CHECK, space, other, 10).await,
+        Vec::<Bytes>::new(),
+        "{CHECK}: keep 0"
+    );
+}
+
+/// `forget_member` removes a node's membership, inbox, routes, presence and
+/// owned-by index; a later heartbeat registers it again.
+pub async fn forget_member_removes_everything(
+    storage: &dyn Storage,
+    cluster: &dyn Cluster,
+    _sleep: &Sleep,
+) {
+    const CHECK: &str = "forget_member_removes_everything";
+    let prefix = "contract-forget-";
+    let [n, m] = ["contract-forget-n", "contract-forget-m"];
+    let client = "contract-forget-c";
+    heartbeat(cluster, CHECK, n, 3, LONG_TTL).await;
+    heartbeat(cluster, CHECK, m, 4, LONG_TTL).await;
+    let claim = cluster.claim_owner(client, n).await;
+    assert!(claim.is_ok(), "{CHECK}: claim_owner: {claim:?}");
+    let entry = BusEntry::RoutesChanged { node: b(m) };
+    apply(
+        storage,
+        CHECK,
+        vec![
+            add_route(n, "f/#"),
+            add_route(m, "g/#"),
+            set_presence(n, presence(client, 1, true)),
+            forward(n, entry.clone()),
+            forward(m, entry),
+        ],
+    )
+    .await;
+
+    forget(cluster, CHECK, n).await;
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![member(m, Some(4), 4)],
+        "{CHECK}"
+    );
+    assert_eq!(
+        routes_of(cluster, CHECK, prefix).await,
+        vec![(b(m), vec![b("g/#")])],
+        "{CHECK}"
+    );
+    assert_eq!(
+        presence_of(cluster, CHECK, n).await,
+        vec![],
+        "{CHECK}: presence"
+    );
+    assert_eq!(
+        inbox(cluster, CHECK, n, None, 10).await,
+        vec![],
+        "{CHECK}: inbox"
+    );
+    assert_eq!(
+        inbox(cluster, CHECK, m, None, 10).await.len(),
+        1,
+        "{CHECK}: another inbox"
+    );
+    assert_eq!(
+        owned(cluster, CHECK, n).await,
+        Vec::<ByteStr>::new(),
+        "{CHECK}: owned"
+    );
+
+    // Registered again by a heartbeat, with nothing of its former life.
+    heartbeat(cluster, CHECK, n, 5, LONG_TTL).await;
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![member(m, Some(4), 4), member(n, Some(5), 5)],
+        "{CHECK}: registered again"
+    );
+    assert_eq!(
+        routes_of(cluster, CHECK, prefix).await,
+        vec![(b(m), vec![b("g/#")])],
+        "{CHECK}"
+    );
+
+    forget(cluster, CHECK, n).await;
+    forget(cluster, CHECK, m).await;
+    assert_eq!(
+        members(cluster, CHECK, prefix).await,
+        vec![],
+        "{CHECK}: forgotten"
+    );
+    assert_eq!(
+        inbox(cluster, CHECK, m, None, 10).await,
+        vec![],
+        "{CHECK}: inbox"
+    );
+}
+
+/// Runs every cluster check in turn on `storage` and its `cluster`.
+pub async fn run_cluster(storage: &dyn Storage, cluster: &dyn Cluster, sleep: &Sleep) {
+    membership(storage, cluster, sleep).await;
+    ownership(storage, cluster, sleep).await;
+    inbox_order_and_ack(storage, cluster, sleep).await;
+    routes(storage, cluster, sleep).await;
+    presence_set_and_clear(storage, cluster, sleep).await;
+    records_with_ttl(storage, cluster, sleep).await;
+    logs_capped_newest_first(storage, cluster, sleep).await;
+    forget_member_removes_everything(storage, cluster, sleep).await;
+}
