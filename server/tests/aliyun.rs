@@ -4,6 +4,10 @@
 //! each test starts a broker in this mode and runs one scenario, which
 //! fails (non-zero exit) at the first check that does not hold.
 //!
+//! Tokens and client status live in storage: the tests on a real
+//! `redis-server` (Kvrocks' protocol) restart a broker and run two broker
+//! nodes on one server.
+//!
 //! paho-mqtt comes from PyPI: `scripts/test.sh` installs it into
 //! `target/api-venv`; `EASY_MQTT_PAHO_PYTHON` names another Python that
 //! has it. Without it these tests fail and say how to install it.
@@ -11,6 +15,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../storage-kvrocks/tests/common/mod.rs"]
+#[allow(unused)]
+mod redis_common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +25,7 @@ use std::time::Duration;
 
 use common::{TestBroker, run_with_timeout};
 use easy_mqtt_server::config::{AliyunAccessKey, AliyunIdentity, AliyunSignMode, Config};
+use redis_common::Server;
 
 /// A Python that imports paho-mqtt.
 fn python() -> PathBuf {
@@ -62,12 +70,30 @@ fn aliyun(config: &mut Config) {
 }
 
 fn run(scenario: &str, configure: impl FnOnce(&mut Config)) {
-    let python = python();
     let broker = TestBroker::with(|c| {
         aliyun(c);
         configure(c);
     });
-    let api = broker.broker().api_addr().unwrap();
+    run_on(scenario, &broker, &[]);
+}
+
+/// An Alibaba Cloud mode broker named `node_id` on the redis-server at `node`.
+fn broker_on_redis(node: &str, node_id: &str) -> TestBroker {
+    TestBroker::with(|c| {
+        aliyun(c);
+        c.mqtt.kvrocks.cluster.nodes = vec![node.to_owned()];
+        c.mqtt.server.node_id = node_id.into();
+    })
+}
+
+/// The API port of a broker.
+fn api_port(broker: &TestBroker) -> u16 {
+    broker.broker().api_addr().unwrap().port()
+}
+
+/// Runs a scenario against `broker` with extra arguments; its output.
+fn run_on(scenario: &str, broker: &TestBroker, args: &[&str]) -> String {
+    let python = python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aliyun/scenarios.py");
     let mut command = Command::new(python);
     command
@@ -75,7 +101,8 @@ fn run(scenario: &str, configure: impl FnOnce(&mut Config)) {
         .arg(script)
         .arg(scenario)
         .arg(broker.port().to_string())
-        .arg(api.port().to_string());
+        .arg(api_port(broker).to_string())
+        .args(args);
     let output = run_with_timeout(command, Duration::from_secs(60));
     assert!(
         output.status.success(),
@@ -91,6 +118,7 @@ fn run(scenario: &str, configure: impl FnOnce(&mut Config)) {
         "{}",
         output.stdout
     );
+    output.stdout
 }
 
 #[test]
@@ -124,6 +152,67 @@ fn status_events_reach_a_back_end_and_the_api() {
 #[test]
 fn send_message_api() {
     run("send", |_| {});
+}
+
+#[test]
+fn offline_messages_older_than_the_retention_are_dropped() {
+    let broker = TestBroker::with(|c| {
+        aliyun(c);
+        c.mqtt.aliyun.offline_message_retention = 2;
+    });
+    run_on("retention", &broker, &[]);
+    // The old subscription message and the old p2p message.
+    assert_eq!(broker.metric(|m| &m.dropped_expired), 2);
+}
+
+#[test]
+fn a_token_outlives_a_restart_on_redis_storage() {
+    let redis = Server::standalone();
+    let broker = broker_on_redis(&redis.node(), "a");
+    let output = run_on("restart_apply", &broker, &[]);
+    let token = output
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .expect("the scenario prints the token")
+        .to_owned();
+    drop(broker);
+    let broker = broker_on_redis(&redis.node(), "a");
+    run_on("restart_use", &broker, &[&token]);
+}
+
+#[test]
+fn without_storage_tokens_answer_503_and_connack_3() {
+    let mut redis = Server::standalone();
+    let broker = broker_on_redis(&redis.node(), "a");
+    let output = run_on("restart_apply", &broker, &[]);
+    let token = output
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .unwrap()
+        .to_owned();
+    redis.stop();
+    run_on("unavailable", &broker, &[&token]);
+}
+
+#[test]
+fn two_nodes_on_one_redis_share_tokens_revocations_and_status() {
+    let redis = Server::standalone();
+    let a = broker_on_redis(&redis.node(), "node-a");
+    let b = broker_on_redis(&redis.node(), "node-b");
+    let output = run_on(
+        "cluster",
+        &a,
+        &[&b.port().to_string(), &api_port(&b).to_string()],
+    );
+    // Revocation reaches the other node within its periodic check (3 s)
+    // and the grace before the close (1 s).
+    let seconds: f64 = output
+        .lines()
+        .find_map(|l| l.strip_prefix("ok: B's client disconnected "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("the scenario reports the delay");
+    assert!(seconds <= 5.0, "{output}");
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! is a configured custom identity, is decided here and never sent to the
 //! authentication URL. Any other CONNECT goes to the authentication URL
 //! when one is set, and is accepted otherwise (as without this mode).
+//!
+//! A token-mode CONNECT reads its tokens from storage ([`super::tokens`]):
+//! when storage cannot answer, it is refused with return code 3 (server
+//! unavailable), never accepted unchecked.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -126,21 +130,16 @@ impl Aliyun {
     }
 
     /// The decision on a CONNECT, `None` when its user name is not one this
-    /// mode decides. Refusals are logged with the reason (never a secret).
-    pub fn decide(&self, request: &AuthRequest, now_ms: u64) -> Option<AuthDecision> {
+    /// mode decides; [`Verdict::Tokens`] when it depends on tokens, which
+    /// [`Aliyun::check_tokens`] reads. Refusals are logged with the reason
+    /// (never a secret).
+    pub fn decide(&self, request: &AuthRequest) -> Option<Verdict> {
         let username = request.username.as_deref()?;
         let mode = self.mode(username)?;
         let client_id = request.client_id.as_str();
         let password = request.password.as_deref().unwrap_or_default();
         let refuse = |code: ConnectReturnCode, reason: &str| {
-            tracing::info!(
-                client_id,
-                username,
-                peer = ?request.remote_address,
-                code = code as u8,
-                "aliyun authentication refused: {reason}"
-            );
-            Some(AuthDecision::Refuse(code))
+            Some(Verdict::Done(refused(request, code, reason)))
         };
         let bad = ConnectReturnCode::BadUserNameOrPassword;
         if let Err(reason) = check_client_id(client_id) {
@@ -158,7 +157,7 @@ impl Aliyun {
                 };
                 return if ok {
                     tracing::debug!(client_id, username, "aliyun identity accepted");
-                    Some(AuthDecision::Accept)
+                    Some(Verdict::Done(AuthDecision::Accept))
                 } else {
                     refuse(bad, "wrong password for the custom identity")
                 };
@@ -175,7 +174,7 @@ impl Aliyun {
         if !token_mode {
             return if signature_ok(secret, client_id, password) {
                 tracing::debug!(client_id, username, "aliyun signature accepted");
-                Some(AuthDecision::Accept)
+                Some(Verdict::Done(AuthDecision::Accept))
             } else {
                 refuse(bad, "bad signature")
             };
@@ -186,21 +185,72 @@ impl Aliyun {
         else {
             return refuse(bad, "password is not R|token, W|token or R|token|W|token");
         };
+        Some(Verdict::Tokens(pair))
+    }
+
+    /// The decision on a token-mode CONNECT whose tokens are `pair`, read
+    /// from storage at `now_ms`.
+    pub async fn check_tokens(
+        &self,
+        request: &AuthRequest,
+        pair: TokenPair,
+        now_ms: u64,
+    ) -> AuthDecision {
+        let bad = ConnectReturnCode::BadUserNameOrPassword;
         for (name, wanted, read) in [("R", &pair.read, true), ("W", &pair.write, false)] {
             let Some(wanted) = wanted else { continue };
-            let Some(token) = self.tokens.get_valid(wanted, now_ms) else {
-                return refuse(bad, &format!("{name} token unknown, revoked or expired"));
+            let token = match self.fetch_token(wanted).await {
+                Ok(Some(token)) if token.is_valid(now_ms) => token,
+                Ok(_) => {
+                    return refused(
+                        request,
+                        bad,
+                        &format!("{name} token unknown, revoked or expired"),
+                    );
+                }
+                Err(error) => {
+                    return refused(
+                        request,
+                        ConnectReturnCode::ServerUnavailable,
+                        &format!("the {name} token cannot be checked: {error}"),
+                    );
+                }
             };
             if (read && !token.read) || (!read && !token.write) {
-                return refuse(
+                return refused(
+                    request,
                     ConnectReturnCode::NotAuthorized,
                     &format!("the {name} token does not grant {name}"),
                 );
             }
         }
-        tracing::debug!(client_id, username, "aliyun token accepted");
-        Some(AuthDecision::Accept)
+        tracing::debug!(
+            client_id = request.client_id,
+            username = request.username,
+            "aliyun token accepted"
+        );
+        AuthDecision::Accept
     }
+}
+
+/// What [`Aliyun::decide`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Done(AuthDecision),
+    /// Well-formed token mode: the tokens decide.
+    Tokens(TokenPair),
+}
+
+/// Logs a refusal with its reason and returns it.
+fn refused(request: &AuthRequest, code: ConnectReturnCode, reason: &str) -> AuthDecision {
+    tracing::info!(
+        client_id = request.client_id,
+        username = request.username,
+        peer = ?request.remote_address,
+        code = code as u8,
+        "aliyun authentication refused: {reason}"
+    );
+    AuthDecision::Refuse(code)
 }
 
 /// The Alibaba Cloud checks in front of an optional fallback (the HTTP
@@ -215,8 +265,15 @@ impl Authenticator for AliyunAuthenticator {
         &self,
         request: AuthRequest,
     ) -> Pin<Box<dyn Future<Output = AuthDecision> + Send>> {
-        if let Some(decision) = self.aliyun.decide(&request, super::now_ms()) {
-            return Box::pin(std::future::ready(decision));
+        match self.aliyun.decide(&request) {
+            Some(Verdict::Done(decision)) => return Box::pin(std::future::ready(decision)),
+            Some(Verdict::Tokens(pair)) => {
+                let aliyun = self.aliyun.clone();
+                return Box::pin(async move {
+                    aliyun.check_tokens(&request, pair, super::now_ms()).await
+                });
+            }
+            None => {}
         }
         match &self.fallback {
             Some(fallback) => fallback.authenticate(request),

@@ -11,19 +11,24 @@
 //!   `$SYS/tokenInvalidNotice` pushed to the clients using them;
 //! - point-to-point topics `<parent>/p2p/<clientId>` ([`p2p`]);
 //! - `connect`/`disconnect`/`tcpclean` events on `status-topic` and in the
-//!   HTTP API ([`events`]).
+//!   HTTP API ([`events`]);
+//! - offline messages older than `offline-message-retention` are dropped
+//!   when their client comes back (`Aliyun::expire_offline`).
 //!
 //! The node sees this mode through [`Policy`] (rights, p2p, connection
 //! events) and the [`Authenticator`] chain. Tokens and client status are
-//! kept in this node's memory: a cluster needs them in the storage backend
-//! (not done yet).
+//! kept in storage ([`store`]): with a durable backend every node of a
+//! cluster sees them and they survive a restart.
 
 pub mod auth;
 pub mod events;
 pub mod p2p;
+pub mod store;
 pub mod tokens;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,16 +38,20 @@ use bytes::Bytes;
 use easy_mqtt_core::QoS;
 use easy_mqtt_core::packet::{Connect, Publish};
 use easy_mqtt_core::session::{CloseReason, Message};
+use easy_mqtt_core::storage::{Storage, StorageError};
+use easy_mqtt_storage_memory::MemoryStorage;
 
 use crate::auth::Authenticator;
 use crate::config::{AliyunConfig, AliyunSignMode, Config};
 use crate::driver::ConnectionInfo;
+use crate::metrics::Metrics;
 use crate::node::{ClientCtx, Node, Policy};
 use crate::runtime::Runtime;
 use crate::sessions::lock;
 use auth::{AliyunAuthenticator, Mode, TokenPair};
-use events::ClientStatus;
-use tokens::TokenStore;
+use events::StatusEvent;
+use store::Shared;
+use tokens::{TOKEN_RECHECK, TokenStore};
 
 /// The topic a client publishes a new token to.
 pub const UPLOAD_TOKEN_TOPIC: &str = "$SYS/uploadToken";
@@ -71,6 +80,12 @@ pub(crate) trait NodeOps: Send + Sync {
     fn deliver_to(&self, client_id: &str, message: Message) -> bool;
     /// Closes one network connection by id.
     fn close_connection_id(&self, id: u64) -> bool;
+    /// Drops the messages queued for the session of connection `id` that
+    /// were enqueued before `before_ms`; how many.
+    fn expire_queued(&self, id: u64, before_ms: u64) -> usize;
+    fn metrics(&self) -> &Metrics;
+    /// Runs a task in the background.
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
 }
 
 impl<R: Runtime> NodeOps for Node<R> {
@@ -89,6 +104,27 @@ impl<R: Runtime> NodeOps for Node<R> {
         inner.conn.close(CloseReason::Kicked, self.runtime.now());
         inner.wake();
         true
+    }
+
+    fn expire_queued(&self, id: u64, before_ms: u64) -> usize {
+        let cell = lock(&self.connections).get(&id).and_then(Weak::upgrade);
+        let Some(cell) = cell else { return 0 };
+        let mut inner = lock(&cell.inner);
+        let expired = (inner.conn.session_mut()).map_or(0, |s| s.expire_queued(before_ms));
+        if expired > 0 {
+            Metrics::add(&self.metrics.dropped_expired, expired as u64);
+            // Its driver writes the journaled removals.
+            inner.wake();
+        }
+        expired
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
+        self.runtime.spawn(task);
     }
 }
 
@@ -129,14 +165,21 @@ pub enum Action {
     },
 }
 
-/// The state of the mode: keys, tokens, connections' rights, client status.
+/// The state of the mode: keys, the token cache, connections' rights, and
+/// where tokens and client status are stored.
 pub struct Aliyun {
     pub(crate) config: AliyunConfig,
     keys: HashMap<String, String>,
     identities: HashMap<String, (String, AliyunSignMode)>,
+    /// This node's cache of the tokens in storage ([`tokens`]).
     pub tokens: TokenStore,
     conns: Mutex<HashMap<u64, Conn>>,
-    status: Mutex<HashMap<String, ClientStatus>>,
+    /// Tokens and client status: set by [`Aliyun::attach`].
+    shared: OnceLock<Shared>,
+    /// Status events on their way to storage ([`events`]).
+    status_tx: async_channel::Sender<StatusEvent>,
+    status_rx: Mutex<Option<async_channel::Receiver<StatusEvent>>>,
+    me: OnceLock<Weak<Aliyun>>,
     node: OnceLock<Weak<dyn NodeOps>>,
     node_id: OnceLock<String>,
     next_message: AtomicU64,
@@ -185,25 +228,50 @@ impl Aliyun {
         let identities = (config.identities.iter())
             .map(|i| (i.username.clone(), (i.secret.clone(), i.sign_mode)))
             .collect();
+        let (status_tx, status_rx) = events::status_channel();
         Aliyun {
             config,
             keys,
             identities,
             tokens: TokenStore::default(),
             conns: Mutex::new(HashMap::new()),
-            status: Mutex::new(HashMap::new()),
+            shared: OnceLock::new(),
+            status_tx,
+            status_rx: Mutex::new(Some(status_rx)),
+            me: OnceLock::new(),
             node: OnceLock::new(),
             node_id: OnceLock::new(),
             next_message: AtomicU64::new(1),
         }
     }
 
-    /// Connects the mode to its node and starts the periodic token check
-    /// on `executor` (it ends when the node is gone).
+    /// Connects the mode to its node and its storage, and starts on
+    /// `executor` the periodic token checks (every [`TICK`] in memory,
+    /// every [`TOKEN_RECHECK`] against storage) and the status writer.
+    /// They end when the mode is gone.
     pub fn attach<R: Runtime>(self: &Arc<Self>, node: &Arc<Node<R>>, executor: &Executor<'static>) {
         let ops: Weak<dyn NodeOps> = Arc::downgrade(node) as Weak<dyn NodeOps>;
         let _ = self.node.set(ops);
+        let _ = self.me.set(Arc::downgrade(self));
         let _ = self.node_id.set(node.config().node_id.clone());
+        let storage: Arc<dyn Storage> = node.storage.clone();
+        let shared = Shared::of(storage.clone()).or_else(|| {
+            if storage.is_durable() {
+                tracing::warn!(
+                    backend = storage.name(),
+                    "this storage backend has no cluster records: Alibaba Cloud tokens and client status stay in this node's memory"
+                );
+            }
+            Shared::of(Arc::new(MemoryStorage::new()))
+        });
+        match shared {
+            Some(shared) => {
+                let _ = self.shared.set(shared);
+            }
+            None => tracing::error!(
+                "no storage for Alibaba Cloud tokens and client status: token mode CONNECTs are refused (3), token API calls answer 503"
+            ),
+        }
         let weak = Arc::downgrade(self);
         executor
             .spawn(async move {
@@ -215,10 +283,45 @@ impl Aliyun {
                 }
             })
             .detach();
+        let weak = Arc::downgrade(self);
+        executor
+            .spawn(async move {
+                loop {
+                    async_io::Timer::after(TOKEN_RECHECK).await;
+                    let Some(aliyun) = weak.upgrade() else { return };
+                    aliyun.recheck_tokens().await;
+                }
+            })
+            .detach();
+        if let Some(events) = lock(&self.status_rx).take() {
+            executor
+                .spawn(Aliyun::status_writer(Arc::downgrade(self), events))
+                .detach();
+        }
     }
 
     fn node(&self) -> Option<Arc<dyn NodeOps>> {
         self.node.get().and_then(Weak::upgrade)
+    }
+
+    /// Where tokens and client status are stored.
+    pub(crate) fn shared(&self) -> Result<&Shared, StorageError> {
+        self.shared.get().ok_or_else(|| {
+            StorageError::Unavailable("no storage for the Alibaba Cloud mode".to_owned())
+        })
+    }
+
+    /// The tokens this node's connections use.
+    fn tokens_in_use(&self) -> HashSet<String> {
+        let conns = lock(&self.conns);
+        let pairs = conns.values().filter_map(|c| match &c.rights {
+            Rights::Tokens(pair) => Some(pair),
+            _ => None,
+        });
+        pairs
+            .flat_map(|p| p.read.iter().chain(p.write.iter()))
+            .cloned()
+            .collect()
     }
 
     /// The allowed validity of a token, in ms.
@@ -383,10 +486,53 @@ impl Aliyun {
                 return;
             }
         };
-        let Some(token) = self.tokens.get_valid(&upload.token, now_ms()) else {
-            tracing::info!(client_id, "token upload ignored: unknown or expired token");
+        let now = now_ms();
+        let recheck_ms = u64::try_from(TOKEN_RECHECK.as_millis()).unwrap_or(u64::MAX);
+        if let Some(token) = self.tokens.get_fresh(&upload.token, now, recheck_ms) {
+            self.replace_token(client, upload.token, &token, read, write, now);
+            return;
+        }
+        // Not confirmed by storage lately: read it, then replace (the
+        // PUBACK may leave before that).
+        let (Some(me), Some(node)) = (self.me.get().and_then(Weak::upgrade), self.node()) else {
             return;
         };
+        let client_id = client_id.to_owned();
+        let connection_id = client.connection_id;
+        node.spawn(Box::pin(async move {
+            let client = ClientCtx {
+                client_id: &client_id,
+                connection_id,
+            };
+            match me.fetch_token(&upload.token).await {
+                Ok(Some(token)) => {
+                    me.replace_token(&client, upload.token, &token, read, write, now_ms());
+                }
+                Ok(None) => {
+                    tracing::info!(client_id, "token upload ignored: unknown token");
+                }
+                Err(error) => {
+                    tracing::warn!(client_id, %error, "token upload ignored: the token cannot be checked");
+                }
+            }
+        }));
+    }
+
+    /// Puts an uploaded token in force for `read` and/or `write`.
+    fn replace_token(
+        &self,
+        client: &ClientCtx<'_>,
+        name: String,
+        token: &tokens::Token,
+        read: bool,
+        write: bool,
+        now_ms: u64,
+    ) {
+        let client_id = client.client_id;
+        if !token.is_valid(now_ms) {
+            tracing::info!(client_id, "token upload ignored: expired token");
+            return;
+        }
         if (read && !token.read) || (write && !token.write) {
             tracing::info!(
                 client_id,
@@ -406,13 +552,33 @@ impl Aliyun {
             return;
         };
         if read {
-            pair.read = Some(upload.token.clone());
+            pair.read = Some(name.clone());
         }
         if write {
-            pair.write = Some(upload.token);
+            pair.write = Some(name);
         }
         conn.close_at = None;
-        tracing::info!(client_id, kind = upload.kind, "token replaced");
+        tracing::info!(client_id, read, write, "token replaced");
+    }
+
+    /// Offline-message retention: drops what was queued for this client
+    /// while it was away longer than `offline-message-retention` ago,
+    /// before any of it is sent (this runs right after the CONNECT is
+    /// accepted, before the connection writes). Messages whose enqueue
+    /// time is unknown (restored from storage after a restart) are kept.
+    fn expire_offline(&self, client: &ClientCtx<'_>) {
+        let retention_ms = u64::from(self.config.offline_message_retention) * 1000;
+        let Some(node) = self.node() else { return };
+        let expired =
+            node.expire_queued(client.connection_id, now_ms().saturating_sub(retention_ms));
+        if expired > 0 {
+            tracing::info!(
+                client_id = client.client_id,
+                expired,
+                retention_s = self.config.offline_message_retention,
+                "offline messages older than the retention dropped"
+            );
+        }
     }
 
     fn rights(&self, connection_id: u64) -> Option<Rights> {
@@ -490,6 +656,7 @@ impl Policy for Aliyun {
             },
         );
         self.event(client, "connect", info);
+        self.expire_offline(client);
     }
 
     fn on_disconnected(&self, client: &ClientCtx<'_>, reason: &CloseReason, info: &ConnectionInfo) {

@@ -1,4 +1,5 @@
-//! The periodic token check with a virtual clock.
+//! The periodic token check with a virtual clock, and tokens and status
+//! over the in-memory backend's records.
 
 use easy_mqtt_core::ProtocolVersion;
 
@@ -139,4 +140,88 @@ fn upload_replaces_the_token() {
     assert!(a.tick(t0 + 120_000).is_empty());
     assert!(a.authorize_subscribe(&ctx, "t/x"));
     assert!(!a.authorize_subscribe(&ctx, "u/x"));
+}
+
+/// The mode over the in-memory backend's records, without a node.
+fn stored(notice: u32) -> Aliyun {
+    let a = aliyun(notice);
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let shared = Shared::of(storage);
+    assert!(shared.is_some(), "the in-memory backend offers records");
+    if let Some(shared) = shared {
+        let _ = a.shared.set(shared);
+    }
+    a
+}
+
+fn status_event(kind: &str, channel: &str, time: u64) -> StatusEvent {
+    StatusEvent {
+        client_id: "GID_test@@@d".into(),
+        time,
+        event_type: kind.into(),
+        channel_id: channel.into(),
+        client_ip: None,
+    }
+}
+
+#[test]
+fn crossing_events_keep_the_client_online_and_the_log_is_newest_first() {
+    let a = stored(300);
+    futures_lite::future::block_on(async {
+        let id = "GID_test@@@d";
+        a.store_event(&status_event("connect", "n-1", 1)).await;
+        // A takeover: the new channel connects before the old one ends.
+        a.store_event(&status_event("connect", "n-2", 2)).await;
+        a.store_event(&status_event("tcpclean", "n-1", 3)).await;
+        let (online, last) = a.status_of(id).await.unwrap_or_default();
+        assert!(online);
+        assert_eq!(last.map(|e| e.event_type), Some("tcpclean".to_owned()));
+        a.store_event(&status_event("disconnect", "n-2", 4)).await;
+        let (online, _) = a.status_of(id).await.unwrap_or_default();
+        assert!(!online);
+        let history = a.history(id, 3).await.unwrap_or_default();
+        let times: Vec<u64> = history.iter().map(|e| e.time).collect();
+        assert_eq!(times, vec![4, 3, 2]);
+        assert_eq!(
+            a.status_of("GID_test@@@other").await.ok(),
+            Some((false, None))
+        );
+    });
+}
+
+#[test]
+fn tokens_go_through_storage() {
+    let a = stored(300);
+    futures_lite::future::block_on(async {
+        let now = now_ms();
+        let name = a
+            .apply_token(vec!["t/#".into()], true, false, now + 120_000)
+            .await
+            .unwrap_or_default();
+        assert!(!name.is_empty());
+        // Gone from this node's cache, still in storage.
+        a.tokens.revoke(&name);
+        let token = a.fetch_token(&name).await.ok().flatten();
+        assert_eq!(token.map(|t| t.expire_time), Some(now + 120_000));
+        assert!(a.tokens.get(&name).is_some(), "cached again");
+        assert_eq!(a.revoke_token(&name).await.ok(), Some(true));
+        assert_eq!(a.revoke_token(&name).await.ok(), Some(false));
+        assert_eq!(a.fetch_token(&name).await.ok(), Some(None));
+        let refused = a
+            .apply_token(vec!["t/#".into()], true, false, now + 1_000)
+            .await;
+        assert!(matches!(refused, Err(tokens::TokenError::Invalid(_))));
+    });
+}
+
+#[test]
+fn without_storage_token_calls_fail_as_unavailable() {
+    let a = aliyun(300);
+    futures_lite::future::block_on(async {
+        let applied = a
+            .apply_token(vec!["t/#".into()], true, false, now_ms() + 120_000)
+            .await;
+        assert!(matches!(applied, Err(tokens::TokenError::Storage(_))));
+        assert!(a.fetch_token("x").await.is_err());
+    });
 }

@@ -4,8 +4,13 @@
 //!   `POST tokens/query` (QueryToken);
 //! - `POST send` (SendMessage: topic, base64 payload, returns a message id);
 //! - `GET clients/{clientId}/status` and `POST clients/status` (a batch):
-//!   online or not and the last `connect`/`disconnect`/`tcpclean` event.
+//!   online or not and the last `connect`/`disconnect`/`tcpclean` event;
+//! - `GET clients/{clientId}/events?limit=N`: the client's last events,
+//!   newest first (at most 100, 20 by default).
 //!
+//! Tokens and status are read from and written to storage, so every node
+//! answers the same; when storage cannot answer they answer 503
+//! `storage-unavailable` (an applied token is stored before the 200).
 //! All answer 404 `aliyun-disabled` when `mqtt.aliyun.enabled` is false.
 
 use base64::Engine;
@@ -19,13 +24,18 @@ use serde_json::{Value, json};
 use super::State;
 use super::error::{ApiError, json_response};
 use super::util::{Query, parse_json, percent_decode, present};
+use crate::aliyun::store::STATUS_LOG_KEEP;
+use crate::aliyun::tokens::TokenError;
 use crate::aliyun::{Aliyun, now_ms};
 use crate::runtime::Runtime;
 use easy_mqtt_core::session::Message;
+use easy_mqtt_core::storage::StorageError;
 use easy_mqtt_core::{ByteStr, QoS, topic};
 
 /// Client ids in one status batch at most.
 const MAX_STATUS_BATCH: usize = 100;
+/// Events a history answer holds by default.
+const DEFAULT_HISTORY: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -35,6 +45,7 @@ enum Endpoint {
     Send,
     Status,
     StatusBatch,
+    Events,
 }
 
 /// Resources: a comma-separated string, or a list.
@@ -107,6 +118,7 @@ impl<R: Runtime> State<R> {
             ["send"] => (Endpoint::Send, None),
             ["clients", "status"] => (Endpoint::StatusBatch, None),
             ["clients", id, "status"] => (Endpoint::Status, Some(*id)),
+            ["clients", id, "events"] => (Endpoint::Events, Some(*id)),
             _ => {
                 return Err(ApiError::not_found(
                     "no-such-endpoint",
@@ -114,7 +126,7 @@ impl<R: Runtime> State<R> {
                 ));
             }
         };
-        let allow = if endpoint == Endpoint::Status {
+        let allow = if matches!(endpoint, Endpoint::Status | Endpoint::Events) {
             "GET"
         } else {
             "POST"
@@ -122,7 +134,12 @@ impl<R: Runtime> State<R> {
         if method.as_str() != allow {
             return Err(ApiError::method_not_allowed(method, &path, allow));
         }
-        Query::parse(request.uri().query(), &[])?;
+        let allowed: &[&str] = if endpoint == Endpoint::Events {
+            &["limit"]
+        } else {
+            &[]
+        };
+        let query = Query::parse(request.uri().query(), allowed)?;
         let client_id = client_id
             .map(|id| percent_decode(id, false, "client id in the path"))
             .transpose()?;
@@ -135,12 +152,18 @@ impl<R: Runtime> State<R> {
                 )
             })?;
         let value = match endpoint {
-            Endpoint::Status => status(aliyun, client_id.as_deref().unwrap_or_default()),
-            Endpoint::Apply => apply(aliyun, &self.json_body(request).await?)?,
+            Endpoint::Status => status(aliyun, client_id.as_deref().unwrap_or_default()).await?,
+            Endpoint::Events => {
+                let client_id = client_id.as_deref().unwrap_or_default();
+                let limit = query.number("limit", DEFAULT_HISTORY, 1, STATUS_LOG_KEEP as usize)?;
+                let events = (aliyun.history(client_id, limit).await).map_err(unavailable)?;
+                json!({ "clientId": client_id, "events": events })
+            }
+            Endpoint::Apply => apply(aliyun, &self.json_body(request).await?).await?,
             Endpoint::Revoke => {
                 let b: TokenBody = parse_json(&self.json_body(request).await?)?;
                 check_instance(aliyun, b.instance_id.as_deref())?;
-                let revoked = aliyun.tokens.revoke(&b.token);
+                let revoked = (aliyun.revoke_token(&b.token).await).map_err(unavailable)?;
                 if revoked {
                     tracing::info!("token revoked through the API");
                 }
@@ -149,7 +172,7 @@ impl<R: Runtime> State<R> {
             Endpoint::QueryToken => {
                 let b: TokenBody = parse_json(&self.json_body(request).await?)?;
                 check_instance(aliyun, b.instance_id.as_deref())?;
-                match aliyun.tokens.get(&b.token) {
+                match (aliyun.fetch_token(&b.token).await).map_err(unavailable)? {
                     Some(token) => json!({
                         "valid": token.is_valid(now_ms()),
                         "expireTime": token.expire_time,
@@ -171,8 +194,10 @@ impl<R: Runtime> State<R> {
                         ),
                     ));
                 }
-                let clients: Vec<Value> =
-                    b.client_ids.iter().map(|id| status(aliyun, id)).collect();
+                let mut clients = Vec::with_capacity(b.client_ids.len());
+                for id in &b.client_ids {
+                    clients.push(status(aliyun, id).await?);
+                }
                 json!({ "clients": clients })
             }
         };
@@ -232,7 +257,16 @@ fn actions_text(read: bool, write: bool) -> &'static str {
     }
 }
 
-fn apply(aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
+fn unavailable(error: StorageError) -> ApiError {
+    tracing::warn!(%error, "Alibaba Cloud API call failed: storage unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        format!("tokens and client status are in storage, which cannot answer: {error}"),
+    )
+}
+
+async fn apply(aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
     let b: ApplyBody = parse_json(body)?;
     check_instance(aliyun, b.instance_id.as_deref())?;
     let resources: Vec<String> = match b.resources {
@@ -251,16 +285,12 @@ fn apply(aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
         }
     };
     let token = aliyun
-        .tokens
-        .apply(
-            resources,
-            read,
-            write,
-            b.expire_time,
-            now_ms(),
-            aliyun.token_limits(),
-        )
-        .map_err(|e| ApiError::bad_request("invalid-token-request", e.0))?;
+        .apply_token(resources, read, write, b.expire_time)
+        .await
+        .map_err(|e| match e {
+            TokenError::Invalid(e) => ApiError::bad_request("invalid-token-request", e.0),
+            TokenError::Storage(e) => unavailable(e),
+        })?;
     tracing::info!(
         actions = actions_text(read, write),
         expire_time = b.expire_time,
@@ -269,7 +299,7 @@ fn apply(aliyun: &Aliyun, body: &[u8]) -> Result<Value, ApiError> {
     Ok(json!({ "token": token, "expireTime": b.expire_time }))
 }
 
-fn status(aliyun: &Aliyun, client_id: &str) -> Value {
-    let (online, last) = aliyun.status_of(client_id);
-    json!({ "clientId": client_id, "online": online, "lastEvent": last })
+async fn status(aliyun: &Aliyun, client_id: &str) -> Result<Value, ApiError> {
+    let (online, last) = (aliyun.status_of(client_id).await).map_err(unavailable)?;
+    Ok(json!({ "clientId": client_id, "online": online, "lastEvent": last }))
 }

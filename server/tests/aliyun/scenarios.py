@@ -4,8 +4,9 @@ published Python samples do: user name `Signature|AccessKeyId|InstanceId`,
 password base64(HMAC-SHA1(AccessKeySecret, clientId)), or `Token|...` with
 `R|token|W|token`.
 
-Usage: scenarios.py <scenario> <mqtt-port> <api-port>. Exits 0 when every
-check passed; prints what failed otherwise. Every wait is bounded."""
+Usage: scenarios.py <scenario> <mqtt-port> <api-port> [args...]. Exits 0
+when every check passed; prints what failed otherwise. Every wait is
+bounded."""
 
 import base64
 import hashlib
@@ -61,9 +62,9 @@ class Device:
         self.client.on_publish = lambda c, u, mid: self.pubacks.put(mid)
         self.client.on_disconnect = lambda c, u, rc: self.disconnects.put(rc)
 
-    def connect(self):
+    def connect(self, port=None):
         """The CONNACK return code."""
-        self.client.connect(HOST, MQTT_PORT, keepalive=60)
+        self.client.connect(HOST, port or MQTT_PORT, keepalive=60)
         self.client.loop_start()
         rc = self.connacks.get(timeout=WAIT)
         if rc != 0:
@@ -119,10 +120,10 @@ def tokened(device_id, password, clean=True):
     return Device(f"{GROUP}@@@{device_id}", f"Token|{AK}|{INSTANCE}", password, clean)
 
 
-def api(method, path, body=None):
+def api(method, path, body=None, port=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        f"http://{HOST}:{API_PORT}/api/v1/aliyun/{path}", data=data, method=method
+        f"http://{HOST}:{port or API_PORT}/api/v1/aliyun/{path}", data=data, method=method
     )
     if data is not None:
         request.add_header("Content-Type", "application/json")
@@ -133,11 +134,12 @@ def api(method, path, body=None):
         return error.code, json.loads(error.read())
 
 
-def apply_token(resources, actions, validity_ms):
+def apply_token(resources, actions, validity_ms, port=None):
     status, body = api(
         "POST",
         "tokens",
         {"resources": resources, "actions": actions, "expireTime": int(time.time() * 1000) + validity_ms},
+        port=port,
     )
     assert status == 200, (status, body)
     return body["token"]
@@ -146,6 +148,30 @@ def apply_token(resources, actions, validity_ms):
 def check(what, got, expected):
     assert got == expected, f"{what}: got {got!r}, expected {expected!r}"
     print(f"ok: {what} = {got!r}")
+
+
+def eventually(what, probe, expected, timeout=WAIT):
+    """Calls probe() until it returns `expected` (status is stored by a
+    background writer, and other nodes see it through storage)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got == expected or time.monotonic() > deadline:
+            check(what, got, expected)
+            return
+        time.sleep(0.05)
+
+
+def client_status(client_id, port=None):
+    status, body = api("GET", f"clients/{client_id}/status", port=port)
+    assert status == 200, (status, body)
+    return body["online"], (body["lastEvent"] or {}).get("eventType")
+
+
+def client_events(client_id, port=None):
+    status, body = api("GET", f"clients/{client_id}/events", port=port)
+    assert status == 200, (status, body)
+    return [e["eventType"] for e in body["events"]]
 
 
 # ---------------------------------------------------------------------------
@@ -300,8 +326,7 @@ def scenario_status():
     event = next_event("connect")
     check("connect event fields", sorted(event), ["channelId", "clientId", "clientIp", "eventType", "time"])
     check("clientIp is the device's", event["clientIp"].startswith("127.0.0.1:"), True)
-    status, body = api("GET", f"clients/{did}/status")
-    check("status API: online", (status, body["online"], body["lastEvent"]["eventType"]), (200, True, "connect"))
+    eventually("status API: online", lambda: client_status(did), (True, "connect"))
     d.close()
     next_event("disconnect")
     d = signed("status-1")
@@ -310,6 +335,7 @@ def scenario_status():
     d.drop()
     event = next_event("tcpclean")
     print(f"ok: tcpclean {event}")
+    eventually("history, newest first", lambda: client_events(did), ["tcpclean", "connect", "disconnect", "connect"])
     status, body = api("POST", "clients/status", {"clientIds": [did, f"{GROUP}@@@never"]})
     check("batch status", [(c["clientId"], c["online"]) for c in body["clients"]], [(did, False), (f"{GROUP}@@@never", False)])
     check("batch: last event", body["clients"][0]["lastEvent"]["eventType"], "tcpclean")
@@ -334,7 +360,107 @@ def scenario_send():
     rx.close()
 
 
+def scenario_restart_apply():
+    # Run against a broker on redis-server storage, which is then restarted.
+    token = apply_token("t/#", "R,W", 600_000)
+    d = tokened("restart-1", f"R|{token}|W|{token}")
+    check("token accepted before the restart", d.connect(), 0)
+    d.close()
+    print(f"TOKEN={token}")
+
+
+def scenario_restart_use():
+    token = ARGS[0]
+    d = tokened("restart-1", f"R|{token}|W|{token}")
+    check("token applied before the restart accepted", d.connect(), 0)
+    check("its R rights hold", d.subscribe("t/a"), 1)
+    check("and end at its resources", d.subscribe("u/a"), 128)
+    d.close()
+    status, body = api("POST", "tokens/query", {"token": token})
+    check("query after the restart", (status, body["valid"], body["actions"]), (200, True, "R,W"))
+
+
+def scenario_unavailable():
+    # Storage is down: nothing can be applied or checked.
+    token = ARGS[0]
+    status, body = api(
+        "POST", "tokens", {"resources": "t/#", "actions": "R", "expireTime": int(time.time() * 1000) + 600_000}
+    )
+    check("apply without storage", (status, body["error"]), (503, "storage-unavailable"))
+    check("CONNECT with a token storage cannot check", tokened("down-1", f"R|{token}").connect(), 3)
+    status, body = api("POST", "tokens/revoke", {"token": token})
+    check("revoke without storage", status, 503)
+    status, body = api("POST", "tokens/query", {"token": token})
+    check("query without storage", status, 503)
+    status, body = api("GET", f"clients/{GROUP}@@@down-1/status")
+    check("status without storage", status, 503)
+
+
+def scenario_cluster():
+    # Two nodes sharing one redis-server: A at MQTT_PORT/API_PORT, B at ARGS.
+    mqtt_b, api_b = int(ARGS[0]), int(ARGS[1])
+    token = apply_token("t/#", "R,W", 600_000)
+    did = f"{GROUP}@@@node-b-1"
+    d = tokened("node-b-1", f"R|{token}|W|{token}")
+    check("token applied on A accepted on B", d.connect(port=mqtt_b), 0)
+    check("its rights hold on B", d.subscribe("t/a"), 1)
+    eventually("B's client online through A's API", lambda: client_status(did), (True, "connect"))
+    status, body = api("POST", "tokens/query", {"token": token}, port=api_b)
+    check("query on B", (status, body["valid"]), (200, True))
+    status, body = api("POST", "tokens/revoke", {"token": token})
+    check("revoke on A", (status, body["revoked"]), (200, True))
+    start = time.monotonic()
+    notice = json.loads(d.recv_topic("$SYS/tokenInvalidNotice").payload)
+    check("B's client gets tokenInvalidNotice", (notice["token"], notice["type"]), (token, "R"))
+    d.disconnects.get(timeout=WAIT)
+    print(f"ok: B's client disconnected {time.monotonic() - start:.1f} s after the revocation on A")
+    d.client.loop_stop()
+    eventually("offline through A's API", lambda: client_status(did), (False, "tcpclean"))
+    eventually("history through A's API, newest first", lambda: client_events(did), ["tcpclean", "connect"])
+    check("the revoked token refused on B", tokened("node-b-2", f"R|{token}").connect(port=mqtt_b), 4)
+    # A client moving from B to A: still online after B's tcpclean.
+    mid = f"{GROUP}@@@mover"
+    m = signed("mover")
+    check("mover on B", m.connect(port=mqtt_b), 0)
+    eventually("mover online", lambda: client_status(mid), (True, "connect"))
+    m.client.loop_stop()
+    m2 = signed("mover")
+    check("mover on A", m2.connect(), 0)
+    eventually("mover: both connects stored", lambda: client_events(mid).count("connect"), 2)
+    m.drop()
+    eventually(
+        "mover: B's tcpclean stored, still online (its channel on A)",
+        lambda: ("tcpclean" in client_events(mid), client_status(mid)[0]),
+        (True, True),
+    )
+    m2.close()
+
+
+def scenario_retention():
+    # The broker runs with offline-message-retention 2 s.
+    cid = f"{GROUP}@@@keeper"
+    keeper = signed("keeper", clean=False)
+    check("persistent subscriber", keeper.connect(), 0)
+    check("subscribes r/#", keeper.subscribe("r/#"), 1)
+    keeper.close()
+    tx = signed("sender")
+    check("sender", tx.connect(), 0)
+    tx.publish("r/old", b"old")
+    tx.publish(f"app/p2p/{cid}", b"old-p2p")
+    time.sleep(3.0)
+    tx.publish("r/new", b"new")
+    tx.publish(f"app/p2p/{cid}", b"new-p2p")
+    keeper = signed("keeper", clean=False)
+    check("back", keeper.connect(), 0)
+    got = sorted([keeper.recv().payload, keeper.recv().payload])
+    check("only what is younger than the retention", got, [b"new", b"new-p2p"])
+    keeper.expect_nothing(1.0)
+    keeper.close()
+    tx.close()
+
+
 if __name__ == "__main__":
     name, MQTT_PORT, API_PORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ARGS = sys.argv[4:]
     globals()[f"scenario_{name}"]()
     print(f"scenario {name}: passed")
