@@ -28,8 +28,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use easy_mqtt_core::codec::{self, Decoded};
 use easy_mqtt_core::{
-    ByteStr, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid, SubAck,
-    Subscribe, SubscribeFilter, SubscribeReturnCode,
+    ByteStr, ConnectReturnCode, LastWill, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid,
+    SubAck, Subscribe, SubscribeFilter, SubscribeReturnCode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
@@ -50,6 +50,8 @@ pub struct ClientOptions {
     pub keep_alive: u16,
     /// Bound on connecting, on waiting for CONNACK, and on each write.
     pub io_timeout: Duration,
+    /// Sent in every CONNECT.
+    pub will: Option<LastWill>,
 }
 
 /// One application message as the client received it.
@@ -139,6 +141,9 @@ pub struct Client {
     received: Vec<ReceivedMessage>,
     connections: u32,
     completed: u64,
+    /// Payloads of QoS 1/2 messages the broker acknowledged (PUBACK, or
+    /// the first PUBREC), in that order.
+    acknowledged: Vec<Bytes>,
     suback: Option<SubAck>,
 }
 
@@ -158,8 +163,24 @@ impl Client {
             received: Vec::new(),
             connections: 0,
             completed: 0,
+            acknowledged: Vec::new(),
             suback: None,
         }
+    }
+
+    /// Connects to `broker` from the next [`Client::connect`] on (a load
+    /// balancer picking another node).
+    pub fn set_broker(&mut self, broker: &str) {
+        self.broker = broker.to_owned();
+    }
+
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// Replaces the will sent with the next CONNECT.
+    pub fn set_will(&mut self, will: Option<LastWill>) {
+        self.options.will = will;
     }
 
     pub fn is_connected(&self) -> bool {
@@ -179,6 +200,12 @@ impl Client {
     /// Outbound QoS 1/2 flows completed (PUBACK or PUBCOMP received).
     pub fn completed(&self) -> u64 {
         self.completed
+    }
+
+    /// Payloads of the QoS 1/2 messages the broker acknowledged (PUBACK,
+    /// or PUBREC: stored), in order.
+    pub fn acknowledged(&self) -> &[Bytes] {
+        &self.acknowledged
     }
 
     /// Connections established so far.
@@ -224,7 +251,7 @@ impl Client {
             clean_session: self.options.clean_session,
             keep_alive: self.options.keep_alive,
             client_id: ByteStr::from(self.options.client_id.as_str()),
-            will: None,
+            will: self.options.will.clone(),
             username: None,
             password: None,
         });
@@ -315,6 +342,17 @@ impl Client {
         payload: Bytes,
         qos: QoS,
     ) -> Result<Option<PacketId>, ClientError> {
+        self.publish_with(topic, payload, qos, false).await
+    }
+
+    /// [`Client::publish`] with the RETAIN flag given.
+    pub async fn publish_with(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Option<PacketId>, ClientError> {
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(self.allocate_packet_id()?),
@@ -324,7 +362,7 @@ impl Client {
         let publish = Publish {
             dup: false,
             qos_pid,
-            retain: false,
+            retain,
             topic: ByteStr::from(topic),
             payload,
         };
@@ -463,7 +501,9 @@ impl Client {
                         && o.publish.qos() == QoS::AtLeastOnce
                 }) {
                     Some(at) => {
-                        self.outbound.remove(at);
+                        if let Some(done) = self.outbound.remove(at) {
+                            self.acknowledged.push(done.publish.payload);
+                        }
                         self.completed += 1;
                         self.log_event(format_args!("PUBACK {id}"));
                     }
@@ -478,6 +518,9 @@ impl Client {
                     .find(|o| o.packet_id == id && o.publish.qos() == QoS::ExactlyOnce);
                 match known {
                     Some(o) => {
+                        if o.phase == Phase::Published {
+                            self.acknowledged.push(o.publish.payload.clone());
+                        }
                         o.phase = Phase::Released;
                         self.log_event(format_args!("PUBREC {id}"));
                         self.send(&Packet::PubRel(id)).await

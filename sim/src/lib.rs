@@ -9,9 +9,12 @@
 
 pub mod broker_host;
 pub mod client;
+pub mod cluster_scenario;
 pub mod runtime;
 pub mod scenarios;
+pub mod storage_host;
 pub mod trace;
 
+pub use cluster_scenario::run_cluster;
 pub use scenarios::run_scenario;
 pub use trace::Trace;

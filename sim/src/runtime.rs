@@ -43,4 +43,9 @@ impl Runtime for TokioRuntime {
         // Detached: the task ends with its connection or with the host.
         drop(tokio::task::spawn(task));
     }
+
+    fn unix_time(&self) -> std::time::Duration {
+        // The simulation's clock, so that message ids repeat run to run.
+        turmoil::since_epoch().unwrap_or_default()
+    }
 }

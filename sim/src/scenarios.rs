@@ -397,6 +397,10 @@ fn run_partitioned_subscriber(config: &ScenarioConfig, log: Log) -> Trace {
         seed: config.seed,
         events: log.lines(),
         violations,
+        replay: format!(
+            "SIM_SEED={} cargo test -p easy-mqtt-sim --test scenario many_seeds -- --nocapture",
+            config.seed
+        ),
     }
 }
 
@@ -406,6 +410,7 @@ fn options(client_id: &str, keep_alive: u16) -> ClientOptions {
         clean_session: false,
         keep_alive,
         io_timeout: Duration::from_secs(1),
+        will: None,
     }
 }
 

@@ -63,6 +63,15 @@ pub struct LogSubscriber {
     log: Log,
     who: &'static str,
     next_span: AtomicU64,
+    /// With [`LogSubscriber::per_host`]: the host names of turmoil's `node`
+    /// spans by span id, and the stack of the entered ones.
+    hosts: Option<Mutex<HostSpans>>,
+}
+
+#[derive(Debug, Default)]
+struct HostSpans {
+    names: std::collections::HashMap<u64, String>,
+    entered: Vec<u64>,
 }
 
 impl LogSubscriber {
@@ -71,17 +80,58 @@ impl LogSubscriber {
             log,
             who,
             next_span: AtomicU64::new(1),
+            hosts: None,
         }
     }
+
+    /// Names each event after the turmoil host it happened on (turmoil
+    /// runs each host inside a `node` span naming it); `who` outside hosts.
+    pub fn per_host(log: Log, who: &'static str) -> LogSubscriber {
+        LogSubscriber {
+            hosts: Some(Mutex::new(HostSpans::default())),
+            ..LogSubscriber::new(log, who)
+        }
+    }
+
+    fn hosts(&self) -> Option<MutexGuard<'_, HostSpans>> {
+        (self.hosts.as_ref()).map(|h| h.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+/// Turmoil's span around each host's tick.
+fn is_host_span(metadata: &Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.name() == "node" && metadata.target().starts_with("turmoil")
 }
 
 impl Subscriber for LogSubscriber {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.target().starts_with("easy_mqtt") && *metadata.level() <= Level::DEBUG
+        // `SIM_TRACE=1` adds the cluster module's trace events (inbox, routes).
+        let level = if metadata.target().starts_with("easy_mqtt_server::cluster")
+            && std::env::var_os("SIM_TRACE").is_some()
+        {
+            Level::TRACE
+        } else {
+            Level::DEBUG
+        };
+        (metadata.target().starts_with("easy_mqtt") && *metadata.level() <= level)
+            || (self.hosts.is_some() && is_host_span(metadata))
     }
 
-    fn new_span(&self, _span: &Attributes<'_>) -> Id {
-        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed))
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let id = self.next_span.fetch_add(1, Ordering::Relaxed);
+        if is_host_span(span.metadata())
+            && let Some(mut hosts) = self.hosts()
+        {
+            let mut fields = Fields::default();
+            span.record(&mut fields);
+            let name = fields
+                .rest
+                .trim_start()
+                .trim_start_matches("name=")
+                .to_owned();
+            hosts.names.insert(id, name);
+        }
+        Id::from_u64(id)
     }
 
     fn record(&self, _span: &Id, _values: &Record<'_>) {}
@@ -91,8 +141,12 @@ impl Subscriber for LogSubscriber {
     fn event(&self, event: &Event<'_>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
+        let host = self.hosts().and_then(|hosts| {
+            let id = hosts.entered.last()?;
+            hosts.names.get(id).cloned()
+        });
         self.log.event(
-            self.who,
+            host.as_deref().unwrap_or(self.who),
             format_args!(
                 "[{}] {}{}",
                 event.metadata().level(),
@@ -102,9 +156,30 @@ impl Subscriber for LogSubscriber {
         );
     }
 
-    fn enter(&self, _span: &Id) {}
+    fn enter(&self, span: &Id) {
+        if let Some(mut hosts) = self.hosts()
+            && hosts.names.contains_key(&span.into_u64())
+        {
+            hosts.entered.push(span.into_u64());
+        }
+    }
 
-    fn exit(&self, _span: &Id) {}
+    fn exit(&self, span: &Id) {
+        if let Some(mut hosts) = self.hosts()
+            && hosts.entered.last() == Some(&span.into_u64())
+        {
+            hosts.entered.pop();
+        }
+    }
+
+    fn try_close(&self, span: Id) -> bool {
+        if let Some(mut hosts) = self.hosts()
+            && !hosts.entered.contains(&span.into_u64())
+        {
+            hosts.names.remove(&span.into_u64());
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -139,6 +214,8 @@ pub struct Trace {
     pub events: Vec<String>,
     /// Broken invariants; empty when the run passed.
     pub violations: Vec<String>,
+    /// The one command that replays this run exactly.
+    pub replay: String,
 }
 
 impl Trace {
@@ -165,17 +242,22 @@ impl Trace {
             return Ok(());
         }
         let mut report = format!(
-            "seed {} failed ({} violation(s)); rerun with SIM_SEED={}\n",
+            "seed {} failed ({} violation(s)); replay with:\n  {}\n",
             self.seed,
             self.violations.len(),
-            self.seed
+            self.replay
         );
         for violation in self.violations.iter().take(20) {
             report.push_str("  - ");
             report.push_str(violation);
             report.push('\n');
         }
-        let tail = self.events.len().saturating_sub(40);
+        // `SIM_EVENTS=<n>` shows more of the log (default: the last 40).
+        let shown = std::env::var("SIM_EVENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(40);
+        let tail = self.events.len().saturating_sub(shown);
         report.push_str("last events:\n");
         for line in self.events.iter().skip(tail) {
             report.push_str("  ");

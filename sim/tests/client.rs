@@ -28,6 +28,7 @@ fn publishes_to_itself_at_every_qos() {
             clean_session: true,
             keep_alive: 5,
             io_timeout: Duration::from_secs(1),
+            will: None,
         };
         let mut client = Client::new("c", "broker:1883", options, client_log);
         assert!(!client.connect().await?);
