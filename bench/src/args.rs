@@ -40,6 +40,8 @@ options (defaults in brackets):
   --conn-concurrency N   connection handshakes under way at once [100]
   --hold SECS            conn: seconds to hold the connections before sampling memory [2]
   --keep-alive SECS      CONNECT keep-alive; clients never ping, so keep it above the run [600]
+  --clean-session BOOL   CONNECT clean session flag; false = persistent sessions (client ids
+                         carry the run id, so every run starts with fresh sessions) [true]
   --broker-pid PID       sample the broker's RSS and CPU from /proc
   --timeout SECS         limit of the publish/deliver phase [120]
   --connect-timeout SECS limit of each connect, CONNACK and SUBACK [10]
@@ -108,6 +110,8 @@ pub struct Options {
     pub conn_concurrency: usize,
     pub hold: Duration,
     pub keep_alive: u16,
+    /// The CONNECT's clean session flag (false: persistent sessions).
+    pub clean_session: bool,
     pub broker_pid: Option<u32>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -156,6 +160,7 @@ impl Options {
             conn_concurrency: 100,
             hold: Duration::from_secs(2),
             keep_alive: 600,
+            clean_session: true,
             broker_pid: None,
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
@@ -238,6 +243,8 @@ impl Options {
                 .to_string(),
             "--keep-alive".into(),
             self.keep_alive.to_string(),
+            "--clean-session".into(),
+            self.clean_session.to_string(),
             "--timeout".into(),
             // The parent stops the children; this is their own safety net.
             (self.timeout.as_secs_f64() + 30.0).to_string(),
@@ -376,6 +383,16 @@ pub fn parse(args: &[String]) -> Result<Command> {
             "--conn-concurrency" => o.conn_concurrency = number(name, v()?)?,
             "--hold" => o.hold = seconds(name, v()?)?,
             "--keep-alive" => o.keep_alive = number(name, v()?)?,
+            "--clean-session" => {
+                let text = v()?;
+                o.clean_session = match text {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(Error::new(format!("{name}: '{text}' is not true or false")));
+                    }
+                };
+            }
             "--broker-pid" => o.broker_pid = Some(number(name, v()?)?),
             "--timeout" => o.timeout = seconds(name, v()?)?,
             "--connect-timeout" => o.connect_timeout = seconds(name, v()?)?,
@@ -477,6 +494,10 @@ mod tests {
         assert!(run(&["fanout", "--bogus"]).is_err());
         assert!(run(&["pairs", "--subscribers", "3"]).is_err());
         assert!(run(&["nothing"]).is_err());
+        assert!(run(&["fanout", "--clean-session", "maybe"]).is_err());
+        let persistent = run(&["fanout", "--clean-session", "false"]).ok();
+        assert_eq!(persistent.map(|o| o.clean_session), Some(false));
+        assert_eq!(run(&["fanout"]).ok().map(|o| o.clean_session), Some(true));
     }
 
     #[test]
@@ -487,6 +508,7 @@ mod tests {
         );
         o.processes = 2;
         o.subscribers = 19_500;
+        o.clean_session = false;
         let child = run(&o
             .child_args(1)
             .iter()
@@ -495,6 +517,7 @@ mod tests {
         .ok();
         assert_eq!(child.as_ref().map(|c| c.shard), Some(Some((1, 2))));
         assert_eq!(child.as_ref().map(|c| c.subscribers), Some(19_500));
+        assert_eq!(child.as_ref().map(|c| c.clean_session), Some(false));
         assert_eq!(child.map(|c| c.run_id), Some(o.run_id));
     }
 }

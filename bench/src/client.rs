@@ -222,11 +222,16 @@ impl Client {
         self.wbuf = BytesMut::new();
     }
 
-    /// CONNECT (MQTT 3.1.1, clean session) and its CONNACK.
-    pub async fn handshake(&mut self, client_id: &str, keep_alive: u16) -> Result<()> {
+    /// CONNECT (MQTT 3.1.1, clean session as given) and its CONNACK.
+    pub async fn handshake(
+        &mut self,
+        client_id: &str,
+        keep_alive: u16,
+        clean_session: bool,
+    ) -> Result<()> {
         self.queue(&Packet::Connect(Connect {
             protocol: ProtocolVersion::V3_1_1,
-            clean_session: true,
+            clean_session,
             keep_alive,
             client_id: ByteStr::from(client_id),
             will: None,

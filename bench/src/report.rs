@@ -181,6 +181,21 @@ impl Report {
             if o.rate > 0.0 {
                 let _ = write!(w, " target_rate={:.0}", o.rate);
             }
+            if !o.clean_session {
+                let _ = write!(w, " clean_session=false");
+            }
+            // Connection phase: first TCP connect to the last CONNACK (and
+            // SUBACK, for subscribers).
+            if s.connected > 0 {
+                let _ = write!(
+                    w,
+                    " connect_secs={:.3}",
+                    secs_between(s.first_connect_ns, s.last_connack_ns)
+                );
+            }
+            if let Some(ready) = self.broker.ready {
+                let _ = write!(w, " broker_rss_ready_kb={}", ready.rss_kb);
+            }
             if let Some(end) = self.broker.end {
                 let _ = write!(w, " broker_rss_kb={}", end.rss_kb);
             }

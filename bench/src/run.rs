@@ -762,7 +762,11 @@ async fn open(options: &Options, role: Role) -> Result<Client> {
     .await?;
     let mut client = Client::new(stream);
     client
-        .handshake(&role.client_id(&options.run_id), options.keep_alive)
+        .handshake(
+            &role.client_id(&options.run_id),
+            options.keep_alive,
+            options.clean_session,
+        )
         .await?;
     if let Role::Subscriber(index) = role {
         client
