@@ -239,10 +239,7 @@ fn sigkill_mid_qos2_handshake_and_with_queued_messages() {
         // Delivered to us (we keep the packet id): not to be delivered again.
         seen.push(String::from_utf8(packet.publish().payload).unwrap());
     }
-    // Wait until the PUBREL's phase is stored: the broker writes it lazily,
-    // so give it a moment by round-tripping a PINGREQ (the write is queued
-    // before the PINGRESP is produced).
-    sub.ping();
+    // The PUBREL leaves only once its phase is stored: kill at once.
     broker.kill9();
     drop(sub);
 
@@ -403,8 +400,8 @@ fn storage_down_then_back_recovers_without_restart() {
     subscribe_persistent(broker.addr(), "d-sub", &[("d/#", 1)]);
     // Kill storage: a QoS 1 PUBLISH is not acknowledged; the connection
     // closes after the retry budget (connect timeout).
-    redis.stop();
     let mut publisher = RawClient::connect(broker.addr(), "d-pub");
+    redis.stop();
     publisher.send(&wire::publish("d/1", 1, 1, false, b"lost?"));
     let packets = publisher.expect_closed_within(Duration::from_secs(15));
     assert!(
@@ -412,6 +409,10 @@ fn storage_down_then_back_recovers_without_restart() {
         "never acknowledged: {packets:?}"
     );
     assert!(broker.metric(|m| &m.storage_errors) > 0);
+    // A node that cannot reach storage accepts no new connection: it could
+    // not make sure the client id is not connected to another node.
+    let (_, connack) = RawClient::connect_with(broker.addr(), &Connect::new("d-new"));
+    assert_eq!(connack, (false, 3), "CONNACK during the outage");
     // Storage back (empty: redis-server without persistence here): the
     // broker serves persistent clients again by itself.
     redis.restart();

@@ -1113,6 +1113,26 @@ impl MosquittoSub {
         (self.child.wait().unwrap(), messages)
     }
 
+    /// Every message printed until none came for `quiet` (the backlog
+    /// first); fails the test if messages keep coming for `limit`.
+    pub fn messages_until_quiet(&mut self, quiet: Duration, limit: Duration) -> Vec<SubMessage> {
+        let mut messages: Vec<SubMessage> = self.backlog.drain(..).collect();
+        let deadline = Instant::now() + limit;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto_sub still receiving after {limit:?}; {}",
+                self.context()
+            );
+            let Some(line) = self.next_line(quiet) else {
+                return messages;
+            };
+            if let Some(message) = MosquittoSub::parse_message(&line) {
+                messages.push(message);
+            }
+        }
+    }
+
     /// Kills the process (SIGKILL: its connection ends without DISCONNECT).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -1222,5 +1242,78 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real `easy-mqtt` binary
+// ---------------------------------------------------------------------------
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A configuration file for the real binary: MQTT over TCP on
+/// 127.0.0.1:`port`, WebSocket and API on free ports, storage on the
+/// Kvrocks (or Redis) `nodes` (`host:port[,host:port...]`).
+pub fn kvrocks_binary_config(nodes: &str, port: u16) -> TempFile {
+    let text = format!(
+        "mqtt:\n  server:\n    host: 127.0.0.1\n    tcp-port: {port}\n    websocket-port: 0\n    api-port: 0\n    node-id: crash\n  kvrocks:\n    cluster:\n      nodes: {nodes}\n"
+    );
+    TempFile::new("broker.yml", text.as_bytes())
+}
+
+/// The `easy-mqtt` binary of this build, started with `-c <config>`;
+/// killed (SIGKILL) on drop.
+pub struct BrokerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Starts the binary and waits until it accepts TCP connections on
+    /// 127.0.0.1:`port` (the port of the configuration).
+    pub fn start(config: &TempFile, port: u16) -> BrokerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_easy-mqtt"))
+            .args(["-c", config.path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the easy-mqtt binary");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut process = BrokerProcess { child, addr };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!("the binary exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "the binary never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed; waits until it is gone.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
