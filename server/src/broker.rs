@@ -50,6 +50,11 @@ pub enum StartError {
     /// Kvrocks could not be reached within the start-up budget (5 s).
     #[error("cannot reach Kvrocks at {0:?} (mqtt.kvrocks.cluster.nodes): {1}")]
     Storage(Vec<String>, easy_mqtt_core::storage::StorageError),
+    /// The Kvrocks settings cannot work (an unparsable address, a refused
+    /// password, nodes that are not one cluster): the message names the
+    /// `mqtt.kvrocks.*` key.
+    #[error("invalid Kvrocks settings: {0}")]
+    StorageSettings(String),
     #[error("cannot load stored state: {0}")]
     Recover(#[from] easy_mqtt_core::storage::StorageError),
 }
@@ -57,7 +62,11 @@ pub enum StartError {
 /// Maps the configuration onto the node's settings.
 pub fn node_config(config: &Config) -> NodeConfig {
     let server = &config.mqtt.server;
-    let node_id = if server.node_id.is_empty() {
+    let node_id = if server.node_id.is_empty() && config.uses_kvrocks() {
+        // Stable across restarts, so a restarted node finds its previous
+        // life in the cluster; the port tells nodes on one host apart.
+        format!("{}-{}", hostname(), server.tcp_port)
+    } else if server.node_id.is_empty() {
         format!("{}-{}", hostname(), std::process::id())
     } else {
         server.node_id.clone()
@@ -65,6 +74,10 @@ pub fn node_config(config: &Config) -> NodeConfig {
     NodeConfig {
         node_id,
         max_connections: server.max_connections as usize,
+        // Every node on one Kvrocks is part of its cluster.
+        cluster: (config.uses_kvrocks() && config.mqtt.cluster.enabled)
+            .then(|| crate::cluster::ClusterConfig::from_config(&config.mqtt.cluster)),
+        incarnation: crate::persist::sequence_seed() / 1000,
         connection: ConnectionConfig {
             max_packet_size: server.max_packet_size as usize,
             connect_timeout: Duration::from_secs(u64::from(server.connect_timeout)),
@@ -105,8 +118,8 @@ async fn connect_kvrocks(config: &Config) -> Result<KvrocksStorage, StartError> 
                 tracing::info!(nodes = ?settings.nodes, cluster = storage.is_cluster(), "connected to Kvrocks");
                 return Ok(storage);
             }
-            Err(error @ StorageError::Invalid(_)) => {
-                return Err(StartError::Storage(settings.nodes.clone(), error));
+            Err(StorageError::Invalid(reason)) => {
+                return Err(StartError::StorageSettings(reason));
             }
             Err(error) if std::time::Instant::now() >= deadline => {
                 return Err(StartError::Storage(settings.nodes.clone(), error));
@@ -122,7 +135,7 @@ async fn connect_kvrocks(config: &Config) -> Result<KvrocksStorage, StartError> 
 
 /// Loads retained messages and persistent sessions, retrying like
 /// [`connect_kvrocks`].
-async fn recover(node: &Node<SmolRuntime>) -> Result<(), StartError> {
+async fn recover(node: &Arc<Node<SmolRuntime>>) -> Result<(), StartError> {
     let deadline = std::time::Instant::now() + STORAGE_START_TIMEOUT;
     let mut attempt = 0;
     loop {
@@ -133,8 +146,39 @@ async fn recover(node: &Node<SmolRuntime>) -> Result<(), StartError> {
                 tracing::warn!(%error, attempt, "cannot load stored state yet; retrying");
                 async_io::Timer::after(crate::persist::backoff(attempt + 2)).await;
             }
+            Err(StorageError::Invalid(reason)) => return Err(StartError::StorageSettings(reason)),
             Err(error) => return Err(StartError::Recover(error)),
         }
+    }
+}
+
+/// How often the sweeper of leaked message bodies runs a pass over
+/// Kvrocks (the first one right after recovery).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// Bodies younger than this are never swept (far above the longest a
+/// routing batch is retried: the connect timeout).
+const SWEEP_GRACE: Duration = Duration::from_secs(600);
+/// Keys one sweeper round scans at most; rounds of a pass are 100 ms apart.
+const SWEEP_ROUND_KEYS: usize = 1000;
+
+/// Sweeps leaked message bodies (see `KvrocksStorage::sweep_leaked_bodies`):
+/// one pass now, then one every [`SWEEP_INTERVAL`], each in bounded rounds.
+async fn sweep_bodies(storage: Arc<KvrocksStorage>) {
+    loop {
+        loop {
+            match storage
+                .sweep_leaked_bodies(SWEEP_GRACE, SWEEP_ROUND_KEYS)
+                .await
+            {
+                Ok(round) if round.pass_complete => break,
+                Ok(_) => async_io::Timer::after(Duration::from_millis(100)).await,
+                Err(error) => {
+                    tracing::warn!(%error, "sweeping leaked message bodies failed; next pass later");
+                    break;
+                }
+            };
+        }
+        async_io::Timer::after(SWEEP_INTERVAL).await;
     }
 }
 
@@ -155,6 +199,8 @@ pub struct Broker {
     /// The certificates of the TLS listeners, reloadable.
     tls: Option<Arc<TlsContext>>,
     accept_task: Option<async_executor::Task<()>>,
+    /// The sweeper of leaked bodies on Kvrocks (cancelled when dropped).
+    sweeper: Option<async_executor::Task<()>>,
     /// The HTTP API server.
     api: Option<ApiServer>,
 }
@@ -170,10 +216,13 @@ impl Broker {
         // The Alibaba Cloud mode, when on, goes in front of the URL.
         let (authenticator, aliyun) = crate::aliyun::wire(config, authenticator);
         let policy = aliyun.clone().map(|a| a as Arc<dyn crate::node::Policy>);
-        let storage: Arc<dyn Storage> = if config.uses_kvrocks() {
-            Arc::new(connect_kvrocks(config).await?)
-        } else {
-            Arc::new(MemoryStorage::new())
+        let kvrocks = match config.uses_kvrocks() {
+            true => Some(Arc::new(connect_kvrocks(config).await?)),
+            false => None,
+        };
+        let storage: Arc<dyn Storage> = match &kvrocks {
+            Some(kvrocks) => kvrocks.clone(),
+            None => Arc::new(MemoryStorage::new()),
         };
         let runtime = SmolRuntime::new(executor.clone());
         let node = Node::with_policy(node_config(config), runtime, storage, authenticator, policy);
@@ -181,6 +230,8 @@ impl Broker {
             aliyun.attach(&node, &executor);
         }
         recover(&node).await?;
+        executor.spawn(crate::cluster::run(node.clone())).detach();
+        let sweeper = kvrocks.map(|kvrocks| executor.spawn(sweep_bodies(kvrocks)));
         let api_config = ApiConfig::from_config(config);
         let api_addr = api_config.addr;
         let api = ApiServer::start(node.clone(), api_config, executor.clone())
@@ -197,6 +248,7 @@ impl Broker {
             listeners: listeners.addrs,
             tls: listeners.tls,
             accept_task: Some(listeners.task),
+            sweeper,
             api: Some(api),
         })
     }
@@ -234,6 +286,9 @@ impl Broker {
     /// waits up to `grace` for them to finish.
     pub async fn shutdown(mut self, grace: Duration) {
         if let Some(task) = self.accept_task.take() {
+            task.cancel().await;
+        }
+        if let Some(task) = self.sweeper.take() {
             task.cancel().await;
         }
         if let Some(api) = self.api.take() {

@@ -128,6 +128,27 @@ section! {
         pub kvrocks: KvrocksConfig in RawKvrocks,
         /// `mqtt.aliyun`.
         pub aliyun: AliyunConfig in RawAliyun,
+        /// `mqtt.cluster`.
+        pub cluster: ClusterSection in RawCluster,
+    }
+}
+
+section! {
+    /// `mqtt.cluster`: the nodes sharing one Kvrocks (see the README's
+    /// "Cluster" section). Only used with `mqtt.kvrocks.cluster.nodes`.
+    pub struct ClusterSection in RawCluster at "mqtt.cluster" {
+        /// `enabled`: nodes on one Kvrocks form a cluster; false = this
+        /// node assumes it is the only one on its Kvrocks.
+        pub enabled: bool = true,
+        /// `heartbeat-interval`: milliseconds between membership renewals
+        /// (also the longest pause of route refreshes).
+        pub heartbeat_interval: u32 = 1000,
+        /// `node-timeout`: milliseconds without a heartbeat after which a
+        /// node is dead and adopted; more than twice `heartbeat-interval`.
+        pub node_timeout: u32 = 5000,
+        /// `takeover-timeout`: milliseconds a CONNECT waits for the node
+        /// that had the client id to let it go (then CONNACK 3).
+        pub takeover_timeout: u32 = 10_000,
     }
 }
 

@@ -8,6 +8,7 @@
 //! awaiting-decision state (input paused) meanwhile, other connections are
 //! not held up, and a connection that closes before the answer drops it.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -52,6 +53,41 @@ const BUDGET: usize = 64;
 /// bytes still to be sent before giving them up, so that a peer that stopped
 /// reading cannot hold the connection (and its slot) open forever.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Empty buffers kept per worker thread for the connections that need one
+/// now: an idle connection holds no buffer (see [`Driver::release_idle_buffers`]).
+const SPARE_BUFFERS: usize = 16;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer from this thread's spares, or a new (unallocated) one.
+fn lend_buffer() -> BytesMut {
+    SPARE
+        .with(|spare| {
+            spare
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut spare| spare.pop())
+        })
+        .unwrap_or_default()
+}
+
+/// Gives an empty buffer back to this thread's spares (a large one is freed).
+fn return_buffer(mut buffer: BytesMut) {
+    if buffer.capacity() == 0 || buffer.capacity() > KEEP_BUFFER {
+        return;
+    }
+    buffer.clear();
+    SPARE.with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut()
+            && spare.len() < SPARE_BUFFERS
+        {
+            spare.push(buffer);
+        }
+    });
+}
+
 /// While a CONNECT awaits its authentication, the driver still reads (to
 /// notice a peer that goes away) but keeps no more than this unprocessed.
 const AUTH_READ_LIMIT: usize = 64 * 1024;
@@ -266,6 +302,9 @@ where
             return false;
         }
         let len = self.rbuf.len();
+        if len == 0 && self.rbuf.capacity() == 0 {
+            self.rbuf = lend_buffer();
+        }
         self.rbuf.reserve(READ_CHUNK);
         // Zeroing what we read into is cheap next to the syscall; cap it so
         // a buffer grown for one large packet is not cleared whole each time.
@@ -317,7 +356,10 @@ where
         while let Some(event) = inner.conn.poll_event() {
             self.events.push(event);
         }
-        if self.wbuf.len() < WRITE_BATCH {
+        if self.wbuf.len() < WRITE_BATCH && inner.conn.has_transmit() {
+            if self.wbuf.capacity() == 0 {
+                self.wbuf = lend_buffer();
+            }
             inner.conn.poll_transmit(&mut self.wbuf, WRITE_BATCH);
             let sent = inner.conn.take_publishes_sent();
             if sent > 0 {
@@ -383,20 +425,30 @@ where
                         continue;
                     };
                     let codes = self.node.subscribe(attachment, &self.cell, &subscribe);
-                    if let Some(client_id) = self.stored_client() {
-                        let ops = subscribe
-                            .filters
-                            .iter()
-                            .zip(&codes)
-                            .filter_map(|(f, code)| match code {
-                                SubscribeReturnCode::Granted(qos) => Some(Op::Subscribe {
-                                    client_id: client_id.clone(),
-                                    filter: f.filter.clone(),
-                                    qos: *qos,
-                                }),
-                                SubscribeReturnCode::Failure => None,
-                            })
-                            .collect();
+                    // In a cluster, the routes of new filters are stored
+                    // (and announced) before the SUBACK.
+                    let route_ops = self.node.route_ops(
+                        (subscribe.filters.iter().map(|f| f.filter.clone())).zip(codes.clone()),
+                    );
+                    let stored = self.stored_client();
+                    if stored.is_some() || !route_ops.is_empty() {
+                        let mut ops: Vec<Op> = match stored {
+                            Some(client_id) => subscribe
+                                .filters
+                                .iter()
+                                .zip(&codes)
+                                .filter_map(|(f, code)| match code {
+                                    SubscribeReturnCode::Granted(qos) => Some(Op::Subscribe {
+                                        client_id: client_id.clone(),
+                                        filter: f.filter.clone(),
+                                        qos: *qos,
+                                    }),
+                                    SubscribeReturnCode::Failure => None,
+                                })
+                                .collect(),
+                            None => Vec::new(),
+                        };
+                        ops.extend(route_ops);
                         self.push_storage(ops, After::Subscribe { subscribe, codes }, false);
                         continue;
                     }
@@ -543,12 +595,24 @@ where
         fired
     }
 
+    /// Waiting for the socket, a connection keeps no empty buffer: they go
+    /// back to the thread's spares (a large one is freed), so an idle
+    /// connection costs no buffer memory.
     fn release_idle_buffers(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
-            self.rbuf = BytesMut::new();
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            return_buffer(std::mem::take(&mut self.rbuf));
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUFFER {
-            self.wbuf = BytesMut::new();
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            return_buffer(std::mem::take(&mut self.wbuf));
+        }
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = Vec::new();
+        }
+        if self.acks.is_empty() && self.acks.capacity() > 0 {
+            self.acks = Vec::new();
+        }
+        if self.scratch.capacity() * std::mem::size_of::<(SessionKey, QoS)>() > KEEP_BUFFER {
+            self.scratch = Vec::new();
         }
     }
 }

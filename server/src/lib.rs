@@ -9,6 +9,7 @@ pub mod aliyun;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod driver;
 pub mod listeners;

@@ -21,6 +21,12 @@ pub struct Metrics {
     pub dropped_queue_full: AtomicU64,
     /// QoS 0 messages not kept for an offline session.
     pub dropped_offline_qos0: AtomicU64,
+    /// Messages queued for an offline session dropped on its return because
+    /// they were older than `mqtt.aliyun.offline-message-retention`.
+    pub dropped_expired: AtomicU64,
+    /// Alibaba Cloud status events not stored (storage kept failing, or
+    /// the writer's queue was full).
+    pub aliyun_status_lost: AtomicU64,
     pub wills_published: AtomicU64,
     pub protocol_errors: AtomicU64,
     /// CONNECTs the authenticator accepted.
@@ -34,6 +40,14 @@ pub struct Metrics {
     pub clients_kicked: AtomicU64,
     /// Storage calls that failed (each retry counts).
     pub storage_errors: AtomicU64,
+    /// Cluster bus entries written to other nodes' inboxes (outbox only).
+    pub bus_sent: AtomicU64,
+    /// Cluster bus entries read from inboxes (this node's and adopted ones).
+    pub bus_received: AtomicU64,
+    /// Client ids taken over from another node.
+    pub cluster_takeovers: AtomicU64,
+    /// Dead nodes this node adopted.
+    pub cluster_adoptions: AtomicU64,
     /// QoS 1/2 PUBLISH packets not acknowledged because storage stayed
     /// unavailable (their connection was closed).
     pub storage_publishes_failed: AtomicU64,

@@ -33,6 +33,12 @@ pub struct NodeConfig {
     pub connection: ConnectionConfig,
     /// Open connections allowed (0: no limit).
     pub max_connections: usize,
+    /// Cluster timings; `None`: this node is alone (also when the storage
+    /// backend cannot share state between nodes).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Distinguishes this process's life from earlier ones under the same
+    /// node id (default: start time in milliseconds).
+    pub incarnation: u64,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +47,8 @@ impl Default for NodeConfig {
             node_id: "node-1".into(),
             connection: ConnectionConfig::default(),
             max_connections: 0,
+            cluster: None,
+            incarnation: crate::persist::sequence_seed() / 1000,
         }
     }
 }
@@ -79,6 +87,13 @@ pub struct Node<R: Runtime> {
     pub(crate) next_message: AtomicU64,
     /// When a storage failure was last logged (ms since the epoch).
     pub(crate) storage_error_logged: AtomicU64,
+    /// The cluster state, when the node is one of several (durable
+    /// storage that shares cluster state, and `NodeConfig::cluster`).
+    pub(crate) cluster: Option<crate::cluster::ClusterState>,
+    /// Wakes the cluster task when another node's routes changed.
+    pub(crate) routes_notice: event_listener::Event,
+    /// Dead nodes' inboxes this node serves.
+    pub(crate) adopted: Mutex<Vec<crate::cluster::Adopted>>,
 }
 
 /// The connection a [`Policy`] is asked about.
@@ -136,7 +151,14 @@ impl<R: Runtime> Node<R> {
         policy: Option<Arc<dyn Policy>>,
     ) -> Arc<Node<R>> {
         let durable = storage.is_durable();
+        let runtime_seed = runtime.unix_time();
         let node_tag = crate::persist::node_tag(&config.node_id);
+        let cluster = match config.cluster {
+            Some(cluster) if durable && storage.cluster().is_some() => Some(
+                crate::cluster::ClusterState::new(cluster, &config.node_id, config.incarnation),
+            ),
+            _ => None,
+        };
         Arc::new(Node {
             config,
             runtime,
@@ -154,8 +176,11 @@ impl<R: Runtime> Node<R> {
             metrics: Metrics::default(),
             durable,
             node_tag,
-            next_message: AtomicU64::new(crate::persist::sequence_seed()),
+            next_message: AtomicU64::new(u64::try_from(runtime_seed.as_micros()).unwrap_or(0)),
             storage_error_logged: AtomicU64::new(0),
+            cluster,
+            routes_notice: event_listener::Event::new(),
+            adopted: Mutex::new(Vec::new()),
         })
     }
 
@@ -184,8 +209,12 @@ impl<R: Runtime> Node<R> {
         (self.policy.as_ref()).is_some_and(|p| p.direct_target(topic).is_some())
     }
 
-    /// Loads what storage holds (retained messages) before serving.
-    pub async fn recover(&self) -> Result<(), easy_mqtt_core::storage::StorageError> {
+    /// Loads what storage holds (retained messages, persistent sessions)
+    /// and, in a cluster, joins it, before serving.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), easy_mqtt_core::storage::StorageError> {
+        if self.cluster.is_some() {
+            self.join_cluster().await?;
+        }
         let retained = self.storage.load_retained().await?;
         let count = retained.len();
         {
@@ -421,6 +450,7 @@ impl<R: Runtime> Node<R> {
         }
         self.update_retained(&message);
         read(&self.trie).matches_dedup(&message.topic, scratch);
+        self.forward_in_memory(&message, scratch);
         let mut delivered = 0;
         for (key, granted) in scratch.drain(..) {
             if key
@@ -562,6 +592,10 @@ impl<R: Runtime> Node<R> {
         }
         inner.attached = None;
         let state = lock(&cell.inner).conn.take_session();
+        if let Some(cluster) = self.cluster.as_ref() {
+            // Stored with the will, when there was one (see `route_will`).
+            cluster.send_later(self.clear_presence_op(&attachment.client_id), true);
+        }
         if !inner.clean {
             inner.offline = state;
             return;
@@ -590,8 +624,14 @@ impl<R: Runtime> Node<R> {
     }
 
     /// Closes every connection without publishing wills and waits (up to
-    /// `grace`) until their drivers have finished.
+    /// `grace`) until their drivers have finished; in a cluster, then
+    /// leaves it (the other nodes take over its persistent sessions).
     pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.close_for_shutdown(grace).await;
+        self.leave_cluster().await;
+    }
+
+    async fn close_for_shutdown(&self, grace: std::time::Duration) {
         self.shutting_down.store(true, Ordering::Release);
         let now = self.runtime.now();
         let cells: Vec<Arc<ConnCell>> = lock(&self.connections)

@@ -13,13 +13,17 @@
 //!   PUBACK/PUBREC. Stored, then visible, then acknowledged.
 //! - A persistent session's outbound changes are journaled by core's
 //!   `SessionState` and written by the driver; a QoS 2 PUBLISH leaves only
-//!   after the `SetInflight` giving it its packet id is stored.
+//!   after the `SetInflight` giving it its packet id is stored, and its
+//!   PUBREL only after the `SetInflight` of the `Released` phase (written
+//!   when the PUBREC arrives) is: a restart resumes with PUBREL exactly
+//!   when the client may have seen one.
 //! - Message ids: [`MessageId::new`] with a 16-bit tag (FNV-1a of the node
 //!   id, folded) and a 48-bit sequence seeded from the wall clock in
 //!   microseconds at start, so a node restarted under the same id does not
 //!   mint ids its previous life stored (as long as it minted fewer than one
 //!   id per microsecond on average).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,14 +32,14 @@ use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::PacketId;
 use easy_mqtt_core::QoS;
 use easy_mqtt_core::session::{
-    Delivery, InflightMessage, Message, SessionChange, SessionLimits, SessionState,
+    Delivery, InflightMessage, Message, QueueOverflow, SessionChange, SessionLimits, SessionState,
 };
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError, StoredSession};
 
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::Runtime;
-use crate::sessions::{SessionEntry, SessionKey, lock};
+use crate::sessions::{SessionEntry, SessionInner, SessionKey, lock};
 
 /// A message whose batch is being stored, and where it goes once it is.
 pub struct PreparedRoute {
@@ -43,6 +47,63 @@ pub struct PreparedRoute {
     pub id: MessageId,
     /// Session, granted QoS, and whether storage holds the delivery.
     pub targets: Vec<(SessionKey, QoS, bool)>,
+    /// In a cluster: this route is in flight until dropped (a session is
+    /// released to another node only once the routes that may still write
+    /// to it are done).
+    pub(crate) ticket: Option<crate::cluster::RouteTicket>,
+}
+
+/// The queue of a persistent session that storage holds and this node has
+/// not loaded (recovered at start, its client not back yet): its ids only,
+/// in queue order, so that `max-queued-messages` and `queue-overflow` bound
+/// it like the queue of a loaded session. Initialised from
+/// `Storage::load_subscriptions`; each routing batch that enqueues for the
+/// session adds its id, and when the queue is full the batch either leaves
+/// the session out (drop-newest) or also dequeues the oldest id
+/// (drop-oldest); both count in `dropped_queue_full`.
+///
+/// It is a view, not the truth: a routing batch that fails after it was
+/// counted here leaves it off by that batch until the session is loaded
+/// (which replaces it with what storage holds). While a CONNECT loads the
+/// session, ids are added but nothing is dropped (the load is reading the
+/// queue).
+#[derive(Debug, Default)]
+pub struct StoredQueue {
+    ids: BTreeSet<(u64, u16)>,
+}
+
+impl StoredQueue {
+    pub fn new(ids: impl IntoIterator<Item = MessageId>) -> StoredQueue {
+        StoredQueue {
+            ids: ids.into_iter().map(MessageId::queue_order).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn insert(&mut self, id: MessageId) {
+        self.ids.insert(id.queue_order());
+    }
+
+    fn pop_oldest(&mut self) -> Option<MessageId> {
+        self.ids
+            .pop_first()
+            .map(|(sequence, tag)| MessageId::new(tag, sequence))
+    }
+}
+
+/// What the bound of a [`StoredQueue`] lets a routing batch do.
+enum Admit {
+    /// Enqueue (and dequeue this oldest id, dropped to make room).
+    Enqueue(Option<MessageId>),
+    /// Full, drop-newest: leave the session out.
+    Refuse,
 }
 
 /// How a CONNECT must be prepared before it is accepted.
@@ -73,15 +134,13 @@ pub fn sequence_seed() -> u64 {
         .unwrap_or(0)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
 /// Maps journaled changes of `client_id` onto ops; true when one of them
-/// assigns a packet id to a QoS 2 PUBLISH (its bytes must wait for it).
+/// is a phase of a QoS 2 delivery, whose bytes must wait until it is
+/// stored: the `Published` phase that gives a PUBLISH its packet id, and
+/// the `Released` phase (PUBREC received) that its PUBREL announces. A
+/// client that saw the PUBREL has forgotten the packet id once it sends
+/// PUBCOMP; had storage still held `Published`, a restart would send the
+/// PUBLISH again (DUP) and the client would take it as a new message.
 pub fn journal_ops(client_id: &ByteStr, changes: Vec<SessionChange>, ops: &mut Vec<Op>) -> bool {
     let mut gates = false;
     for change in changes {
@@ -96,11 +155,8 @@ pub fn journal_ops(client_id: &ByteStr, changes: Vec<SessionChange>, ops: &mut V
                 phase,
                 qos,
             } => {
-                if qos == QoS::ExactlyOnce
-                    && phase == easy_mqtt_core::session::OutboundPhase::Published
-                {
-                    gates = true;
-                }
+                // Published or Released: see above.
+                gates |= qos == QoS::ExactlyOnce;
                 Op::SetInflight {
                     client_id: client_id.clone(),
                     packet_id,
@@ -158,7 +214,7 @@ impl<R: Runtime> Node<R> {
     /// Counts a storage failure and logs it, at most once a second.
     pub fn storage_failed(&self, what: &str, error: &StorageError) {
         Metrics::inc(&self.metrics.storage_errors);
-        let now = now_ms();
+        let now = u64::try_from(self.runtime.unix_time().as_millis()).unwrap_or(0);
         let last = self.storage_error_logged.load(Ordering::Relaxed);
         if now >= last + 1000
             && self
@@ -178,9 +234,25 @@ impl<R: Runtime> Node<R> {
     /// Loads every persistent session's subscriptions: the sessions become
     /// offline entries, routed to (through storage) before they return.
     pub(crate) async fn recover_sessions(&self) -> Result<(), StorageError> {
-        let sessions = self.storage.load_subscriptions().await?;
+        let mut sessions = self.storage.load_subscriptions().await?;
+        // In a cluster, each node routes for the sessions it owns.
+        if let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.cluster_store()) {
+            let owned: std::collections::HashSet<ByteStr> =
+                store.owned_by(&cluster.name()).await?.into_iter().collect();
+            sessions.retain(|s| owned.contains(&s.record.client_id));
+            let filters = sessions
+                .iter()
+                .flat_map(|s| s.subscriptions.iter().map(|(f, _)| f.clone()))
+                .collect::<Vec<_>>();
+            self.store_routes(filters).await?;
+        }
         let count = sessions.len();
-        for (record, subscriptions) in sessions {
+        for listed in sessions {
+            let easy_mqtt_core::storage::SessionSubscriptions {
+                record,
+                subscriptions,
+                queued,
+            } = listed;
             let entry = {
                 let mut registry = lock(&self.registry);
                 registry
@@ -194,6 +266,9 @@ impl<R: Runtime> Node<R> {
             let mut inner = lock(&entry.inner);
             inner.clean = false;
             inner.stored = true;
+            if inner.attached.is_none() && inner.offline.is_none() {
+                inner.stored_queue = Some(StoredQueue::new(queued));
+            }
             let key = SessionKey(entry.clone());
             let mut trie = write(&self.trie);
             for (filter, qos) in subscriptions {
@@ -260,7 +335,8 @@ impl<R: Runtime> Node<R> {
                     storage
                         .apply(vec![Op::PutSession(SessionRecord {
                             client_id: client_id.clone(),
-                            created_at_ms: now_ms(),
+                            created_at_ms: u64::try_from(runtime.unix_time().as_millis())
+                                .unwrap_or(0),
                         })])
                         .await?;
                     Ok(stored)
@@ -297,18 +373,50 @@ impl<R: Runtime> Node<R> {
         scratch: &mut Vec<(SessionKey, QoS)>,
     ) -> (PreparedRoute, Vec<Op>) {
         let id = self.next_message_id();
+        self.prepare_route_as(message, id, publisher, true, scratch)
+    }
+
+    /// [`Node::prepare_route`] for a message with an id already: minted
+    /// here (`local`: it also goes to the other nodes whose routes match,
+    /// and its retained state is stored), or by the node whose inbox entry
+    /// brought it (the origin did both).
+    pub(crate) fn prepare_route_as(
+        &self,
+        message: Arc<Message>,
+        id: MessageId,
+        publisher: Option<(ByteStr, PacketId)>,
+        local: bool,
+        scratch: &mut Vec<(SessionKey, QoS)>,
+    ) -> (PreparedRoute, Vec<Op>) {
+        // Taken before matching: see `RouteTicket`.
+        let ticket = self.cluster.as_ref().map(|c| c.route_ticket());
         crate::node::read(&self.trie).matches_dedup(&message.topic, scratch);
         let mut ops = Vec::new();
+        let mut body_stored = false;
         let mut targets = Vec::with_capacity(scratch.len());
         for (key, granted) in scratch.drain(..) {
-            let stored = {
-                let inner = lock(&key.0.inner);
-                inner.stored && !inner.clean && !inner.removed
-            };
             let qos = message.qos.min(granted);
-            let stored = stored && qos != QoS::AtMostOnce;
+            if self.forward_if_given_up(&key.0.client_id, id, &message, qos, &mut ops)
+                || self.delivered_in_handover(&key.0.client_id, id)
+            {
+                continue;
+            }
+            let mut dropped = None;
+            let stored = {
+                let mut inner = lock(&key.0.inner);
+                let stored =
+                    inner.stored && !inner.clean && !inner.removed && qos != QoS::AtMostOnce;
+                if stored {
+                    match self.admit_stored(&mut inner, id) {
+                        Admit::Enqueue(oldest) => dropped = oldest,
+                        Admit::Refuse => continue,
+                    }
+                }
+                stored
+            };
             if stored {
-                if ops.is_empty() {
+                if !body_stored {
+                    body_stored = true;
                     ops.push(Op::PutMessage {
                         id,
                         message: message.clone(),
@@ -320,10 +428,19 @@ impl<R: Runtime> Node<R> {
                     qos,
                     retain: false,
                 });
+                if let Some(oldest) = dropped {
+                    ops.push(Op::Dequeue {
+                        client_id: key.0.client_id.clone(),
+                        id: oldest,
+                    });
+                }
             }
             targets.push((key, granted, stored));
         }
-        if message.retain {
+        if local {
+            self.forward_to_nodes(id, &message, &mut ops);
+        }
+        if message.retain && local {
             ops.push(Op::SetRetained {
                 topic: message.topic.clone(),
                 message: (!message.payload.is_empty()).then(|| message.clone()),
@@ -340,9 +457,36 @@ impl<R: Runtime> Node<R> {
                 message,
                 id,
                 targets,
+                ticket,
             },
             ops,
         )
+    }
+
+    /// Bounds the [`StoredQueue`] of a session not loaded yet, which `id`
+    /// is about to be enqueued for, with the limits and the overflow policy
+    /// a loaded session applies (and the same `dropped_queue_full` count).
+    /// A session whose live state is in memory bounds its queue itself.
+    fn admit_stored(&self, inner: &mut SessionInner, id: MessageId) -> Admit {
+        if inner.attached.is_some() || inner.offline.is_some() {
+            inner.stored_queue = None;
+            return Admit::Enqueue(None);
+        }
+        let loading = inner.loading.is_some();
+        let Some(queue) = &mut inner.stored_queue else {
+            return Admit::Enqueue(None);
+        };
+        let limits = self.config.connection.session;
+        let mut dropped = None;
+        if !loading && queue.len() >= limits.max_queued.max(1) {
+            Metrics::inc(&self.metrics.dropped_queue_full);
+            match limits.overflow {
+                QueueOverflow::DropNewest => return Admit::Refuse,
+                QueueOverflow::DropOldest => dropped = queue.pop_oldest(),
+            }
+        }
+        queue.insert(id);
+        Admit::Enqueue(dropped)
     }
 
     /// The second half of routing, once the batch is stored: the retained
@@ -352,6 +496,7 @@ impl<R: Runtime> Node<R> {
             message,
             id,
             targets,
+            ticket: _ticket,
         } = prepared;
         self.update_retained(&message);
         let mut delivered = 0;

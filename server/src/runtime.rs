@@ -27,6 +27,14 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 
     /// Runs a task to completion in the background.
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+    /// Time since the Unix epoch (message id sequences, stored timestamps).
+    /// The simulator answers with its own clock, so runs repeat exactly.
+    fn unix_time(&self) -> std::time::Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
 }
 
 /// smol's executor with `async-io` timers.

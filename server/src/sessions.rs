@@ -85,6 +85,9 @@ pub struct SessionInner {
     /// A CONNECT is loading this session from storage: deliveries are kept
     /// here meanwhile and added to what it loads.
     pub loading: Option<Vec<Delivery>>,
+    /// A persistent session recovered from storage and not loaded yet: the
+    /// ids of its stored queue, which bound it (see `persist::StoredQueue`).
+    pub stored_queue: Option<crate::persist::StoredQueue>,
 }
 
 /// What the node remembers of a session's current (or last) connection.
@@ -112,27 +115,32 @@ impl SessionEntry {
     pub fn deliver(&self, delivery: Delivery, metrics: &Metrics) -> bool {
         let mut inner = lock(&self.inner);
         if let Some(cell) = &inner.attached {
-            let mut c = lock(&cell.inner);
-            return match c.conn.deliver(delivery) {
-                Some(Enqueued::Accepted) => {
-                    Metrics::inc(&metrics.deliveries);
-                    c.wake();
-                    true
+            // The driver is woken after both locks are released: a wake may
+            // be a futex call that the driver's own step would wait behind.
+            let (taken, waker) = {
+                let mut c = lock(&cell.inner);
+                match c.conn.deliver(delivery) {
+                    Some(Enqueued::Accepted) => (true, c.waker.take()),
+                    Some(Enqueued::DroppedOldest(_)) => {
+                        Metrics::inc(&metrics.dropped_queue_full);
+                        (true, c.waker.take())
+                    }
+                    Some(Enqueued::Refused) => {
+                        Metrics::inc(&metrics.dropped_queue_full);
+                        // A journaled session recorded the drop: its driver writes it.
+                        (false, c.waker.take())
+                    }
+                    None => (false, None),
                 }
-                Some(Enqueued::DroppedOldest(_)) => {
-                    Metrics::inc(&metrics.deliveries);
-                    Metrics::inc(&metrics.dropped_queue_full);
-                    c.wake();
-                    true
-                }
-                Some(Enqueued::Refused) => {
-                    Metrics::inc(&metrics.dropped_queue_full);
-                    // A journaled session recorded the drop: its driver writes it.
-                    c.wake();
-                    false
-                }
-                None => false,
             };
+            drop(inner);
+            if taken {
+                Metrics::inc(&metrics.deliveries);
+            }
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return taken;
         }
         if let Some(loading) = &mut inner.loading {
             if delivery.qos == QoS::AtMostOnce {
@@ -148,7 +156,8 @@ impl SessionEntry {
                 Metrics::inc(&metrics.dropped_offline_qos0);
                 return false;
             }
-            return match state.enqueue(delivery) {
+            // Stamped for an offline-message retention (`aliyun`).
+            return match state.enqueue_at(delivery, crate::aliyun::now_ms()) {
                 Enqueued::Accepted => {
                     Metrics::inc(&metrics.deliveries);
                     true

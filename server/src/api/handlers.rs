@@ -3,7 +3,7 @@
 //! answers a value or an [`ApiError`].
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::util::{Query, parse_json, present, rfc3339};
-use crate::admin::{ClientInfo, ClientPublishError, KickOutcome};
+use crate::admin::{ClientInfo, ClientPublishError, KickOutcome, RemoteClient};
 use crate::node::Node;
 use crate::runtime::Runtime;
 
@@ -221,6 +221,15 @@ pub async fn publish_batch<R: Runtime>(node: &Node<R>, body: &[u8]) -> Result<Va
     Ok(json!({ "results": results }))
 }
 
+/// 503: the cluster state in storage could not be read or written.
+fn cluster_unavailable(error: &StorageError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        format!("the cluster state in storage could not be reached: {error}"),
+    )
+}
+
 fn client_not_found(client_id: &str) -> ApiError {
     ApiError::not_found(
         "client-not-found",
@@ -241,6 +250,7 @@ fn client_json<R: Runtime>(node: &Node<R>, client: &ClientInfo, with_subscriptio
         .map(rfc3339);
     let mut value = json!({
         "clientId": client.client_id.as_str(),
+        "node": node.node_id(),
         "connected": client.connected,
         "connectedSince": since,
         "address": connection.and_then(|c| c.info.peer).map(|p| p.to_string()),
@@ -260,6 +270,18 @@ fn client_json<R: Runtime>(node: &Node<R>, client: &ClientInfo, with_subscriptio
     value
 }
 
+/// A client connected to another node of the cluster, as its presence
+/// record says.
+fn remote_client_json(client: &RemoteClient) -> Value {
+    let since = UNIX_EPOCH + Duration::from_millis(client.since_ms);
+    json!({
+        "clientId": client.client_id.as_str(),
+        "node": client.node.as_str(),
+        "connected": true,
+        "connectedSince": rfc3339(since),
+    })
+}
+
 fn subscriptions_json(subscriptions: &[(ByteStr, QoS)]) -> Value {
     subscriptions
         .iter()
@@ -267,9 +289,33 @@ fn subscriptions_json(subscriptions: &[(ByteStr, QoS)]) -> Value {
         .collect()
 }
 
-pub fn list_clients<R: Runtime>(node: &Node<R>, query: &Query) -> Result<Value, ApiError> {
+pub async fn list_clients<R: Runtime>(node: &Node<R>, query: &Query) -> Result<Value, ApiError> {
     let limit = query.number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let prefix = query.get("prefix").unwrap_or("");
+    let cluster_scope = match query.get("scope") {
+        None | Some("node") => false,
+        Some("cluster") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid-parameter",
+                format!("query parameter `scope` must be `node` or `cluster`, got {other:?}"),
+            ));
+        }
+    };
+    if cluster_scope
+        && let Some((clients, more)) = node
+            .clients_in_cluster(prefix, query.get("after"), limit)
+            .await
+            .map_err(|e| cluster_unavailable(&e))?
+    {
+        let next = if more {
+            clients.last().map(|c| c.client_id.as_str().to_owned())
+        } else {
+            None
+        };
+        let clients: Vec<Value> = clients.iter().map(remote_client_json).collect();
+        return Ok(json!({ "clients": clients, "next": next }));
+    }
     let (clients, more) = node.clients_page(prefix, query.get("after"), limit);
     let next = if more {
         clients.last().map(|c| c.client_id.as_str().to_owned())
@@ -283,7 +329,20 @@ pub fn list_clients<R: Runtime>(node: &Node<R>, query: &Query) -> Result<Value, 
     Ok(json!({ "clients": clients, "next": next }))
 }
 
-pub fn get_client<R: Runtime>(node: &Node<R>, client_id: &str) -> Result<Value, ApiError> {
+pub async fn get_client<R: Runtime>(node: &Node<R>, client_id: &str) -> Result<Value, ApiError> {
+    if node.holds_client(client_id)
+        && let Some(client) = node.client_info(client_id)
+    {
+        return Ok(client_json(node, &client, true));
+    }
+    // In a cluster: connected to another node?
+    if let Some(remote) = node
+        .find_remote_client(client_id)
+        .await
+        .map_err(|e| cluster_unavailable(&e))?
+    {
+        return Ok(remote_client_json(&remote));
+    }
     let client = node
         .client_info(client_id)
         .ok_or_else(|| client_not_found(client_id))?;
@@ -303,8 +362,12 @@ pub fn client_subscriptions<R: Runtime>(
     }))
 }
 
-pub fn kick<R: Runtime>(node: &Node<R>, client_id: &str) -> Result<Value, ApiError> {
-    match node.kick(client_id) {
+pub async fn kick<R: Runtime>(node: &Arc<Node<R>>, client_id: &str) -> Result<Value, ApiError> {
+    let outcome = node
+        .kick_in_cluster(client_id)
+        .await
+        .map_err(|e| cluster_unavailable(&e))?;
+    match outcome {
         KickOutcome::Kicked => Ok(json!({ "clientId": client_id, "kicked": true })),
         KickOutcome::NotConnected => Err(ApiError::new(
             hyper::StatusCode::CONFLICT,
@@ -381,4 +444,29 @@ pub async fn delete_retained<R: Runtime>(node: &Node<R>, query: &Query) -> Resul
     } else {
         Err(retained_not_found(topic_name))
     }
+}
+
+/// `GET /api/v1/cluster`: this node and every node storage knows.
+pub async fn cluster<R: Runtime>(node: &Node<R>) -> Result<Value, ApiError> {
+    let info = node
+        .cluster_info()
+        .await
+        .map_err(|e| cluster_unavailable(&e))?;
+    let Some(info) = info else {
+        return Ok(json!({ "enabled": false, "node": node.node_id(), "nodes": [] }));
+    };
+    let nodes: Vec<Value> = info
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node": m.node.as_str(),
+                "alive": m.alive,
+                "incarnation": m.incarnation,
+                "routes": m.routes,
+                "clients": m.clients,
+            })
+        })
+        .collect();
+    Ok(json!({ "enabled": true, "node": info.node.as_str(), "nodes": nodes }))
 }

@@ -240,6 +240,7 @@ enum Route {
     ClientPublish,
     Retained,
     RetainedMessage,
+    Cluster,
 }
 
 impl Route {
@@ -254,6 +255,7 @@ impl Route {
         let route = match segments.as_slice() {
             ["openapi.json"] => Route::OpenApi,
             ["stats"] => Route::Stats,
+            ["cluster"] => Route::Cluster,
             ["publish"] => Route::Publish,
             ["publish", "batch"] => Route::PublishBatch,
             ["clients"] => Route::Clients,
@@ -292,7 +294,7 @@ impl Route {
     /// The query parameters it takes.
     fn parameters(self) -> &'static [&'static str] {
         match self {
-            Route::Clients => &["prefix", "after", "limit"],
+            Route::Clients => &["prefix", "after", "limit", "scope"],
             Route::Retained => &["after", "limit"],
             Route::RetainedMessage => &["topic"],
             _ => &[],
@@ -372,10 +374,11 @@ impl<R: Runtime> State<R> {
                 let body = self.json_body(request).await?;
                 handlers::publish_to_client(node, client_id, &body).await?
             }
-            Route::Clients => handlers::list_clients(node, &query)?,
-            Route::Client => handlers::get_client(node, client_id)?,
+            Route::Clients => handlers::list_clients(node, &query).await?,
+            Route::Client => handlers::get_client(node, client_id).await?,
             Route::ClientSubscriptions => handlers::client_subscriptions(node, client_id)?,
-            Route::ClientKick => handlers::kick(node, client_id)?,
+            Route::ClientKick => handlers::kick(&self.node, client_id).await?,
+            Route::Cluster => handlers::cluster(node).await?,
             Route::Retained => handlers::list_retained(node, &query)?,
             Route::RetainedMessage if method == Method::DELETE => {
                 handlers::delete_retained(node, &query).await?
@@ -484,7 +487,20 @@ impl<R: Runtime> State<R> {
         let stats = self.node.stats();
         let rates = self.rates.per_second(now, &stats);
         let uptime = now.saturating_duration_since(self.started);
-        stats::stats_json(&stats, rates, &self.node.metrics, uptime)
+        stats::stats_json(
+            &stats,
+            rates,
+            &self.node.metrics,
+            self.cluster_stats(),
+            uptime,
+        )
+    }
+
+    fn cluster_stats(&self) -> stats::ClusterStats {
+        stats::ClusterStats {
+            live_nodes: self.node.live_nodes(),
+            bus_dropped: self.node.bus_dropped(),
+        }
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
@@ -492,7 +508,13 @@ impl<R: Runtime> State<R> {
         let stats = self.node.stats();
         let rates = self.rates.per_second(now, &stats);
         let uptime = now.saturating_duration_since(self.started);
-        let text = stats::prometheus(&stats, rates, &self.node.metrics, uptime);
+        let text = stats::prometheus(
+            &stats,
+            rates,
+            &self.node.metrics,
+            self.cluster_stats(),
+            uptime,
+        );
         response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -77,11 +77,21 @@ fn round(rate: f64) -> f64 {
     (rate * 1000.0).round() / 1000.0
 }
 
+/// The cluster's part of the statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Live nodes, this one included; `None` outside a cluster.
+    pub live_nodes: Option<usize>,
+    /// QoS 0 messages not sent to other nodes (bus queue full).
+    pub bus_dropped: u64,
+}
+
 /// The body of `GET /api/v1/stats`.
 pub fn stats_json(
     stats: &NodeStats,
     rates: MessageRates,
     metrics: &Metrics,
+    cluster: ClusterStats,
     uptime: Duration,
 ) -> serde_json::Value {
     serde_json::json!({
@@ -97,6 +107,14 @@ pub fn stats_json(
         "droppedQueueFull": stats.dropped_queue_full,
         "droppedOfflineQos0": stats.dropped_offline_qos0,
         "connectionsTotal": Metrics::get(&metrics.connections_total),
+        "storageErrors": Metrics::get(&metrics.storage_errors),
+        "storagePublishesFailed": Metrics::get(&metrics.storage_publishes_failed),
+        "clusterNodes": cluster.live_nodes,
+        "busSent": Metrics::get(&metrics.bus_sent),
+        "busReceived": Metrics::get(&metrics.bus_received),
+        "busDropped": cluster.bus_dropped,
+        "clusterTakeovers": Metrics::get(&metrics.cluster_takeovers),
+        "clusterAdoptions": Metrics::get(&metrics.cluster_adoptions),
         "uptimeSeconds": uptime.as_secs(),
     })
 }
@@ -106,6 +124,7 @@ pub fn prometheus(
     stats: &NodeStats,
     rates: MessageRates,
     metrics: &Metrics,
+    cluster: ClusterStats,
     uptime: Duration,
 ) -> String {
     let get = Metrics::get;
@@ -231,6 +250,56 @@ pub fn prometheus(
         ],
     );
     metric(
+        "storage_errors_total",
+        "counter",
+        "Storage calls that failed (each retry counts).",
+        &[("", n(get(&metrics.storage_errors)))],
+    );
+    metric(
+        "storage_publishes_failed_total",
+        "counter",
+        "QoS 1/2 PUBLISH packets not acknowledged because storage stayed unavailable.",
+        &[("", n(get(&metrics.storage_publishes_failed)))],
+    );
+    if let Some(live) = cluster.live_nodes {
+        metric(
+            "cluster_nodes",
+            "gauge",
+            "Live nodes of the cluster, this one included.",
+            &[("", live as f64)],
+        );
+    }
+    metric(
+        "bus_sent_total",
+        "counter",
+        "Cluster bus entries this node wrote to other nodes' inboxes through its outbox.",
+        &[("", n(get(&metrics.bus_sent)))],
+    );
+    metric(
+        "bus_received_total",
+        "counter",
+        "Cluster bus entries read from this node's inbox and from inboxes of nodes it adopted.",
+        &[("", n(get(&metrics.bus_received)))],
+    );
+    metric(
+        "bus_dropped_total",
+        "counter",
+        "QoS 0 messages not sent to other nodes because the bus queue was full.",
+        &[("", n(cluster.bus_dropped))],
+    );
+    metric(
+        "cluster_takeovers_total",
+        "counter",
+        "Client ids this node took over from another node.",
+        &[("", n(get(&metrics.cluster_takeovers)))],
+    );
+    metric(
+        "cluster_adoptions_total",
+        "counter",
+        "Dead nodes this node adopted.",
+        &[("", n(get(&metrics.cluster_adoptions)))],
+    );
+    metric(
         "uptime_seconds",
         "gauge",
         "Seconds since the HTTP API started.",
@@ -279,10 +348,16 @@ mod tests {
             &stats(3, 4),
             MessageRates::default(),
             &Metrics::default(),
+            ClusterStats {
+                live_nodes: Some(2),
+                bus_dropped: 0,
+            },
             Duration::ZERO,
         );
         assert!(text.contains("# TYPE easy_mqtt_messages_received_total counter\neasy_mqtt_messages_received_total 3\n"));
         assert!(text.contains("easy_mqtt_messages_dropped_total{reason=\"queue_full\"} 0\n"));
+        assert!(text.contains("\neasy_mqtt_cluster_nodes 2\n"));
+        assert!(text.contains("\neasy_mqtt_bus_received_total 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");

@@ -237,6 +237,34 @@ impl Config {
                 "must be at least 1, got 0".to_owned(),
             );
         }
+        let cluster = &self.mqtt.cluster;
+        if cluster.heartbeat_interval < 10 {
+            return fail(
+                "mqtt.cluster.heartbeat-interval",
+                format!(
+                    "must be at least 10 (milliseconds), got {}",
+                    cluster.heartbeat_interval
+                ),
+            );
+        }
+        if u64::from(cluster.node_timeout) <= 2 * u64::from(cluster.heartbeat_interval) {
+            return fail(
+                "mqtt.cluster.node-timeout",
+                format!(
+                    "must be more than twice mqtt.cluster.heartbeat-interval ({} ms), got {}",
+                    cluster.heartbeat_interval, cluster.node_timeout
+                ),
+            );
+        }
+        if cluster.takeover_timeout < cluster.heartbeat_interval {
+            return fail(
+                "mqtt.cluster.takeover-timeout",
+                format!(
+                    "must be at least mqtt.cluster.heartbeat-interval ({} ms), got {}",
+                    cluster.heartbeat_interval, cluster.takeover_timeout
+                ),
+            );
+        }
         self.check_aliyun(&fail)?;
         Ok(())
     }

@@ -9,11 +9,21 @@ pub(super) type PendingAuth = (
     Pin<Box<dyn Future<Output = AuthDecision> + Send>>,
 );
 
-/// A CONNECT waiting for storage: its stored session loaded (or deleted).
+/// A CONNECT waiting for storage: its stored session loaded (or deleted),
+/// and in a cluster its client id claimed.
 pub(super) type PendingConnect = (
     Box<Connect>,
-    BoxFuture<'static, Result<Option<StoredSession>, StorageError>>,
+    BoxFuture<'static, Result<Prepared, StorageError>>,
 );
+
+/// What a CONNECT prepared before it is accepted.
+pub(super) struct Prepared {
+    /// What storage held (`None`: nothing was loaded, the node's own state
+    /// is the newest).
+    loaded: Option<Option<StoredSession>>,
+    /// The cluster epoch of the claim.
+    epoch: Option<u64>,
+}
 
 impl<S, R> Driver<S, R>
 where
@@ -107,27 +117,72 @@ where
     }
 
     /// Accepts a CONNECT, or first loads (persistent) or deletes (clean)
-    /// its stored session on a durable node; the CONNACK waits for that.
+    /// its stored session on a durable node, and in a cluster claims its
+    /// client id; the CONNACK waits for that.
     pub(super) fn start_connect(&mut self, connect: Box<Connect>) {
-        match self
+        let claim = self.node.cluster().is_some() && !connect.client_id.is_empty();
+        let plan = match self
             .node
             .connect_plan(&connect.client_id, connect.clean_session)
         {
-            ConnectPlan::Direct => self.accept(*connect, None),
-            ConnectPlan::Load => {
-                let future = self.node.load_for_connect(connect.client_id.clone());
-                self.pending_connect = Some((connect, future));
+            // Another node may have held the session: storage decides.
+            ConnectPlan::Direct if claim && connect.clean_session => ConnectPlan::Delete,
+            plan => plan,
+        };
+        let storage_step: Option<BoxFuture<'static, Result<Option<StoredSession>, StorageError>>> =
+            match plan {
+                ConnectPlan::Direct => None,
+                ConnectPlan::Load => Some(self.node.load_for_connect(connect.client_id.clone())),
+                ConnectPlan::Delete => {
+                    let storage = self.node.storage().clone();
+                    let client_id = connect.client_id.clone();
+                    Some(Box::pin(async move {
+                        storage.apply(vec![Op::DeleteSession { client_id }]).await?;
+                        Ok(None)
+                    }))
+                }
+            };
+        if !claim {
+            match storage_step {
+                None => self.accept(*connect, None),
+                Some(step) => {
+                    let future: BoxFuture<'static, _> = Box::pin(async move {
+                        Ok(Prepared {
+                            loaded: Some(step.await?),
+                            epoch: None,
+                        })
+                    });
+                    self.pending_connect = Some((connect, future));
+                }
             }
-            ConnectPlan::Delete => {
-                let storage = self.node.storage().clone();
-                let client_id = connect.client_id.clone();
-                let future: BoxFuture<'static, _> = Box::pin(async move {
-                    storage.apply(vec![Op::DeleteSession { client_id }]).await?;
-                    Ok(None)
-                });
-                self.pending_connect = Some((connect, future));
-            }
+            return;
         }
+        let will = connect.will.as_ref().map(|will| {
+            Arc::new(easy_mqtt_core::session::Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+            })
+        });
+        let claimed = self.node.claim_for_connect(connect.client_id.clone(), will);
+        let stored_client = connect.client_id.clone();
+        let node = self.node.clone();
+        let future: BoxFuture<'static, _> = Box::pin(async move {
+            // The previous owner lets go before storage is read.
+            let epoch = claimed.await?;
+            let loaded = match storage_step {
+                Some(step) => Some(step.await?),
+                None => None,
+            };
+            if let Some(Some(stored)) = &loaded {
+                node.store_routes(stored.subscriptions.iter().map(|(f, _)| f.clone()))
+                    .await?;
+                node.note_loaded(&stored_client, stored);
+            }
+            Ok(Prepared { loaded, epoch })
+        });
+        self.pending_connect = Some((connect, future));
     }
 
     /// Polls the pending storage work of a CONNECT; true when it finished.
@@ -147,7 +202,17 @@ where
             return false;
         };
         match result {
-            Ok(stored) => self.accept(*connect, Some(stored)),
+            Ok(prepared) if self.node.holds_epoch(&connect.client_id, prepared.epoch) => {
+                self.accept(*connect, prepared.loaded)
+            }
+            Ok(_) => {
+                // Another node claimed the client id meanwhile.
+                self.node.end_load(&connect.client_id);
+                let now = self.node.runtime().now();
+                lock(&self.cell.inner)
+                    .conn
+                    .refuse(ConnectReturnCode::ServerUnavailable, now);
+            }
             Err(error) => {
                 self.node.storage_failed("connect", &error);
                 self.node.end_load(&connect.client_id);

@@ -97,7 +97,14 @@ where
             self.node.route(message, &mut self.scratch);
             return;
         }
-        let (prepared, ops) = self.node.prepare_route(message, None, &mut self.scratch);
+        let (prepared, mut ops) = self.node.prepare_route(message, None, &mut self.scratch);
+        if self.node.cluster().is_some()
+            && let Some(attachment) = &self.attachment
+        {
+            // With the will, so that a node adopting this one after a
+            // crash publishes it only if it was not.
+            ops.push(self.node.clear_presence_op(&attachment.client_id));
+        }
         self.push_storage(
             ops,
             After::Route {
@@ -174,7 +181,15 @@ where
                 front.retry_at = None;
                 let storage = self.node.storage().clone();
                 let ops = front.ops.clone();
-                front.running = Some(Box::pin(async move { storage.apply(ops).await }));
+                // A cluster node without a lease writes nothing: it may have
+                // been declared dead, and its writes would be stale.
+                let allowed = self.node.may_write();
+                front.running = Some(Box::pin(async move {
+                    if !allowed {
+                        return Err(StorageError::Unavailable("no cluster lease".into()));
+                    }
+                    storage.apply(ops).await
+                }));
             }
             let Some(running) = &mut front.running else {
                 return progress;

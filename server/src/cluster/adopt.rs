@@ -1,0 +1,300 @@
+//! Dead nodes, and this node's own previous life.
+//!
+//! A node whose heartbeat expired is adopted by the one live node that wins
+//! `claim_adoption` (which fences the dead incarnation). The adopter:
+//! 1. publishes the will of every client that was connected there and is
+//!    not owned by another node since, in the batch that clears its
+//!    presence (so a will is published once even if the adopter dies too);
+//! 2. claims the persistent sessions the dead node owned: their
+//!    subscriptions enter its trie and its routes, and messages for them are
+//!    stored in their queues until the clients return, to any node;
+//! 3. serves the dead node's inbox like its own, and keeps watching it for
+//!    `ADOPTED_WATCH` (a publisher's batch computed with a stale route
+//!    cache may still land there), unless the dead node comes back; then
+//!    forgets the node.
+//!
+//! A node that restarts under the same node id adopts its previous
+//! incarnation itself when nobody else did: it waits for that incarnation's
+//! heartbeat to expire, then does the same.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use easy_mqtt_core::ByteStr;
+use easy_mqtt_core::cluster::{ClusterOp, InboxId};
+use easy_mqtt_core::storage::{Op, StorageError};
+
+use super::apply_until_stored;
+use crate::metrics::Metrics;
+use crate::node::{Node, write};
+use crate::runtime::{Runtime, sleep_until};
+use crate::sessions::{SessionEntry, SessionKey, lock};
+
+/// How long an adopter keeps serving a dead node's inbox.
+const ADOPTED_WATCH: Duration = Duration::from_secs(120);
+
+/// A dead node's inbox served by this node.
+#[derive(Debug, Clone)]
+pub(crate) struct Adopted {
+    pub node: ByteStr,
+    pub after: Option<InboxId>,
+    pub until: Instant,
+}
+
+impl<R: Runtime> Node<R> {
+    /// Serves the inboxes of adopted nodes once; true when one held entries.
+    pub(crate) async fn serve_adopted_inboxes(self: &Arc<Self>) -> bool {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return false;
+        };
+        let adopted: Vec<Adopted> = lock(&self.adopted).clone();
+        let mut any = false;
+        for mut dead in adopted {
+            // An incarnation never comes back (a restarted node is a new
+            // one), but a partitioned one can: it was fenced and drops all.
+            let back = crate::node::read(&cluster.live).contains(&dead.node);
+            let result = if back {
+                Ok(false)
+            } else {
+                self.serve_inbox_once(&dead.node, &mut dead.after, Duration::ZERO)
+                    .await
+            };
+            any |= matches!(result, Ok(true));
+            let finished = back || (result == Ok(false) && self.runtime.now() >= dead.until);
+            {
+                let mut list = lock(&self.adopted);
+                if let Some(slot) = list.iter_mut().find(|a| a.node == dead.node) {
+                    slot.after = dead.after;
+                }
+                if finished {
+                    list.retain(|a| a.node != dead.node);
+                }
+            }
+            if finished
+                && !back
+                && let Some(store) = self.storage.cluster()
+            {
+                match store.forget_member(&dead.node).await {
+                    Err(error) => self.storage_failed("forget node", &error),
+                    Ok(()) => tracing::info!(node = %dead.node, "dead node forgotten"),
+                }
+            }
+        }
+        any
+    }
+
+    /// Adopts the dead nodes this node wins.
+    pub(crate) async fn adopt_dead_nodes(self: &Arc<Self>) {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return;
+        };
+        let members = match store.members().await {
+            Ok(members) => members,
+            Err(error) => {
+                self.storage_failed("members", &error);
+                return;
+            }
+        };
+        for member in members {
+            if member.alive.is_some()
+                || member.node == cluster.name()
+                || member.node.starts_with(&format!("{}@", cluster.base_id))
+                || lock(&self.adopted).iter().any(|a| a.node == member.node)
+            {
+                continue;
+            }
+            match store
+                .claim_adoption(&member.node, member.incarnation, &cluster.name())
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(
+                        node = %member.node,
+                        incarnation = member.incarnation,
+                        "node is dead; adopting its clients"
+                    );
+                    if let Err(error) = self.adopt(&member.node).await {
+                        self.storage_failed("adopt", &error);
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => self.storage_failed("claim adoption", &error),
+            }
+        }
+    }
+
+    /// Takes over what `dead` held (wills, persistent sessions, inbox).
+    pub(crate) async fn adopt(self: &Arc<Self>, dead: &ByteStr) -> Result<(), StorageError> {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return Ok(());
+        };
+        Metrics::inc(&self.metrics.cluster_adoptions);
+        // 1. Wills of the clients that were connected there.
+        let mut scratch = Vec::new();
+        for presence in store.presence(dead).await? {
+            let owner = store.owner(&presence.client_id).await?;
+            let still_there = owner.is_none_or(|o| o.node == *dead && o.epoch <= presence.epoch);
+            let mut ops = Vec::new();
+            let mut prepared = None;
+            if still_there && let Some(will) = presence.will {
+                Metrics::inc(&self.metrics.wills_published);
+                tracing::info!(client_id = %presence.client_id, node = %dead, "publishing the will of a client of a dead node");
+                let (route, more) = self.prepare_route(will, None, &mut scratch);
+                ops.extend(more);
+                prepared = Some(route);
+            }
+            ops.push(Op::Cluster(ClusterOp::ClearPresence {
+                node: dead.clone(),
+                client_id: presence.client_id.clone(),
+            }));
+            if !apply_until_stored(self, ops).await {
+                return Err(StorageError::Unavailable("storage refused the will".into()));
+            }
+            if let Some(route) = prepared {
+                self.finish_route(route);
+            }
+        }
+        tracing::trace!(node = %dead, "adoption: wills done");
+        // 2. Its persistent sessions.
+        {
+            let owned: std::collections::HashSet<ByteStr> =
+                store.owned_by(dead).await?.into_iter().collect();
+            if !owned.is_empty() {
+                let sessions = self.storage.load_subscriptions().await?;
+                let mut route_filters = Vec::new();
+                for session in sessions {
+                    let (record, subscriptions) = (session.record, session.subscriptions);
+                    if !owned.contains(&record.client_id) {
+                        continue;
+                    }
+                    let owner = store.owner(&record.client_id).await?;
+                    if owner.is_some_and(|o| o.node != *dead) {
+                        continue;
+                    }
+                    let claim = store
+                        .claim_owner(&record.client_id, &cluster.name())
+                        .await?;
+                    lock(&cluster.epochs).insert(record.client_id.clone(), claim.epoch);
+                    route_filters.extend(subscriptions.iter().map(|(f, _)| f.clone()));
+                    self.hold_offline_session(&record.client_id, subscriptions);
+                }
+                let ops = self.route_ops_for(route_filters, cluster);
+                if !ops.is_empty() {
+                    apply_until_stored(self, ops).await;
+                }
+            }
+        }
+        tracing::trace!(node = %dead, "adoption: sessions done");
+        // 3. Its inbox.
+        {
+            let mut removals: Vec<Op> = {
+                let routes = crate::node::read(&cluster.routes);
+                routes
+                    .filters_of(dead)
+                    .iter()
+                    .map(|filter| {
+                        Op::Cluster(ClusterOp::RemoveRoute {
+                            node: dead.clone(),
+                            filter: filter.clone(),
+                        })
+                    })
+                    .collect()
+            };
+            if !removals.is_empty() {
+                removals.extend(cluster.routes_changed_ops());
+                apply_until_stored(self, removals).await;
+            }
+            lock(&self.adopted).push(Adopted {
+                node: dead.clone(),
+                after: None,
+                until: self.runtime.now() + ADOPTED_WATCH,
+            });
+        }
+        Ok(())
+    }
+
+    /// Holds a persistent session whose client is away, for routing: its
+    /// subscriptions in the trie, messages for it stored in its queue.
+    pub(crate) fn hold_offline_session(
+        &self,
+        client_id: &ByteStr,
+        subscriptions: Vec<(ByteStr, easy_mqtt_core::QoS)>,
+    ) {
+        let entry = {
+            let mut registry = lock(&self.registry);
+            registry
+                .entry(client_id.clone())
+                .or_insert_with(|| {
+                    Metrics::inc(&self.metrics.sessions_current);
+                    Arc::new(SessionEntry::new(client_id.clone()))
+                })
+                .clone()
+        };
+        let mut inner = lock(&entry.inner);
+        inner.clean = false;
+        inner.stored = true;
+        let key = SessionKey(entry.clone());
+        let mut trie = write(&self.trie);
+        for (filter, qos) in subscriptions {
+            trie.insert(&filter, key.clone(), qos);
+            inner.subscriptions.insert(filter, qos);
+        }
+    }
+
+    /// At start: this node id's previous incarnation, if storage still
+    /// knows it, is adopted (by this node when no other node did), then
+    /// this incarnation registers.
+    pub(crate) async fn join_cluster(self: &Arc<Self>) -> Result<(), StorageError> {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return Ok(());
+        };
+        let own = cluster.name();
+        let prefix = format!("{}@", cluster.base_id);
+        let deadline = self.runtime.now() + cluster.config.node_ttl * 3;
+        loop {
+            let members = store.members().await?;
+            // Wills of a previous life go to the live nodes' subscribers too.
+            *write(&cluster.live) = members
+                .iter()
+                .filter(|m| m.alive.is_some() && m.node != own)
+                .map(|m| m.node.clone())
+                .collect();
+            self.refresh_routes().await;
+            let previous: Vec<_> = members
+                .into_iter()
+                .filter(|m| m.node.starts_with(&prefix) && m.node != own)
+                .collect();
+            if previous.iter().all(|m| m.alive.is_none()) {
+                // Registered first: adopting writes under this node's lease.
+                super::heartbeat(self, self.runtime.now()).await;
+                if !cluster.lease_valid(self.runtime.now()) {
+                    return Err(StorageError::Unavailable(
+                        "the first cluster heartbeat failed".into(),
+                    ));
+                }
+                for life in previous {
+                    if store
+                        .claim_adoption(&life.node, life.incarnation, &own)
+                        .await?
+                    {
+                        tracing::info!(previous = %life.node, "adopting this node's previous incarnation");
+                        self.adopt(&life.node).await?;
+                    }
+                    // Otherwise another node adopts it.
+                }
+                break;
+            }
+            if self.runtime.now() >= deadline {
+                return Err(StorageError::Invalid(format!(
+                    "another process is alive under node id {} (mqtt.server.node-id must be unique)",
+                    cluster.base_id
+                )));
+            }
+            tracing::info!("waiting for this node's previous incarnation to expire");
+            let at = self.runtime.now() + cluster.config.heartbeat_interval;
+            sleep_until(&self.runtime, at).await;
+        }
+        self.refresh_routes().await;
+        Ok(())
+    }
+}

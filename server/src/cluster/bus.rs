@@ -1,0 +1,412 @@
+//! The cluster bus: sending to other nodes' inboxes and serving this one's.
+//!
+//! Sending: a QoS 1/2 (or retained) message goes to the other nodes in the
+//! batch that stores it, so the PUBACK still waits for it; a QoS 0 one goes
+//! through the outbox, a bounded queue the cluster task writes in batches
+//! (full: dropped and counted, as QoS 0 allows).
+//!
+//! Serving: entries are read in append order, in batches; the writes they
+//! cause (a message enqueued for this node's persistent sessions) are
+//! stored in one batch together with the acknowledgement of the entries,
+//! and only then delivered in memory. A crash before that batch is stored
+//! leaves the entries to be read again (by this node when it returns, or by
+//! the node that adopts it); the message keeps the id its origin gave it,
+//! so storing it again enqueues nothing twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use easy_mqtt_core::cluster::{BusEntry, ClusterOp, InboxId};
+use easy_mqtt_core::session::{Delivery, Message};
+use easy_mqtt_core::storage::{MessageId, Op};
+use easy_mqtt_core::{ByteStr, QoS};
+
+use super::apply_until_stored;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::persist::PreparedRoute;
+use crate::runtime::{Runtime, sleep_until};
+use crate::sessions::{SessionKey, lock};
+
+/// How long an empty inbox read may wait on a backend that can block.
+const INBOX_WAIT: Duration = Duration::from_millis(500);
+/// The pause between reads of an empty inbox on a backend that answers at
+/// once.
+const INBOX_POLL: Duration = Duration::from_millis(5);
+
+/// What to do in memory once an inbox batch is stored.
+enum Then {
+    Route(PreparedRoute),
+    Direct(SessionKey, Delivery),
+}
+
+impl<R: Runtime> Node<R> {
+    /// Whether `id` already reached `client_id` while it was handed over.
+    pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.delivered_in_handover(client_id, id))
+    }
+
+    /// When this node gave `client_id` up, adds the op that forwards the
+    /// delivery to its new owner and returns true.
+    pub(crate) fn forward_if_given_up(
+        &self,
+        client_id: &ByteStr,
+        id: MessageId,
+        message: &Arc<Message>,
+        qos: QoS,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        let Some(to) = self.cluster.as_ref().and_then(|c| c.forward_of(client_id)) else {
+            return false;
+        };
+        ops.push(Op::Cluster(ClusterOp::Forward {
+            node: to,
+            entry: BusEntry::Direct {
+                client_id: client_id.clone(),
+                id,
+                message: message.clone(),
+                qos,
+            },
+        }));
+        true
+    }
+
+    /// Adds the ops that hand `message` to every other node that needs it.
+    pub(crate) fn forward_to_nodes(
+        &self,
+        id: MessageId,
+        message: &Arc<Message>,
+        ops: &mut Vec<Op>,
+    ) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let mut nodes = Vec::new();
+        self.remote_nodes(&message.topic, message.retain, &mut nodes);
+        tracing::trace!(topic = %message.topic, ?nodes, "forwarding to nodes");
+        for node in nodes {
+            ops.push(Op::Cluster(ClusterOp::Forward {
+                node,
+                entry: BusEntry::Publish {
+                    id,
+                    message: message.clone(),
+                },
+            }));
+        }
+    }
+
+    /// The cluster half of an in-memory route (QoS 0, or a node without
+    /// durable writes): forwards through the outbox. Returns the sessions
+    /// left to deliver to here.
+    pub(crate) fn forward_in_memory(
+        &self,
+        message: &Arc<Message>,
+        targets: &mut Vec<(SessionKey, QoS)>,
+    ) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let id = self.next_message_id();
+        let mut ops = Vec::new();
+        targets.retain(|(key, granted)| {
+            let qos = message.qos.min(*granted);
+            !self.forward_if_given_up(&key.0.client_id, id, message, qos, &mut ops)
+        });
+        self.forward_to_nodes(id, message, &mut ops);
+        let essential = message.qos != QoS::AtMostOnce;
+        for op in ops {
+            cluster.send_later(op, essential);
+        }
+    }
+
+    /// Builds the batch and the in-memory work of inbox entries.
+    fn take_entries(
+        self: &Arc<Self>,
+        inbox: &ByteStr,
+        entries: Vec<(InboxId, BusEntry)>,
+        owners: &HashMap<ByteStr, ByteStr>,
+        ops: &mut Vec<Op>,
+        then: &mut Vec<Then>,
+    ) {
+        let mut scratch = Vec::new();
+        for (entry_id, entry) in entries {
+            let repeated = match &entry {
+                BusEntry::Publish { id, .. } | BusEntry::Direct { id, .. } => self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| !lock(&c.seen).insert(*id)),
+                _ => false,
+            };
+            if repeated {
+                ops.push(Op::Cluster(ClusterOp::InboxAck {
+                    node: inbox.clone(),
+                    entry: entry_id,
+                }));
+                continue;
+            }
+            match entry {
+                BusEntry::Publish { id, message } => {
+                    let (prepared, more) =
+                        self.prepare_route_as(message, id, None, false, &mut scratch);
+                    ops.extend(more);
+                    then.push(Then::Route(prepared));
+                }
+                BusEntry::Direct {
+                    client_id,
+                    id,
+                    message,
+                    qos,
+                } => self.take_direct(client_id, id, message, qos, owners, ops, then),
+                BusEntry::Kick {
+                    client_id,
+                    epoch,
+                    from,
+                } => {
+                    let node = self.clone();
+                    if let Some(cluster) = self.cluster.as_ref() {
+                        cluster.pending_releases.fetch_add(1, Ordering::AcqRel);
+                    }
+                    self.runtime.spawn(Box::pin(async move {
+                        node.clone().release(client_id, epoch, from).await;
+                        if let Some(cluster) = node.cluster.as_ref() {
+                            cluster.pending_releases.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }));
+                }
+                BusEntry::Released { client_id, epoch } => self.released(&client_id, epoch),
+                BusEntry::RoutesChanged { .. } => self.routes_stale(),
+            }
+            ops.push(Op::Cluster(ClusterOp::InboxAck {
+                node: inbox.clone(),
+                entry: entry_id,
+            }));
+        }
+    }
+
+    /// A message for one client: delivered here if this node holds its
+    /// session, forwarded if it gave it up, else stored in its queue (if it
+    /// has a persistent session: the op is ignored otherwise).
+    #[allow(clippy::too_many_arguments)]
+    fn take_direct(
+        &self,
+        client_id: ByteStr,
+        id: MessageId,
+        message: Arc<Message>,
+        qos: QoS,
+        owners: &HashMap<ByteStr, ByteStr>,
+        ops: &mut Vec<Op>,
+        then: &mut Vec<Then>,
+    ) {
+        if self.forward_if_given_up(&client_id, id, &message, qos, ops)
+            || self.delivered_in_handover(&client_id, id)
+        {
+            return;
+        }
+        let entry = lock(&self.registry).get(&client_id).cloned();
+        if entry.is_none()
+            && let Some(owner) = owners.get(&client_id)
+        {
+            // Sent here by a node whose view was stale (a forward to an
+            // owner that moved on): to the owner of record.
+            ops.push(Op::Cluster(ClusterOp::Forward {
+                node: owner.clone(),
+                entry: BusEntry::Direct {
+                    client_id,
+                    id,
+                    message,
+                    qos,
+                },
+            }));
+            return;
+        }
+        let stored = entry.as_ref().is_none_or(|entry| {
+            let inner = lock(&entry.inner);
+            inner.stored && !inner.clean && !inner.removed
+        }) && qos != QoS::AtMostOnce;
+        if stored {
+            ops.push(Op::PutMessage {
+                id,
+                message: message.clone(),
+            });
+            ops.push(Op::Enqueue {
+                client_id: client_id.clone(),
+                id,
+                qos,
+                retain: false,
+            });
+        }
+        if let Some(entry) = entry {
+            let mut delivery = Delivery::routed(message, qos);
+            if stored {
+                delivery = delivery.stored_as(id);
+            }
+            then.push(Then::Direct(SessionKey(entry), delivery));
+        }
+    }
+
+    /// The owners (other than this node) of the clients that `Direct`
+    /// entries name and this node does not hold.
+    async fn owners_of_strangers(
+        &self,
+        entries: &[(InboxId, BusEntry)],
+    ) -> HashMap<ByteStr, ByteStr> {
+        let mut owners = HashMap::new();
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return owners;
+        };
+        let own = cluster.name();
+        for (_, entry) in entries {
+            let BusEntry::Direct { client_id, .. } = entry else {
+                continue;
+            };
+            if owners.contains_key(client_id)
+                || lock(&self.registry).contains_key(client_id)
+                || cluster.forward_of(client_id).is_some()
+            {
+                continue;
+            }
+            match store.owner(client_id).await {
+                Ok(Some(owner)) if owner.node != own => {
+                    owners.insert(client_id.clone(), owner.node);
+                }
+                Ok(_) => {}
+                Err(error) => self.storage_failed("owner", &error),
+            }
+        }
+        owners
+    }
+
+    /// Delivers in memory what a stored inbox batch brought.
+    fn finish_entries(&self, then: Vec<Then>) {
+        for then in then {
+            match then {
+                Then::Route(prepared) => {
+                    self.finish_route(prepared);
+                }
+                Then::Direct(key, delivery) => {
+                    key.0.deliver(delivery, &self.metrics);
+                }
+            }
+        }
+    }
+
+    /// Reads and serves `inbox` once: true when it held entries.
+    pub(crate) async fn serve_inbox_once(
+        self: &Arc<Self>,
+        inbox: &ByteStr,
+        after: &mut Option<InboxId>,
+        wait: Duration,
+    ) -> Result<bool, ()> {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return Err(());
+        };
+        let Some(store) = self.storage.cluster() else {
+            return Err(());
+        };
+        let entries = match store
+            .read_inbox(inbox, *after, cluster.config.inbox_batch, wait)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(error) => {
+                self.storage_failed("inbox", &error);
+                return Err(());
+            }
+        };
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        if let Some((last, _)) = entries.last() {
+            *after = Some(*last);
+        }
+        Metrics::add(&self.metrics.bus_received, entries.len() as u64);
+        tracing::trace!(inbox = %inbox, entries = entries.len(), "inbox entries");
+        let owners = self.owners_of_strangers(&entries).await;
+        let mut ops = Vec::new();
+        let mut then = Vec::new();
+        self.take_entries(inbox, entries, &owners, &mut ops, &mut then);
+        if apply_until_stored(self, ops).await {
+            self.finish_entries(then);
+        }
+        Ok(true)
+    }
+}
+
+/// Serves this node's inbox (and the inboxes of nodes it adopted) until
+/// the node shuts down.
+pub(super) async fn run_inbox<R: Runtime>(node: Arc<Node<R>>) {
+    let Some(cluster) = node.cluster.as_ref() else {
+        return;
+    };
+    let mut own = cluster.name();
+    let mut after = None;
+    let mut attempt = 0;
+    while !node.is_shutting_down() {
+        let started = node.runtime.now();
+        let name = cluster.name();
+        if name != own {
+            // A new incarnation reads its own, new inbox.
+            own = name;
+            after = None;
+        }
+        let own_result = node.serve_inbox_once(&own, &mut after, INBOX_WAIT).await;
+        let adopted = node.serve_adopted_inboxes().await;
+        match own_result {
+            Ok(true) => attempt = 0,
+            Ok(false) if adopted => attempt = 0,
+            Ok(false) => {
+                attempt = 0;
+                if cluster.catching_up.load(Ordering::Acquire)
+                    && cluster.pending_releases.load(Ordering::Acquire) == 0
+                {
+                    cluster.catching_up.store(false, Ordering::Release);
+                    cluster.serving.store(true, Ordering::Release);
+                    tracing::info!("inbox caught up; serving again");
+                }
+                // A backend that does not block answered at once.
+                if node.runtime.now().duration_since(started) < INBOX_WAIT / 2 {
+                    sleep_until(&node.runtime, node.runtime.now() + INBOX_POLL).await;
+                }
+            }
+            Err(()) => {
+                attempt += 1;
+                // Read again from the oldest entry not acknowledged.
+                after = None;
+                let at = node.runtime.now() + crate::persist::backoff(attempt);
+                sleep_until(&node.runtime, at).await;
+            }
+        }
+    }
+}
+
+/// Writes the outbox in batches until the node shuts down.
+pub(super) async fn run_outbox<R: Runtime>(node: Arc<Node<R>>) {
+    let Some(cluster) = node.cluster.as_ref() else {
+        return;
+    };
+    while !node.is_shutting_down() {
+        let listener = cluster.outbox_event.listen();
+        let ops: Vec<Op> = {
+            let mut outbox = lock(&cluster.outbox);
+            let n = outbox.len().min(1024);
+            outbox.drain(..n).collect()
+        };
+        if ops.is_empty() {
+            futures_lite::future::or(listener, async {
+                sleep_until(
+                    &node.runtime,
+                    node.runtime.now() + Duration::from_millis(100),
+                )
+                .await;
+            })
+            .await;
+            continue;
+        }
+        Metrics::add(&node.metrics.bus_sent, ops.len() as u64);
+        apply_until_stored(&node, ops).await;
+    }
+}

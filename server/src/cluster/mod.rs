@@ -1,0 +1,658 @@
+//! The cluster: several nodes sharing one Kvrocks, any client on any node.
+//!
+//! Nodes share nothing but storage (see `easy_mqtt_core::cluster` for the
+//! port). This module is the node side:
+//!
+//! - **Membership and lease** (`run`): the node heartbeats every
+//!   `heartbeat_interval` with a time to live of `node_ttl`. Its *lease* runs
+//!   until the start of the last successful heartbeat plus `node_ttl` minus a
+//!   margin; storage's copy of that heartbeat expires later than the lease,
+//!   so when other nodes see the node dead its lease is over. A node without
+//!   a lease closes its connections and refuses new ones (CONNACK 3), and a
+//!   node told it is *fenced* (declared dead and adopted meanwhile) drops
+//!   every session it holds and starts again under a new incarnation.
+//! - **Ownership** (`takeover.rs`): a CONNECT claims the client id under a
+//!   new epoch; the previous owner, if another live node, is kicked through
+//!   its inbox and the CONNACK waits for its answer: it closes the old
+//!   connection, stores its last writes, and from then on forwards what its
+//!   routes still match for the client to the new owner for
+//!   `forward_grace` (other nodes' route caches may lag that long).
+//! - **The bus** (`bus.rs`): a PUBLISH reaches every other node whose
+//!   routes match, once, through that node's durable inbox, written in the
+//!   same batch as the rest of the publish (so PUBACK still means stored);
+//!   the receiver fans it out to its own sessions and acknowledges the
+//!   inbox entry in the batch that stores them.
+//! - **Routes** (`routes.rs`): every node stores the filters it has
+//!   subscribers for before the SUBACK and tells the other nodes; each node
+//!   caches all routes and refreshes them on such a notice and at least every
+//!   `route_refresh`.
+//! - **Death** (`adopt.rs`): a node whose heartbeat expired is adopted by
+//!   exactly one live node, which publishes the wills of the clients that
+//!   were connected there, takes over its persistent sessions (their
+//!   subscriptions and routes) and processes what its inbox still held.
+
+mod adopt;
+mod bus;
+mod routes;
+mod takeover;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use easy_mqtt_core::ByteStr;
+use easy_mqtt_core::cluster::{Cluster, ClusterOp, Liveness};
+use easy_mqtt_core::storage::{MessageId, Op, StorageError};
+
+use crate::node::Node;
+use crate::runtime::{Runtime, sleep_until};
+use crate::sessions::lock;
+
+pub(crate) use adopt::Adopted;
+pub use routes::RouteCache;
+
+/// Timings of the cluster protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// How often a node renews its membership.
+    pub heartbeat_interval: Duration,
+    /// How long a membership lasts without renewal: a node silent that
+    /// long is dead and adopted.
+    pub node_ttl: Duration,
+    /// The longest a node's cache of the other nodes' routes goes without
+    /// a refresh.
+    pub route_refresh: Duration,
+    /// How long a CONNECT waits for the previous owner to let go before it
+    /// is refused (CONNACK 3).
+    pub takeover_timeout: Duration,
+    /// How long a node forwards deliveries for a client it gave up.
+    pub forward_grace: Duration,
+    /// Inbox entries read and stored per round trip.
+    pub inbox_batch: usize,
+    /// QoS 0 messages waiting to be sent to other nodes beyond which new
+    /// ones are dropped (and counted).
+    pub bus_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(5),
+            route_refresh: Duration::from_secs(1),
+            takeover_timeout: Duration::from_secs(10),
+            forward_grace: Duration::from_secs(5),
+            inbox_batch: 256,
+            bus_queue: 65_536,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The timings of `mqtt.cluster` (validated: the node timeout is more
+    /// than two heartbeats).
+    pub fn from_config(section: &crate::config::ClusterSection) -> ClusterConfig {
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        let heartbeat = ms(section.heartbeat_interval);
+        ClusterConfig {
+            heartbeat_interval: heartbeat,
+            node_ttl: ms(section.node_timeout),
+            route_refresh: heartbeat,
+            takeover_timeout: ms(section.takeover_timeout),
+            // Covers a route refresh and a publish batch's retries.
+            forward_grace: ms(section.node_timeout),
+            ..ClusterConfig::default()
+        }
+    }
+}
+
+/// A client this node gave up: deliveries its routes still match go to
+/// `node` until `until`.
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    pub node: ByteStr,
+    pub until: Instant,
+}
+
+/// The node's cluster state.
+pub struct ClusterState {
+    pub(crate) config: ClusterConfig,
+    /// `mqtt.server.node-id`.
+    pub(crate) base_id: ByteStr,
+    /// This incarnation's name in the cluster, `<node id>@<incarnation>`:
+    /// ownership, routes, inbox and presence belong to an incarnation, so
+    /// what a dead life held is adopted as a whole, whether or not the node
+    /// came back meanwhile.
+    name: RwLock<ByteStr>,
+    pub(crate) incarnation: AtomicU64,
+    /// End of the lease; `None` before the first heartbeat.
+    lease_until: Mutex<Option<Instant>>,
+    /// False once the lease ran out, until a heartbeat succeeds again.
+    pub(crate) serving: AtomicBool,
+    pub(crate) routes: RwLock<RouteCache>,
+    /// The filters this node stored as its routes.
+    pub(crate) written_routes: Mutex<HashSet<ByteStr>>,
+    pub(crate) routes_dirty: AtomicBool,
+    /// Clients given up to another node, forwarded to.
+    pub(crate) forwards: RwLock<HashMap<ByteStr, Forward>>,
+    pub(crate) forward_count: AtomicUsize,
+    /// The epoch under which this node holds (or is connecting) a client.
+    pub(crate) epochs: Mutex<HashMap<ByteStr, u64>>,
+    /// Takeovers waiting for the previous owner: client → (epoch, released).
+    pub(crate) releases: Mutex<HashMap<ByteStr, (u64, bool)>>,
+    pub(crate) release_event: event_listener::Event,
+    /// Ops without a connection to wait for them (QoS 0 forwards, presence
+    /// clears), written by the cluster task in batches.
+    pub(crate) outbox: Mutex<VecDeque<Op>>,
+    pub(crate) outbox_event: event_listener::Event,
+    pub(crate) dropped_bus: AtomicU64,
+    /// Live nodes (this one included), from the last membership read.
+    pub(crate) live: RwLock<Vec<ByteStr>>,
+    /// The retained index must be read again from storage (after joining,
+    /// or after this node was fenced).
+    pub(crate) retained_stale: AtomicBool,
+    /// The lease is back after a loss: serving resumes once the inbox is
+    /// drained and the releases it asked for are done.
+    pub(crate) catching_up: AtomicBool,
+    pub(crate) pending_releases: AtomicUsize,
+    /// Inbox entries already served, by message id: a replayed `XADD`
+    /// can append one twice.
+    pub(crate) seen: Mutex<RecentIds>,
+    /// Clients taken over from another node recently, with the message ids
+    /// delivered to them since: the old owner forwards what its routes
+    /// matched while this node's routes also match, so one message can
+    /// come both ways.
+    pub(crate) handovers: Mutex<HashMap<ByteStr, Handover>>,
+    pub(crate) routes_in_flight: Arc<RouteTracker>,
+}
+
+/// Routes being stored, by the order they started in.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTracker {
+    next: AtomicU64,
+    open: Mutex<std::collections::BTreeSet<u64>>,
+    done: event_listener::Event,
+}
+
+/// One route in flight; dropped once it is stored and delivered (or given
+/// up). A route matches the trie after taking its ticket, so once a session
+/// is marked as given up, every route that may still write to it holds an
+/// older ticket: [`ClusterState::routes_before`] waits for those.
+#[derive(Debug)]
+pub struct RouteTicket {
+    tracker: Arc<RouteTracker>,
+    seq: u64,
+}
+
+impl Drop for RouteTicket {
+    fn drop(&mut self) {
+        lock(&self.tracker.open).remove(&self.seq);
+        self.tracker.done.notify(usize::MAX);
+    }
+}
+
+/// The last [`RecentIds::CAPACITY`] ids seen, in a set and in arrival order.
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+impl RecentIds {
+    const CAPACITY: usize = 65_536;
+
+    /// Records `id`; false when it was seen already.
+    pub(crate) fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// A client recently taken over from another node.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    pub until: Instant,
+    pub delivered: RecentIds,
+}
+
+impl ClusterState {
+    pub fn new(config: ClusterConfig, node_id: &str, incarnation: u64) -> ClusterState {
+        ClusterState {
+            config,
+            base_id: ByteStr::from(node_id.to_owned()),
+            name: RwLock::new(incarnation_name(node_id, incarnation)),
+            incarnation: AtomicU64::new(incarnation),
+            lease_until: Mutex::new(None),
+            serving: AtomicBool::new(true),
+            routes: RwLock::new(RouteCache::default()),
+            written_routes: Mutex::new(HashSet::new()),
+            routes_dirty: AtomicBool::new(true),
+            forwards: RwLock::new(HashMap::new()),
+            forward_count: AtomicUsize::new(0),
+            epochs: Mutex::new(HashMap::new()),
+            releases: Mutex::new(HashMap::new()),
+            release_event: event_listener::Event::new(),
+            outbox: Mutex::new(VecDeque::new()),
+            outbox_event: event_listener::Event::new(),
+            dropped_bus: AtomicU64::new(0),
+            live: RwLock::new(Vec::new()),
+            retained_stale: AtomicBool::new(false),
+            catching_up: AtomicBool::new(false),
+            pending_releases: AtomicUsize::new(0),
+            seen: Mutex::new(RecentIds::default()),
+            handovers: Mutex::new(HashMap::new()),
+            routes_in_flight: Arc::new(RouteTracker::default()),
+        }
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// This incarnation's name (`<node id>@<incarnation>`).
+    pub fn name(&self) -> ByteStr {
+        crate::node::read(&self.name).clone()
+    }
+
+    /// Moves to a new incarnation (after this one was fenced).
+    pub(crate) fn reincarnate(&self, incarnation: u64) {
+        self.incarnation.store(incarnation, Ordering::Release);
+        *crate::node::write(&self.name) = incarnation_name(&self.base_id, incarnation);
+    }
+
+    /// Whether this node holds a lease at `now`.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        lock(&self.lease_until).is_some_and(|end| now < end)
+    }
+
+    /// Whether this node serves clients at `now`: it holds a lease and,
+    /// after losing one, has caught up with its inbox (kicks sent to it
+    /// meanwhile are handled before it acknowledges anything again).
+    pub fn accepting(&self, now: Instant) -> bool {
+        self.serving.load(Ordering::Acquire) && self.lease_valid(now)
+    }
+
+    /// The other live nodes.
+    pub fn peers(&self) -> Vec<ByteStr> {
+        let own = self.name();
+        crate::node::read(&self.live)
+            .iter()
+            .filter(|n| **n != own)
+            .cloned()
+            .collect()
+    }
+
+    /// Queues an op for the cluster task (bounded: beyond `bus_queue` it is
+    /// dropped and counted). `essential` ops are never dropped.
+    pub(crate) fn send_later(&self, op: Op, essential: bool) {
+        let mut outbox = lock(&self.outbox);
+        if !essential && outbox.len() >= self.config.bus_queue {
+            self.dropped_bus.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        outbox.push_back(op);
+        drop(outbox);
+        self.outbox_event.notify(1);
+    }
+
+    /// Where deliveries for `client_id` go instead, if this node gave it up.
+    pub(crate) fn forward_of(&self, client_id: &str) -> Option<ByteStr> {
+        if self.forward_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        crate::node::read(&self.forwards)
+            .get(client_id)
+            .map(|f| f.node.clone())
+    }
+
+    /// A ticket for a route about to match the trie.
+    pub(crate) fn route_ticket(&self) -> RouteTicket {
+        let tracker = &self.routes_in_flight;
+        let seq = tracker.next.fetch_add(1, Ordering::AcqRel);
+        lock(&tracker.open).insert(seq);
+        RouteTicket {
+            tracker: tracker.clone(),
+            seq,
+        }
+    }
+
+    /// The horizon of [`ClusterState::routes_before`]: routes started until now.
+    pub(crate) fn route_horizon(&self) -> u64 {
+        self.routes_in_flight.next.load(Ordering::Acquire)
+    }
+
+    /// Whether every route started before `horizon` is done; else a
+    /// listener woken when one finishes.
+    pub(crate) fn routes_before(&self, horizon: u64) -> Result<(), event_listener::EventListener> {
+        let tracker = &self.routes_in_flight;
+        let listener = tracker.done.listen();
+        match lock(&tracker.open).first() {
+            Some(first) if *first < horizon => Err(listener),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `id` already went to `client_id` during its handover (and
+    /// records it when not).
+    pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {
+        let mut handovers = lock(&self.handovers);
+        if handovers.is_empty() {
+            return false;
+        }
+        handovers
+            .get_mut(client_id)
+            .is_some_and(|h| !h.delivered.insert(id))
+    }
+
+    /// `RoutesChanged` for every other live node.
+    pub(crate) fn routes_changed_ops(&self) -> Vec<Op> {
+        self.peers()
+            .into_iter()
+            .map(|node| {
+                Op::Cluster(ClusterOp::Forward {
+                    node,
+                    entry: easy_mqtt_core::cluster::BusEntry::RoutesChanged { node: self.name() },
+                })
+            })
+            .collect()
+    }
+}
+
+/// The cluster name of `node_id`'s `incarnation`.
+pub(crate) fn incarnation_name(node_id: &str, incarnation: u64) -> ByteStr {
+    ByteStr::from(format!("{node_id}@{incarnation}"))
+}
+
+impl<R: Runtime> Node<R> {
+    /// Whether this node may write to storage now: always, unless it is in
+    /// a cluster without a lease.
+    pub fn may_write(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.accepting(self.runtime.now()))
+    }
+
+    /// The cluster state, when this node is part of a cluster.
+    pub fn cluster(&self) -> Option<&ClusterState> {
+        self.cluster.as_ref()
+    }
+
+    pub(crate) fn cluster_store(&self) -> Option<&dyn Cluster> {
+        self.cluster.as_ref().and_then(|_| self.storage.cluster())
+    }
+}
+
+/// Applies `ops`, retrying with back-off until storage takes them or the
+/// node stops; never gives up on its own (the callers' data is in them).
+pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    let mut attempt = 0;
+    let incarnation = node
+        .cluster
+        .as_ref()
+        .map(|c| c.incarnation.load(Ordering::Acquire));
+    loop {
+        let result = match node.cluster.as_ref() {
+            // Fenced meanwhile: what this incarnation held is adopted.
+            Some(c) if Some(c.incarnation.load(Ordering::Acquire)) != incarnation => return false,
+            Some(c) if !c.lease_valid(node.runtime.now()) => {
+                Err(StorageError::Unavailable("no cluster lease".into()))
+            }
+            _ => node.storage.apply(ops.clone()).await,
+        };
+        match result {
+            Ok(()) => return true,
+            Err(error) => {
+                node.storage_failed("cluster", &error);
+                if node.is_shutting_down() || matches!(error, StorageError::Invalid(_)) {
+                    return false;
+                }
+                attempt += 1;
+                let at = node.runtime.now() + crate::persist::backoff(attempt);
+                sleep_until(&node.runtime, at).await;
+            }
+        }
+    }
+}
+
+/// Runs the node's part of the cluster until it shuts down: heartbeats,
+/// membership (adopting dead nodes), route refreshes, the outbox and the
+/// inbox. Spawn it once after [`Node::recover`].
+pub async fn run<R: Runtime>(node: Arc<Node<R>>) {
+    if node.cluster.is_none() || node.storage.cluster().is_none() {
+        return;
+    }
+    let inbox = bus::run_inbox(node.clone());
+    let outbox = bus::run_outbox(node.clone());
+    let members = run_membership(node.clone());
+    futures_lite::future::or(futures_lite::future::or(inbox, outbox), members).await;
+}
+
+/// Heartbeats, lease, fencing, dead nodes, route refreshes and forward
+/// expiry, once per `heartbeat_interval`.
+async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
+    let Some(cluster) = node.cluster.as_ref() else {
+        return;
+    };
+    let config = cluster.config;
+    let mut last_refresh: Option<Instant> = None;
+    // Retained messages set while the other nodes did not know this one
+    // yet were not sent to it: read them again once they all do.
+    let mut catch_up = Some(node.runtime.now() + config.heartbeat_interval * 3);
+    while !node.is_shutting_down() {
+        let started = node.runtime.now();
+        if cluster.retained_stale.swap(false, Ordering::AcqRel) {
+            catch_up = Some(started + config.heartbeat_interval * 3);
+        }
+        if catch_up.is_some_and(|at| started >= at) && node.catch_up_retained().await {
+            catch_up = None;
+        }
+        heartbeat(&node, started).await;
+        if cluster.lease_valid(node.runtime.now()) {
+            node.adopt_dead_nodes().await;
+        }
+        let now = node.runtime.now();
+        if cluster.routes_dirty.swap(false, Ordering::AcqRel)
+            || last_refresh.is_none_or(|at| now.duration_since(at) >= config.route_refresh)
+        {
+            if node.refresh_routes().await {
+                last_refresh = Some(now);
+            } else {
+                cluster.routes_dirty.store(true, Ordering::Release);
+            }
+        }
+        node.expire_forwards(now);
+        lock(&cluster.handovers).retain(|_, h| h.until > now);
+        node.prune_routes();
+        let next = started + config.heartbeat_interval.min(config.route_refresh);
+        // Woken early by a route change notice.
+        let listener = node.routes_notice.listen();
+        futures_lite::future::or(
+            async {
+                sleep_until(&node.runtime, next).await;
+            },
+            async {
+                listener.await;
+            },
+        )
+        .await;
+    }
+}
+
+/// One heartbeat: renews the lease, or loses it (connections closed), or
+/// learns this incarnation was fenced (everything dropped, new incarnation).
+async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant) {
+    let (Some(cluster), Some(store)) = (node.cluster.as_ref(), node.storage.cluster()) else {
+        return;
+    };
+    let incarnation = cluster.incarnation.load(Ordering::Acquire);
+    match store
+        .heartbeat(&cluster.name(), incarnation, cluster.config.node_ttl)
+        .await
+    {
+        Ok(Liveness::Alive) => {
+            // A margin for the time the request took to reach storage is
+            // already in `started`; a fifth of the TTL covers clock rates.
+            let lease = started + cluster.config.node_ttl - cluster.config.node_ttl / 5;
+            *lock(&cluster.lease_until) = Some(lease);
+            if !cluster.serving.load(Ordering::Acquire)
+                && !cluster.catching_up.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!(
+                    incarnation,
+                    "cluster lease regained; catching up with the inbox"
+                );
+            }
+            match store.members().await {
+                Ok(members) => {
+                    let live = members
+                        .into_iter()
+                        .filter(|m| m.alive.is_some())
+                        .map(|m| m.node)
+                        .collect();
+                    *crate::node::write(&cluster.live) = live;
+                }
+                Err(error) => node.storage_failed("members", &error),
+            }
+        }
+        Ok(Liveness::Fenced) => {
+            let next = incarnation + 1;
+            tracing::error!(
+                incarnation,
+                next,
+                "this node was declared dead and adopted by another; dropping its sessions"
+            );
+            cluster.serving.store(false, Ordering::Release);
+            node.drop_all_sessions(easy_mqtt_core::session::CloseReason::ServerShutdown);
+            cluster.reincarnate(next);
+            *lock(&cluster.lease_until) = None;
+            // What the adopter changed meanwhile is in storage.
+            cluster.retained_stale.store(true, Ordering::Release);
+        }
+        Err(error) => {
+            node.storage_failed("heartbeat", &error);
+            let now = node.runtime.now();
+            if !cluster.lease_valid(now) && cluster.serving.swap(false, Ordering::AcqRel) {
+                tracing::error!(
+                    %error,
+                    "cluster lease lost (storage unreachable); closing connections until it is back"
+                );
+                node.close_all_connections(
+                    easy_mqtt_core::session::CloseReason::StorageUnavailable,
+                );
+            }
+        }
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// The op that forgets `client_id`'s presence on this node.
+    pub(crate) fn clear_presence_op(&self, client_id: &ByteStr) -> Op {
+        let node = self
+            .cluster
+            .as_ref()
+            .map_or_else(|| ByteStr::from(self.config.node_id.clone()), |c| c.name());
+        Op::Cluster(ClusterOp::ClearPresence {
+            node,
+            client_id: client_id.clone(),
+        })
+    }
+
+    /// Closes every client connection with `reason`.
+    pub(crate) fn close_all_connections(&self, reason: easy_mqtt_core::session::CloseReason) {
+        let now = self.runtime.now();
+        // In connection order: the simulator replays runs exactly.
+        let mut cells: Vec<_> = lock(&self.connections)
+            .values()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        cells.sort_by_key(|cell| cell.id);
+        for cell in cells {
+            let mut inner = lock(&cell.inner);
+            inner.conn.close(reason.clone(), now);
+            inner.wake();
+        }
+    }
+
+    /// Forgets every session (this incarnation was fenced: other nodes own
+    /// them now), closing their connections.
+    pub(crate) fn drop_all_sessions(&self, reason: easy_mqtt_core::session::CloseReason) {
+        self.close_all_connections(reason);
+        let mut entries: Vec<_> = lock(&self.registry).drain().map(|(_, e)| e).collect();
+        entries.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        for entry in &entries {
+            let mut inner = lock(&entry.inner);
+            inner.removed = true;
+            inner.offline = None;
+            inner.subscriptions.clear();
+        }
+        self.metrics
+            .sessions_current
+            .fetch_sub(entries.len() as u64, Ordering::Relaxed);
+        *crate::node::write(&self.trie) = easy_mqtt_core::topic::SubscriptionTrie::new();
+        if let Some(cluster) = self.cluster.as_ref() {
+            lock(&cluster.epochs).clear();
+            lock(&cluster.written_routes).clear();
+            crate::node::write(&cluster.forwards).clear();
+            cluster.forward_count.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// At shutdown: writes what the outbox holds (presence clears: the
+    /// connections closed without wills), then ends this incarnation's
+    /// membership at once, so that another node (or this one, restarted)
+    /// adopts it without waiting for its heartbeat to expire.
+    pub(crate) async fn leave_cluster(&self) {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return;
+        };
+        let ops: Vec<Op> = lock(&cluster.outbox).drain(..).collect();
+        if !ops.is_empty()
+            && let Err(error) = self.storage.apply(ops).await
+        {
+            self.storage_failed("leave", &error);
+        }
+        let incarnation = cluster.incarnation.load(Ordering::Acquire);
+        match store
+            .heartbeat(&cluster.name(), incarnation, Duration::from_millis(1))
+            .await
+        {
+            Ok(_) => tracing::info!(incarnation, "left the cluster"),
+            Err(error) => self.storage_failed("leave", &error),
+        }
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// Replaces the retained index with what storage holds (see
+    /// `run_membership`); false when storage failed.
+    async fn catch_up_retained(&self) -> bool {
+        match self.storage.load_retained().await {
+            Ok(stored) => {
+                let mut index = easy_mqtt_core::topic::RetainedIndex::new();
+                let count = stored.len();
+                for message in stored {
+                    let topic = message.topic.clone();
+                    index.insert(&topic, message);
+                }
+                *crate::node::write(&self.retained) = index;
+                tracing::debug!(count, "retained messages read again from storage");
+                true
+            }
+            Err(error) => {
+                self.storage_failed("retained catch-up", &error);
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The route table: which other nodes have subscribers for which filters.
+//!
+//! A node writes a route (`AddRoute`) before the SUBACK of the first local
+//! subscription to a filter, in the same batch as a `RoutesChanged` notice
+//! to every other live node; a node that reads the notice refreshes its
+//! cache at once. So a publish on another node matches a new subscription
+//! once that node read its inbox and then all routes: a few milliseconds
+//! normally, and at worst `route_refresh` plus `heartbeat_interval` when a
+//! notice is lost with a crash. Routes nothing local needs any more are
+//! removed lazily (an extra route costs a useless inbox entry, never a lost
+//! message).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use easy_mqtt_core::cluster::ClusterOp;
+use easy_mqtt_core::packet::SubscribeReturnCode;
+use easy_mqtt_core::storage::Op;
+use easy_mqtt_core::topic::SubscriptionTrie;
+use easy_mqtt_core::{ByteStr, QoS};
+
+use crate::node::{Node, read, write};
+use crate::runtime::Runtime;
+use crate::sessions::lock;
+
+/// Every other node's routes, as last read.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    trie: SubscriptionTrie<ByteStr>,
+    by_node: HashMap<ByteStr, Vec<ByteStr>>,
+}
+
+impl RouteCache {
+    /// Rebuilds the cache from what storage holds, without `own` node.
+    pub fn rebuild(routes: Vec<(ByteStr, Vec<ByteStr>)>, own: &ByteStr) -> RouteCache {
+        let mut trie = SubscriptionTrie::new();
+        let mut by_node = HashMap::new();
+        for (node, filters) in routes {
+            if node == *own {
+                continue;
+            }
+            for filter in &filters {
+                if easy_mqtt_core::topic::validate_topic_filter(filter).is_ok() {
+                    trie.insert(filter, node.clone(), QoS::AtMostOnce);
+                }
+            }
+            by_node.insert(node, filters);
+        }
+        RouteCache { trie, by_node }
+    }
+
+    /// The nodes with a route matching `topic`, each once.
+    pub fn nodes_for(&self, topic: &str, out: &mut Vec<ByteStr>) {
+        out.clear();
+        if self.by_node.is_empty() {
+            return;
+        }
+        let mut matched = Vec::new();
+        self.trie.matches_dedup(topic, &mut matched);
+        out.extend(matched.into_iter().map(|(node, _)| node));
+    }
+
+    /// The number of routes of `node` in the cache.
+    pub fn route_count(&self, node: &str) -> usize {
+        self.by_node.get(node).map_or(0, Vec::len)
+    }
+
+    /// The filters of `node` in the cache.
+    pub fn filters_of(&self, node: &str) -> &[ByteStr] {
+        self.by_node.get(node).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// Reads every node's routes into the cache; false when storage failed.
+    pub(crate) async fn refresh_routes(&self) -> bool {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.cluster_store()) else {
+            return true;
+        };
+        match store.routes().await {
+            Ok(routes) => {
+                // Routes whose write failed (their SUBSCRIBE was refused)
+                // or that a node adopting this one removed: written again.
+                let own: std::collections::HashSet<&ByteStr> = routes
+                    .iter()
+                    .filter(|(node, _)| *node == cluster.name())
+                    .flat_map(|(_, filters)| filters.iter())
+                    .collect();
+                let missing: Vec<ByteStr> = lock(&cluster.written_routes)
+                    .iter()
+                    .filter(|f| !own.contains(f))
+                    .cloned()
+                    .collect();
+                for filter in missing {
+                    cluster.send_later(
+                        Op::Cluster(ClusterOp::AddRoute {
+                            node: cluster.name(),
+                            filter,
+                        }),
+                        true,
+                    );
+                }
+                tracing::trace!(?routes, "routes read");
+                let cache = RouteCache::rebuild(routes, &cluster.name());
+                *write(&cluster.routes) = cache;
+                true
+            }
+            Err(error) => {
+                self.storage_failed("routes", &error);
+                false
+            }
+        }
+    }
+
+    /// The ops that store the routes of newly granted filters (and tell the
+    /// other nodes), to be applied before the SUBACK.
+    pub fn route_ops(
+        &self,
+        filters: impl IntoIterator<Item = (ByteStr, SubscribeReturnCode)>,
+    ) -> Vec<Op> {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        self.route_ops_for(
+            filters
+                .into_iter()
+                .filter(|(_, code)| *code != SubscribeReturnCode::Failure)
+                .map(|(filter, _)| filter),
+            cluster,
+        )
+    }
+
+    pub(crate) fn route_ops_for(
+        &self,
+        filters: impl IntoIterator<Item = ByteStr>,
+        cluster: &super::ClusterState,
+    ) -> Vec<Op> {
+        let mut ops = Vec::new();
+        {
+            let mut written = lock(&cluster.written_routes);
+            for filter in filters {
+                if written.insert(filter.clone()) {
+                    ops.push(Op::Cluster(ClusterOp::AddRoute {
+                        node: cluster.name(),
+                        filter,
+                    }));
+                }
+            }
+        }
+        if !ops.is_empty() {
+            ops.extend(cluster.routes_changed_ops());
+        }
+        ops
+    }
+
+    /// Stores the routes of `filters` (a session loaded from storage).
+    pub async fn store_routes(
+        &self,
+        filters: impl IntoIterator<Item = ByteStr>,
+    ) -> Result<(), easy_mqtt_core::storage::StorageError> {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return Ok(());
+        };
+        let ops = self.route_ops_for(filters, cluster);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let result = self.storage.apply(ops.clone()).await;
+        if result.is_err() {
+            // Not stored: let a later subscriber write them again.
+            let mut written = lock(&cluster.written_routes);
+            for op in &ops {
+                if let Op::Cluster(ClusterOp::AddRoute { filter, .. }) = op {
+                    written.remove(filter);
+                }
+            }
+        }
+        result
+    }
+
+    /// Removes the stored routes no local session needs any more.
+    pub(crate) fn prune_routes(&self) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let stale: Vec<ByteStr> = {
+            let written = lock(&cluster.written_routes);
+            if written.is_empty() {
+                return;
+            }
+            let trie = read(&self.trie);
+            written
+                .iter()
+                .filter(|filter| !trie.has_filter(filter))
+                .cloned()
+                .collect()
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let mut written = lock(&cluster.written_routes);
+        for filter in stale {
+            written.remove(&filter);
+            cluster.send_later(
+                Op::Cluster(ClusterOp::RemoveRoute {
+                    node: cluster.name(),
+                    filter,
+                }),
+                true,
+            );
+        }
+    }
+
+    /// The other nodes a message on `topic` must reach: those with a
+    /// matching route, or all live ones for a retained message (every node
+    /// keeps every retained message).
+    pub(crate) fn remote_nodes(&self, topic: &str, retain: bool, out: &mut Vec<ByteStr>) {
+        out.clear();
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        if retain {
+            out.extend(cluster.peers());
+            return;
+        }
+        read(&cluster.routes).nodes_for(topic, out);
+    }
+
+    /// Marks the route cache stale and wakes the cluster task.
+    pub(crate) fn routes_stale(&self) {
+        if let Some(cluster) = self.cluster.as_ref() {
+            cluster.routes_dirty.store(true, Ordering::Release);
+            self.routes_notice.notify(1);
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Several broker nodes on one storage (real `redis-server`, standalone and
+//! a 3-master cluster) form one MQTT cluster: any client on any node.
+//! Clients are third-party (rumqttc, mosquitto_pub); a node that dies is the
+//! real binary killed with SIGKILL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../storage-kvrocks/tests/common/mod.rs"]
+#[allow(unused)]
+mod redis_common;
+
+use std::time::{Duration, Instant};
+
+use common::{BrokerProcess, Client, QoS, TempFile, TestBroker, WAIT, free_port, mosquitto_pub_ok};
+use easy_mqtt_server::config::Config;
+use redis_common::{Cluster, Server};
+
+/// Cluster timings for tests: a node is dead after one second of silence.
+fn fast_cluster(config: &mut Config) {
+    config.mqtt.cluster.heartbeat_interval = 100;
+    config.mqtt.cluster.node_timeout = 1000;
+    config.mqtt.cluster.takeover_timeout = 3000;
+}
+
+fn node_on(nodes: &[String], node_id: &str) -> TestBroker {
+    let nodes = nodes.to_vec();
+    let node_id = node_id.to_owned();
+    TestBroker::with(move |config| {
+        config.mqtt.kvrocks.cluster.nodes = nodes;
+        config.mqtt.server.node_id = node_id;
+        fast_cluster(config);
+    })
+}
+
+/// The real binary as one node of the cluster.
+fn binary_node(nodes: &str, node_id: &str) -> (TempFile, BrokerProcess) {
+    let port = free_port();
+    let text = format!(
+        "mqtt:\n  server:\n    host: 127.0.0.1\n    tcp-port: {port}\n    websocket-port: 0\n    api-port: 0\n    node-id: {node_id}\n  kvrocks:\n    cluster:\n      nodes: {nodes}\n  cluster:\n    heartbeat-interval: 100\n    node-timeout: 1000\n    takeover-timeout: 3000\n"
+    );
+    let config = TempFile::new("node.yml", text.as_bytes());
+    let process = BrokerProcess::start(&config, port);
+    (config, process)
+}
+
+/// The time within which a new subscription is seen by publishes on other
+/// nodes: one heartbeat interval (100 ms here) plus an inbox poll (50 ms).
+async fn route_bound() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn persistent(addr: std::net::SocketAddr, client_id: &str) -> (Client, bool) {
+    let (client, connack) = Client::connect_session(addr, client_id, false).await;
+    (client, connack.session_present)
+}
+
+/// Payloads received by `client` until `count` came (or the wait ends).
+async fn receive(client: &mut Client, count: usize) -> Vec<(String, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let publish = client.recv().await;
+        got.push((publish.topic.clone(), publish.payload.to_vec()));
+    }
+    got
+}
+
+fn routing_across_nodes(nodes: Vec<String>) {
+    let n1 = node_on(&nodes, "n1");
+    let n2 = node_on(&nodes, "n2");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut sub = Client::connect(n2.addr(), "x-sub").await;
+        sub.subscribe("x/#", QoS::ExactlyOnce).await;
+        // The route is stored before the SUBACK and announced; publishes on
+        // other nodes see it within the documented bound (README: one
+        // heartbeat interval plus an inbox poll).
+        route_bound().await;
+        for (i, qos) in ["0", "1", "2"].iter().enumerate() {
+            mosquitto_pub_ok(
+                n1.port(),
+                &["-t", &format!("x/{i}"), "-q", qos, "-m", &format!("m{i}")],
+            );
+        }
+        let mut got = receive(&mut sub, 3).await;
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("x/0".to_owned(), b"m0".to_vec()),
+                ("x/1".to_owned(), b"m1".to_vec()),
+                ("x/2".to_owned(), b"m2".to_vec()),
+            ]
+        );
+        // Once each, QoS 2 included: nothing more.
+        sub.expect_no_message(Duration::from_millis(300)).await;
+        // A publisher on the subscriber's own node: delivered once too.
+        let mut publisher = Client::connect(n2.addr(), "x-pub").await;
+        publisher
+            .publish("x/local", QoS::AtLeastOnce, false, "here")
+            .await;
+        assert_eq!(&sub.recv().await.payload[..], b"here");
+        sub.expect_no_message(Duration::from_millis(300)).await;
+    });
+}
+
+#[test]
+fn publishes_reach_subscribers_on_other_nodes_standalone() {
+    let redis = Server::standalone();
+    routing_across_nodes(vec![redis.node()]);
+}
+
+#[test]
+fn publishes_reach_subscribers_on_other_nodes_redis_cluster() {
+    let cluster = Cluster::start();
+    routing_across_nodes(cluster.nodes());
+}
+
+/// Order per publisher is kept across nodes.
+#[test]
+fn one_publishers_order_is_kept_across_nodes() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let n1 = node_on(&nodes, "n1");
+    let n2 = node_on(&nodes, "n2");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut sub = Client::connect(n2.addr(), "o-sub").await;
+        sub.subscribe("o/t", QoS::AtLeastOnce).await;
+        route_bound().await;
+        let mut publisher = Client::connect(n1.addr(), "o-pub").await;
+        for i in 0..200 {
+            let qos = if i % 2 == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            publisher.publish("o/t", qos, false, format!("{i}")).await;
+        }
+        let got: Vec<u32> = receive(&mut sub, 200)
+            .await
+            .into_iter()
+            .map(|(_, p)| String::from_utf8(p).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+    });
+}
+
+/// A client id connected to one node that connects to another takes the
+/// session over: the old connection is closed, the new one finds its
+/// session (queued messages included), and messages published on either
+/// node afterwards reach it once.
+#[test]
+fn session_takeover_across_nodes() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let n1 = node_on(&nodes, "n1");
+    let n2 = node_on(&nodes, "n2");
+    let rt = runtime();
+    rt.block_on(async {
+        let (mut first, present) = persistent(n1.addr(), "mover").await;
+        assert!(!present);
+        // QoS 1: rumqttc forgets its QoS 2 packet ids with its connection,
+        // so a PUBREL resent on the next one would make it hang up.
+        first.subscribe("mv/#", QoS::AtLeastOnce).await;
+        let mut publisher = Client::connect(n1.addr(), "mv-pub").await;
+        publisher
+            .publish("mv/1", QoS::ExactlyOnce, false, "before")
+            .await;
+        assert_eq!(&first.recv().await.payload[..], b"before");
+        // Queued while the client is away, then it comes back elsewhere.
+        first.disconnect().await;
+        publisher
+            .publish("mv/2", QoS::ExactlyOnce, false, "queued")
+            .await;
+        let (mut second, present) = persistent(n2.addr(), "mover").await;
+        assert!(present, "session present on the other node");
+        assert_eq!(&second.recv().await.payload[..], b"queued");
+        // Now a takeover of a live connection, back to n1.
+        let (mut third, present) = persistent(n1.addr(), "mover").await;
+        assert!(present);
+        second.expect_closed().await;
+        publisher
+            .publish("mv/3", QoS::ExactlyOnce, false, "after")
+            .await;
+        mosquitto_pub_ok(n2.port(), &["-t", "mv/4", "-q", "2", "-m", "via-n2"]);
+        let got = receive(&mut third, 2).await;
+        assert_eq!(
+            got,
+            vec![
+                ("mv/3".to_owned(), b"after".to_vec()),
+                ("mv/4".to_owned(), b"via-n2".to_vec())
+            ]
+        );
+        third.expect_no_message(Duration::from_millis(500)).await;
+        assert!(n2.metric(|m| &m.cluster_takeovers) >= 1);
+        assert!(n1.metric(|m| &m.cluster_takeovers) >= 1);
+    });
+}
+
+/// A retained message published on one node is given to a subscriber on
+/// another.
+#[test]
+fn retained_messages_are_shared() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let n1 = node_on(&nodes, "n1");
+    let n2 = node_on(&nodes, "n2");
+    mosquitto_pub_ok(n1.port(), &["-t", "r/x", "-q", "1", "-r", "-m", "kept"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut sub = Client::connect(n2.addr(), "r-sub").await;
+            sub.subscribe("r/#", QoS::AtLeastOnce).await;
+            match sub.next_event(Duration::from_millis(300)).await {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)))) => {
+                    assert_eq!(&p.payload[..], b"kept");
+                    assert!(p.retain);
+                    return;
+                }
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "retained message never seen on n2"
+                ),
+            }
+            sub.disconnect().await;
+        }
+    });
+}
+
+/// A node killed with SIGKILL: another node adopts it. The will of a client
+/// that was connected there is published once; a persistent session it
+/// held keeps receiving (stored) messages and is found on the surviving
+/// node when its client returns.
+#[test]
+fn a_dead_node_is_adopted() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let n2 = node_on(&nodes, "n2");
+    let (_config, n1) = binary_node(&redis.node(), "n1");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut watcher = Client::connect(n2.addr(), "watcher").await;
+        watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+        route_bound().await;
+        // A persistent subscriber on n1 that then goes away.
+        let (mut away, _) = persistent(n1.addr, "away").await;
+        away.subscribe("job/#", QoS::AtLeastOnce).await;
+        away.disconnect().await;
+        // A client with a will, connected to n1 when it dies.
+        let mut options = common::options(n1.addr, "doomed");
+        options.set_last_will(rumqttc::LastWill::new(
+            "will/doomed",
+            "gone",
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let (doomed, _) = Client::connect_opts(options).await;
+        let killed = Instant::now();
+        n1.kill9();
+        let will = watcher.recv().await;
+        assert_eq!(will.topic, "will/doomed");
+        assert_eq!(&will.payload[..], b"gone");
+        // Within the node timeout plus a heartbeat or two.
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            killed.elapsed()
+        );
+        assert_eq!(n2.metric(|m| &m.cluster_adoptions), 1);
+        // n2 routes for the adopted session now.
+        let mut publisher = Client::connect(n2.addr(), "job-pub").await;
+        publisher
+            .publish("job/1", QoS::AtLeastOnce, false, "while-away")
+            .await;
+        let (mut back, present) = persistent(n2.addr(), "away").await;
+        assert!(present);
+        assert_eq!(&back.recv().await.payload[..], b"while-away");
+        watcher.expect_no_message(Duration::from_millis(500)).await;
+        drop(doomed);
+    });
+}
+
+/// A node restarted under the same id after SIGKILL adopts its previous
+/// life when nobody else did: its persistent sessions are still routed.
+#[test]
+fn a_restarted_node_takes_its_previous_life_back() {
+    let redis = Server::standalone();
+    let (config, n1) = binary_node(&redis.node(), "solo");
+    let rt = runtime();
+    rt.block_on(async {
+        let (mut sub, _) = persistent(n1.addr, "solo-sub").await;
+        sub.subscribe("s/#", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        let port = n1.port();
+        n1.kill9();
+        let started = Instant::now();
+        let n1 = BrokerProcess::start(&config, port);
+        // It waited for its previous heartbeat to expire, no longer.
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        mosquitto_pub_ok(n1.port(), &["-t", "s/1", "-q", "1", "-m", "routed"]);
+        let (mut sub, present) = persistent(n1.addr, "solo-sub").await;
+        assert!(present);
+        assert_eq!(&sub.recv().await.payload[..], b"routed");
+    });
+}
