@@ -10,8 +10,9 @@
 //!    stored in their queues until the clients return, to any node;
 //! 3. serves the dead node's inbox like its own, and keeps watching it for
 //!    `ADOPTED_WATCH` (a publisher's batch computed with a stale route
-//!    cache may still land there), unless the dead node comes back; then
-//!    forgets the node.
+//!    cache may still land there); then forgets the incarnation. An
+//!    adoption that fails half-way (storage) is taken up again next round:
+//!    every step is idempotent.
 //!
 //! A node that restarts under the same node id adopts its previous
 //! incarnation itself when nobody else did: it waits for that incarnation's
@@ -44,23 +45,21 @@ pub(crate) struct Adopted {
 impl<R: Runtime> Node<R> {
     /// Serves the inboxes of adopted nodes once; true when one held entries.
     pub(crate) async fn serve_adopted_inboxes(self: &Arc<Self>) -> bool {
-        let Some(cluster) = self.cluster.as_ref() else {
+        if self.cluster.is_none() {
             return false;
-        };
+        }
         let adopted: Vec<Adopted> = lock(&self.adopted).clone();
         let mut any = false;
         for mut dead in adopted {
             // An incarnation never comes back (a restarted node is a new
-            // one), but a partitioned one can: it was fenced and drops all.
-            let back = crate::node::read(&cluster.live).contains(&dead.node);
-            let result = if back {
-                Ok(false)
-            } else {
-                self.serve_inbox_once(&dead.node, &mut dead.after, Duration::ZERO)
-                    .await
-            };
+            // one, a partitioned one was fenced and drops everything), so
+            // its inbox is served until the watch ends.
+            let result = self
+                .serve_inbox_once(&dead.node, &mut dead.after, Duration::ZERO)
+                .await;
+            tracing::trace!(node = %dead.node, ?result, "adopted inbox served");
             any |= matches!(result, Ok(true));
-            let finished = back || (result == Ok(false) && self.runtime.now() >= dead.until);
+            let finished = result == Ok(false) && self.runtime.now() >= dead.until;
             {
                 let mut list = lock(&self.adopted);
                 if let Some(slot) = list.iter_mut().find(|a| a.node == dead.node) {
@@ -70,10 +69,7 @@ impl<R: Runtime> Node<R> {
                     list.retain(|a| a.node != dead.node);
                 }
             }
-            if finished
-                && !back
-                && let Some(store) = self.storage.cluster()
-            {
+            if finished && let Some(store) = self.storage.cluster() {
                 match store.forget_member(&dead.node).await {
                     Err(error) => self.storage_failed("forget node", &error),
                     Ok(()) => tracing::info!(node = %dead.node, "dead node forgotten"),
@@ -88,6 +84,13 @@ impl<R: Runtime> Node<R> {
         let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
             return;
         };
+        let unfinished: Vec<ByteStr> = std::mem::take(&mut *lock(&cluster.unfinished_adoptions));
+        for dead in unfinished {
+            if let Err(error) = self.adopt(&dead).await {
+                self.storage_failed("adopt", &error);
+                lock(&cluster.unfinished_adoptions).push(dead);
+            }
+        }
         let members = match store.members().await {
             Ok(members) => members,
             Err(error) => {
@@ -115,6 +118,7 @@ impl<R: Runtime> Node<R> {
                     );
                     if let Err(error) = self.adopt(&member.node).await {
                         self.storage_failed("adopt", &error);
+                        lock(&cluster.unfinished_adoptions).push(member.node);
                     }
                 }
                 Ok(false) => {}
@@ -204,11 +208,14 @@ impl<R: Runtime> Node<R> {
                 removals.extend(cluster.routes_changed_ops());
                 apply_until_stored(self, removals).await;
             }
-            lock(&self.adopted).push(Adopted {
-                node: dead.clone(),
-                after: None,
-                until: self.runtime.now() + ADOPTED_WATCH,
-            });
+            let mut adopted = lock(&self.adopted);
+            if !adopted.iter().any(|a| a.node == *dead) {
+                adopted.push(Adopted {
+                    node: dead.clone(),
+                    after: None,
+                    until: self.runtime.now() + ADOPTED_WATCH,
+                });
+            }
         }
         Ok(())
     }

@@ -156,6 +156,8 @@ pub struct ClusterState {
     /// drained and the releases it asked for are done.
     pub(crate) catching_up: AtomicBool,
     pub(crate) pending_releases: AtomicUsize,
+    /// Dead incarnations this node won and has not finished adopting.
+    pub(crate) unfinished_adoptions: Mutex<Vec<ByteStr>>,
     /// Inbox entries already served, by message id: a replayed `XADD`
     /// can append one twice.
     pub(crate) seen: Mutex<RecentIds>,
@@ -248,6 +250,7 @@ impl ClusterState {
             retained_stale: AtomicBool::new(false),
             catching_up: AtomicBool::new(false),
             pending_releases: AtomicUsize::new(0),
+            unfinished_adoptions: Mutex::new(Vec::new()),
             seen: Mutex::new(RecentIds::default()),
             handovers: Mutex::new(HashMap::new()),
             routes_in_flight: Arc::new(RouteTracker::default()),
