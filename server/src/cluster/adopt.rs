@@ -2,12 +2,12 @@
 //!
 //! A node whose heartbeat expired is adopted by the one live node that wins
 //! `claim_adoption` (which fences the dead incarnation). The adopter:
-//! 1. publishes the will of every client that was connected there and is
-//!    not owned by another node since, in the batch that clears its
-//!    presence (so a will is published once even if the adopter dies too);
-//! 2. claims the persistent sessions the dead node owned: their
+//! 1. claims the persistent sessions the dead node owned: their
 //!    subscriptions enter its trie and its routes, and messages for them are
 //!    stored in their queues until the clients return, to any node;
+//! 2. publishes the will of every client that was connected there and is
+//!    not owned by another node since, in the batch that clears its
+//!    presence (so a will is published once even if the adopter dies too);
 //! 3. serves the dead node's inbox like its own, and keeps watching it for
 //!    `ADOPTED_WATCH` (a publisher's batch computed with a stale route
 //!    cache may still land there); then forgets the incarnation. An
@@ -133,33 +133,8 @@ impl<R: Runtime> Node<R> {
             return Ok(());
         };
         Metrics::inc(&self.metrics.cluster_adoptions);
-        // 1. Wills of the clients that were connected there.
-        let mut scratch = Vec::new();
-        for presence in store.presence(dead).await? {
-            let owner = store.owner(&presence.client_id).await?;
-            let still_there = owner.is_none_or(|o| o.node == *dead && o.epoch <= presence.epoch);
-            let mut ops = Vec::new();
-            let mut prepared = None;
-            if still_there && let Some(will) = presence.will {
-                Metrics::inc(&self.metrics.wills_published);
-                tracing::info!(client_id = %presence.client_id, node = %dead, "publishing the will of a client of a dead node");
-                let (route, more) = self.prepare_route(will, None, &mut scratch);
-                ops.extend(more);
-                prepared = Some(route);
-            }
-            ops.push(Op::Cluster(ClusterOp::ClearPresence {
-                node: dead.clone(),
-                client_id: presence.client_id.clone(),
-            }));
-            if !apply_until_stored(self, ops).await {
-                return Err(StorageError::Unavailable("storage refused the will".into()));
-            }
-            if let Some(route) = prepared {
-                self.finish_route(route);
-            }
-        }
-        tracing::trace!(node = %dead, "adoption: wills done");
-        // 2. Its persistent sessions.
+        // 1. Its persistent sessions first, so that the wills (and the
+        // inbox) reach the subscribers among them.
         {
             let owned: std::collections::HashSet<ByteStr> =
                 store.owned_by(dead).await?.into_iter().collect();
@@ -188,7 +163,32 @@ impl<R: Runtime> Node<R> {
                 }
             }
         }
-        tracing::trace!(node = %dead, "adoption: sessions done");
+        // 2. Wills of the clients that were connected there.
+        let mut scratch = Vec::new();
+        for presence in store.presence(dead).await? {
+            let owner = store.owner(&presence.client_id).await?;
+            let still_there = owner.is_none_or(|o| o.node == *dead && o.epoch <= presence.epoch);
+            let mut ops = Vec::new();
+            let mut prepared = None;
+            if still_there && let Some(will) = presence.will {
+                Metrics::inc(&self.metrics.wills_published);
+                tracing::info!(client_id = %presence.client_id, node = %dead, "publishing the will of a client of a dead node");
+                let (route, more) = self.prepare_route(will, None, &mut scratch);
+                ops.extend(more);
+                prepared = Some(route);
+            }
+            ops.push(Op::Cluster(ClusterOp::ClearPresence {
+                node: dead.clone(),
+                client_id: presence.client_id.clone(),
+            }));
+            if !apply_until_stored(self, ops).await {
+                return Err(StorageError::Unavailable("storage refused the will".into()));
+            }
+            if let Some(route) = prepared {
+                self.finish_route(route);
+            }
+        }
+        tracing::trace!(node = %dead, "adoption: sessions and wills done");
         // 3. Its inbox.
         {
             let mut removals: Vec<Op> = {
