@@ -163,6 +163,16 @@ fn offline_messages_older_than_the_retention_are_dropped() {
     run_on("retention", &broker, &[]);
     // The old subscription message and the old p2p message.
     assert_eq!(broker.metric(|m| &m.dropped_expired), 2);
+    let url = format!("http://127.0.0.1:{}/api/v1/stats", api_port(&broker));
+    let stats = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["droppedExpired"], 2, "{stats}");
+    assert_eq!(stats["aliyunStatusLost"], 0, "{stats}");
 }
 
 #[test]

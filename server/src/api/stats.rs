@@ -106,6 +106,8 @@ pub fn stats_json(
         "dropped": stats.dropped_queue_full + stats.dropped_offline_qos0,
         "droppedQueueFull": stats.dropped_queue_full,
         "droppedOfflineQos0": stats.dropped_offline_qos0,
+        "droppedExpired": Metrics::get(&metrics.dropped_expired),
+        "aliyunStatusLost": Metrics::get(&metrics.aliyun_status_lost),
         "connectionsTotal": Metrics::get(&metrics.connections_total),
         "storageErrors": Metrics::get(&metrics.storage_errors),
         "storagePublishesFailed": Metrics::get(&metrics.storage_publishes_failed),
@@ -248,6 +250,18 @@ pub fn prometheus(
                 n(get(&metrics.auth_unavailable)),
             ),
         ],
+    );
+    metric(
+        "dropped_expired_total",
+        "counter",
+        "Queued messages dropped unsent because they outlived the offline-message retention.",
+        &[("", n(get(&metrics.dropped_expired)))],
+    );
+    metric(
+        "aliyun_status_lost_total",
+        "counter",
+        "Alibaba Cloud status events that could not be stored after retries.",
+        &[("", n(get(&metrics.aliyun_status_lost)))],
     );
     metric(
         "storage_errors_total",
