@@ -12,26 +12,11 @@ mod redis_common;
 
 use std::time::{Duration, Instant};
 
-use common::{BrokerProcess, Client, QoS, TempFile, TestBroker, WAIT, free_port, mosquitto_pub_ok};
-use easy_mqtt_server::config::Config;
+use common::{
+    BrokerProcess, Client, QoS, TempFile, WAIT, cluster_node as node_on, free_port,
+    mosquitto_pub_ok,
+};
 use redis_common::{Cluster, Server};
-
-/// Cluster timings for tests: a node is dead after one second of silence.
-fn fast_cluster(config: &mut Config) {
-    config.mqtt.cluster.heartbeat_interval = 100;
-    config.mqtt.cluster.node_timeout = 1000;
-    config.mqtt.cluster.takeover_timeout = 3000;
-}
-
-fn node_on(nodes: &[String], node_id: &str) -> TestBroker {
-    let nodes = nodes.to_vec();
-    let node_id = node_id.to_owned();
-    TestBroker::with(move |config| {
-        config.mqtt.kvrocks.cluster.nodes = nodes;
-        config.mqtt.server.node_id = node_id;
-        fast_cluster(config);
-    })
-}
 
 /// The real binary as one node of the cluster.
 fn binary_node(nodes: &str, node_id: &str) -> (TempFile, BrokerProcess) {

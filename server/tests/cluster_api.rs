@@ -11,27 +11,11 @@ mod redis_common;
 
 use std::time::Duration;
 
-use common::{Client, QoS, TestBroker, WAIT, mosquitto_pub_ok, wait_until};
-use easy_mqtt_server::config::Config;
+use common::{
+    Client, QoS, TestBroker, WAIT, cluster_node as node_on, mosquitto_pub_ok, wait_until,
+};
 use redis_common::Server;
 use serde_json::{Value, json};
-
-/// Cluster timings for tests: a node is dead after one second of silence.
-fn fast_cluster(config: &mut Config) {
-    config.mqtt.cluster.heartbeat_interval = 100;
-    config.mqtt.cluster.node_timeout = 1000;
-    config.mqtt.cluster.takeover_timeout = 3000;
-}
-
-fn node_on(nodes: &[String], node_id: &str) -> TestBroker {
-    let nodes = nodes.to_vec();
-    let node_id = node_id.to_owned();
-    TestBroker::with(move |config| {
-        config.mqtt.kvrocks.cluster.nodes = nodes;
-        config.mqtt.server.node_id = node_id;
-        fast_cluster(config);
-    })
-}
 
 /// Two nodes, `n1` and `n2`, on one redis-server.
 fn two_nodes() -> (Server, TestBroker, TestBroker) {

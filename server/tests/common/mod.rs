@@ -1258,6 +1258,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Cluster timings for tests: a node is dead after one second of silence.
+pub fn fast_cluster(config: &mut Config) {
+    config.mqtt.cluster.heartbeat_interval = 100;
+    config.mqtt.cluster.node_timeout = 1000;
+    config.mqtt.cluster.takeover_timeout = 3000;
+}
+
+/// A cluster node named `node_id` on the Kvrocks (or Redis) `nodes`, with
+/// [`fast_cluster`] timings.
+pub fn cluster_node(nodes: &[String], node_id: &str) -> TestBroker {
+    let nodes = nodes.to_vec();
+    let node_id = node_id.to_owned();
+    TestBroker::with(move |config| {
+        config.mqtt.kvrocks.cluster.nodes = nodes;
+        config.mqtt.server.node_id = node_id;
+        fast_cluster(config);
+    })
+}
+
 /// A configuration file for the real binary: MQTT over TCP on
 /// 127.0.0.1:`port`, WebSocket and API on free ports, storage on the
 /// Kvrocks (or Redis) `nodes` (`host:port[,host:port...]`).
