@@ -8,8 +8,13 @@
 //!   [`Liveness::Fenced`], and a fenced node must drop every session it holds
 //!   and start again under a new incarnation.
 //! - **Ownership**: one owner per client id ([`Cluster::claim_owner`]), with
-//!   an epoch that grows with every claim. The claimant tells the previous
-//!   owner through its inbox ([`BusEntry::Kick`]).
+//!   an epoch that grows with every claim. A node stays *responsible* for a
+//!   client id from its claim until it (or its adopter) lets it go
+//!   ([`ClusterOp::Disown`]): a claim does not end the previous owner's
+//!   responsibility, since messages for the client may still sit in that
+//!   node's inbox. The claimant kicks every responsible node through its
+//!   inbox ([`BusEntry::Kick`]) and serves the client only once none is
+//!   left ([`Cluster::responsible`]).
 //! - **The bus**: one durable inbox per node, written with [`Op::Forward`]
 //!   in the same batch as the rest of a publish (so a PUBACK still means
 //!   "stored"), read with [`Cluster::read_inbox`], acknowledged with
@@ -162,6 +167,12 @@ pub enum ClusterOp {
         node: ByteStr,
         client_id: ByteStr,
     },
+    /// `node` holds nothing of `client_id` any more: it leaves the
+    /// responsible nodes (and `node`'s owned-by index).
+    Disown {
+        node: ByteStr,
+        client_id: ByteStr,
+    },
     /// Sets a record; `ttl` `None` keeps it until deleted.
     PutRecord {
         space: ByteStr,
@@ -211,7 +222,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// its adoption finished).
     fn forget_member<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
 
-    /// Makes `node` the owner of `client_id` under a new epoch.
+    /// Makes `node` the owner of `client_id` under a new epoch, and adds it
+    /// to the responsible nodes. The previous owner stays responsible until
+    /// it is disowned.
     fn claim_owner<'a>(
         &'a self,
         client_id: &'a str,
@@ -223,9 +236,17 @@ pub trait Cluster: Send + Sync + 'static {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Owner>, StorageError>>;
 
-    /// The clients whose owner is `node` (persistent sessions kept there
-    /// and connected clients).
+    /// The clients `node` is responsible for: claimed and not disowned
+    /// (persistent sessions kept there, connected clients, and clients
+    /// claimed away from it that it has not released yet).
     fn owned_by<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>>;
+
+    /// The members responsible for `client_id` (see [`Cluster::owned_by`]),
+    /// in no particular order.
+    fn responsible<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>>;
 
     /// The clients connected to `node`, as last stored.
     fn presence<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Presence>, StorageError>>;

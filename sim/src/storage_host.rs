@@ -404,6 +404,14 @@ impl Cluster for RemoteStorage {
         cluster_call!(self, Duration::ZERO, |c| c.owned_by(&node))
     }
 
+    fn responsible<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>> {
+        let client_id = client_id.to_owned();
+        cluster_call!(self, Duration::ZERO, |c| c.responsible(&client_id))
+    }
+
     fn presence<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Presence>, StorageError>> {
         let node = node.to_owned();
         cluster_call!(self, Duration::ZERO, |c| c.presence(&node))

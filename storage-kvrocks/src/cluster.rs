@@ -97,6 +97,9 @@ pub(crate) fn writes(keys: &Keys, op: ClusterOp) -> Vec<Command> {
                 .arg(presence.client_id.as_str())
                 .arg(codec::encode_presence(&presence)),
         ],
+        ClusterOp::Disown { node, client_id } => {
+            vec![Command::new("SREM", &keys.node(&node).owned).arg(client_id.as_str())]
+        }
         ClusterOp::ClearPresence { node, client_id } => {
             vec![Command::new("HDEL", &keys.node(&node).presence).arg(client_id.as_str())]
         }
@@ -301,10 +304,8 @@ pub(crate) async fn claim_owner(
         reply::optional_bytes(&owner_key, values.into_iter().next().unwrap_or(Value::Nil))?
             .map(|bytes| codec::decode_owner(&owner_key, &bytes))
             .transpose()?;
-    let mut index = vec![Command::new("SADD", &keys.node(node).owned).arg(client_id)];
-    if let Some(previous) = previous.as_ref().filter(|previous| previous.node != node) {
-        index.push(Command::new("SREM", &keys.node(&previous.node).owned).arg(client_id));
-    }
+    // The previous owner stays responsible until it is disowned.
+    let index = [Command::new("SADD", &keys.node(node).owned).arg(client_id)];
     redis.run(&index, deadline).await?;
     Ok(Claim { epoch, previous })
 }
@@ -336,6 +337,38 @@ pub(crate) async fn owned_by(
         .into_iter()
         .map(|member| codec::decode_utf8(&key, member))
         .collect()
+}
+
+pub(crate) async fn responsible(
+    redis: &Redis,
+    keys: &Keys,
+    client_id: &str,
+) -> Result<Vec<ByteStr>, StorageError> {
+    let deadline = redis.deadline();
+    let members_key = keys.members();
+    let values = redis
+        .run(&[Command::new("HKEYS", &members_key)], deadline)
+        .await?;
+    let nodes = reply::members(
+        &members_key,
+        values.into_iter().next().unwrap_or(Value::Nil),
+    )?
+    .into_iter()
+    .map(|node| codec::decode_utf8(&members_key, node))
+    .collect::<Result<Vec<ByteStr>, StorageError>>()?;
+    let owned_keys: Vec<String> = nodes.iter().map(|node| keys.node(node).owned).collect();
+    let commands: Vec<Command> = owned_keys
+        .iter()
+        .map(|key| Command::new("SISMEMBER", key).arg(client_id))
+        .collect();
+    let mut values = redis.run(&commands, deadline).await?.into_iter();
+    let mut responsible = Vec::new();
+    for (node, key) in nodes.into_iter().zip(&owned_keys) {
+        if reply::int(key, &value(&mut values))? == 1 {
+            responsible.push(node);
+        }
+    }
+    Ok(responsible)
 }
 
 pub(crate) async fn presence(

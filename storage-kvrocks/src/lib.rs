@@ -334,6 +334,13 @@ impl Cluster for KvrocksStorage {
         Box::pin(cluster::owned_by(&self.redis, &self.keys, node))
     }
 
+    fn responsible<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>> {
+        Box::pin(cluster::responsible(&self.redis, &self.keys, client_id))
+    }
+
     fn presence<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Presence>, StorageError>> {
         Box::pin(cluster::presence(&self.redis, &self.keys, node))
     }

@@ -109,6 +109,11 @@ impl ClusterState {
                     clients.remove(client_id.as_str());
                 }
             }
+            ClusterOp::Disown { node, client_id } => {
+                if let Some(owned) = self.owned.get_mut(node.as_str()) {
+                    owned.remove(client_id.as_str());
+                }
+            }
             ClusterOp::PutRecord {
                 space,
                 key,
@@ -227,12 +232,6 @@ impl ClusterState {
                 epoch,
             },
         );
-        if let Some(previous) = &previous
-            && previous.node != node
-            && let Some(owned) = self.owned.get_mut(previous.node.as_str())
-        {
-            owned.remove(client_id.as_str());
-        }
         self.owned.entry(node).or_default().insert(client_id);
         Claim { epoch, previous }
     }
@@ -246,6 +245,16 @@ impl ClusterState {
             .get(node)
             .map(|owned| owned.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    pub(crate) fn responsible(&self, client_id: &str) -> Vec<ByteStr> {
+        self.owned
+            .iter()
+            .filter(|(node, owned)| {
+                owned.contains(client_id) && self.nodes.get(*node).is_some_and(|n| n.member)
+            })
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     pub(crate) fn presence(&self, node: &str) -> Vec<Presence> {

@@ -236,6 +236,14 @@ impl Cluster for MemoryStorage {
         Box::pin(ready(Ok(result)))
     }
 
+    fn responsible<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ByteStr>, StorageError>> {
+        let result = self.lock().cluster.responsible(client_id);
+        Box::pin(ready(Ok(result)))
+    }
+
     fn presence<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Presence>, StorageError>> {
         let result = self.lock().cluster.presence(node);
         Box::pin(ready(Ok(result)))

@@ -22,7 +22,9 @@
 //!   heartbeat answers `Fenced` without making it alive again. Another
 //!   incarnation of the same node is not fenced.
 //! - `claim_owner` answers an epoch higher than every earlier claim of the
-//!   client id and the owner it replaced; `owner` and `owned_by` follow.
+//!   client id and the owner it replaced; `owner` follows. A claim adds the
+//!   claimant to `owned_by` and `responsible` and leaves the previous owner
+//!   there until `Disown` (idempotent).
 //! - Inbox entries read back equal (payloads byte for byte) in append order
 //!   with increasing ids; `after` and `max` page; `InboxAck` removes one
 //!   entry (again: no-op); `wait` is an upper bound (a backend may return
@@ -306,8 +308,25 @@ pub async fn membership(_storage: &dyn Storage, cluster: &dyn Cluster, sleep: &S
     );
 }
 
-/// Epochs grow with every claim; the previous owner is answered.
-pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
+async fn responsible(cluster: &dyn Cluster, check: &str, client: &str) -> Vec<ByteStr> {
+    let mut nodes = match cluster.responsible(client).await {
+        Ok(nodes) => nodes,
+        Err(error) => panic!("{check}: responsible({client}): {error}"),
+    };
+    nodes.sort();
+    nodes
+}
+
+fn disown(node: &str, client_id: &str) -> Op {
+    cluster_op(ClusterOp::Disown {
+        node: b(node),
+        client_id: b(client_id),
+    })
+}
+
+/// Epochs grow with every claim; the previous owner is answered and stays
+/// responsible until disowned.
+pub async fn ownership(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
     const CHECK: &str = "ownership";
     let [a, bn] = ["contract-ownership-a", "contract-ownership-b"];
     let [c1, c2] = ["contract-ownership-c1", "contract-ownership-{c2}%"];
@@ -341,6 +360,15 @@ pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &S
         "{CHECK}: owner after a claim"
     );
 
+    // Responsibility is listed for members only.
+    heartbeat(cluster, CHECK, a, 1, LONG_TTL).await;
+    heartbeat(cluster, CHECK, bn, 1, LONG_TTL).await;
+    assert_eq!(
+        responsible(cluster, CHECK, c1).await,
+        vec![b(a)],
+        "{CHECK}: responsible after one claim"
+    );
+
     let second = claim(c1, bn).await;
     assert!(second.epoch > first.epoch, "{CHECK}: epoch did not grow");
     let previous = second.previous.map(|owner| (owner.node, owner.epoch));
@@ -349,6 +377,19 @@ pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &S
         Some((b(a), first.epoch)),
         "{CHECK}: previous owner"
     );
+    // The previous owner is still responsible: it was not disowned yet.
+    assert_eq!(
+        owned(cluster, CHECK, a).await,
+        vec![b(c1)],
+        "{CHECK}: owned by a before disown"
+    );
+    assert_eq!(
+        responsible(cluster, CHECK, c1).await,
+        vec![b(a), b(bn)],
+        "{CHECK}: responsible after a takeover"
+    );
+    apply(storage, CHECK, vec![disown(a, c1)]).await;
+    apply(storage, CHECK, vec![disown(a, c1)]).await;
     assert_eq!(
         owned(cluster, CHECK, a).await,
         Vec::<ByteStr>::new(),
@@ -358,6 +399,11 @@ pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &S
         owned(cluster, CHECK, bn).await,
         vec![b(c1)],
         "{CHECK}: owned by b"
+    );
+    assert_eq!(
+        responsible(cluster, CHECK, c1).await,
+        vec![b(bn)],
+        "{CHECK}: responsible after disown"
     );
 
     // Claiming again from the owner: a new epoch, still owned once.
@@ -389,6 +435,7 @@ pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &S
 
     let back = claim(c1, a).await;
     assert!(back.epoch > third.epoch, "{CHECK}: epoch did not grow");
+    apply(storage, CHECK, vec![disown(bn, c1)]).await;
     assert_eq!(
         owned(cluster, CHECK, a).await,
         vec![b(c1)],
@@ -406,6 +453,11 @@ pub async fn ownership(_storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &S
         owned(cluster, CHECK, a).await,
         Vec::<ByteStr>::new(),
         "{CHECK}: forgotten"
+    );
+    assert_eq!(
+        responsible(cluster, CHECK, c1).await,
+        Vec::<ByteStr>::new(),
+        "{CHECK}: nobody responsible once forgotten"
     );
     assert_eq!(
         owned(cluster, CHECK, bn).await,
