@@ -218,6 +218,15 @@ pub trait Cluster: Send + Sync + 'static {
         by: &'a str,
     ) -> BoxFuture<'a, Result<bool, StorageError>>;
 
+    /// The node that won the adoption of `dead`'s `incarnation`, if any
+    /// (an adopter that dies before it finished passes the adoption on to
+    /// its own adopter).
+    fn adopter<'a>(
+        &'a self,
+        dead: &'a str,
+        incarnation: u64,
+    ) -> BoxFuture<'a, Result<Option<ByteStr>, StorageError>>;
+
     /// Removes a dead node's membership, inbox, routes and presence (after
     /// its adoption finished).
     fn forget_member<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;

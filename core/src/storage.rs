@@ -93,6 +93,9 @@ pub struct StoredDelivery {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
+    /// When its body was stored ([`Op::PutMessage`]'s `at_ms`), in ms since
+    /// the Unix epoch; 0 when unknown (a body stored without a time).
+    pub at_ms: u64,
 }
 
 /// An outbound message in flight, as stored.
@@ -139,6 +142,11 @@ pub enum Op {
     PutMessage {
         id: MessageId,
         message: Arc<Message>,
+        /// When it was stored, in ms since the Unix epoch by the writer's
+        /// clock (0 = unknown); loads return it with every delivery of the
+        /// body, so that an age limit (an offline-message retention)
+        /// survives a restart.
+        at_ms: u64,
     },
     /// Adds to a session's queue, which is kept in id order
     /// ([`MessageId::queue_order`]): the position depends on the id alone,

@@ -306,10 +306,25 @@ impl<R: Runtime> Node<R> {
     /// message is stored for every persistent session it goes to (and as
     /// retained) before it is delivered in memory and before this returns.
     /// On a storage error nothing is delivered.
+    /// A point-to-point topic (`aliyun`) goes to its client as
+    /// [`Node::publish_to_client_stored`] sends it (0 when unknown).
     pub async fn publish_message_stored(&self, message: Message) -> Result<usize, StorageError> {
-        let direct =
-            (self.policy.as_ref()).is_some_and(|p| p.direct_target(&message.topic).is_some());
-        if !self.durable || direct {
+        if self.durable
+            && let Some(target) = self.direct_target(&message.topic)
+        {
+            return match self.publish_to_client_stored(&target, message).await {
+                Ok(taken) => Ok(usize::from(taken)),
+                Err(ClientPublishError::UnknownClient) => {
+                    tracing::debug!(
+                        client_id = target,
+                        "p2p message for an unknown client dropped"
+                    );
+                    Ok(0)
+                }
+                Err(ClientPublishError::Storage(error)) => Err(error),
+            };
+        }
+        if !self.durable {
             return Ok(self.publish_message(message));
         }
         Metrics::inc(&self.metrics.api_publishes);
@@ -356,7 +371,11 @@ impl<R: Runtime> Node<R> {
         if stored && qos != QoS::AtMostOnce {
             let id = self.next_message_id();
             let ops = vec![
-                Op::PutMessage { id, message },
+                Op::PutMessage {
+                    id,
+                    message,
+                    at_ms: self.unix_ms(),
+                },
                 Op::Enqueue {
                     client_id: entry.client_id.clone(),
                     id,
@@ -547,6 +566,7 @@ impl<R: Runtime> Node<R> {
             Op::PutMessage {
                 id,
                 message: Arc::new(message),
+                at_ms: self.unix_ms(),
             },
             Op::Enqueue {
                 client_id: client,

@@ -21,7 +21,6 @@ use easy_mqtt_core::packet::Connect;
 use easy_mqtt_core::session::{CloseReason, Event};
 use easy_mqtt_core::{ConnectReturnCode, PacketId, QoS, SubscribeReturnCode};
 use futures_io::{AsyncRead, AsyncWrite};
-use tracing::Instrument;
 
 use easy_mqtt_core::packet::{Publish, Subscribe};
 use easy_mqtt_core::session::Message;
@@ -132,68 +131,144 @@ impl ConnectionInfo {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S, R>(node: Arc<Node<R>>, stream: S, info: ConnectionInfo)
+///
+/// The task is a hand-written future ([`Serve`]) rather than an `async fn`:
+/// an `async fn` keeps its arguments (the stream, the connection info) and
+/// the locals of every suspension point beside the driver built from them,
+/// which made an idle connection's task hundreds of bytes larger.
+pub fn serve<S, R>(
+    node: Arc<Node<R>>,
+    stream: S,
+    info: ConnectionInfo,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: Runtime,
 {
-    let Some(cell) = node.open_connection() else {
-        tracing::warn!(peer = ?info.peer, "connection limit reached; closing new connection");
-        let mut stream = stream;
-        let _ = futures_lite::AsyncWriteExt::close(&mut stream).await;
-        return;
-    };
-    let peer = info.peer;
-    let span = tracing::info_span!(
-        "conn",
-        node = %node.config().node_id,
-        id = cell.id,
-        transport = info.transport.as_str(),
-        peer = ?peer,
-        client_id = tracing::field::Empty
-    );
-    let mut driver = Driver {
-        node: node.clone(),
-        cell: cell.clone(),
-        stream,
-        info,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        read_closed: false,
-        flush_pending: false,
-        wants_input: true,
-        closed: false,
-        timer: None,
-        deadline: None,
-        close_deadline: None,
-        attachment: None,
-        pending_auth: None,
-        pending_connect: None,
-        storage: std::collections::VecDeque::new(),
-        retry_timer: None,
-        detach_pending: false,
-        events: Vec::new(),
-        scratch: Vec::new(),
-        acks: Vec::new(),
-        span: span.clone(),
-    };
-    async {
-        futures_lite::future::poll_fn(|cx| driver.poll_drive(cx)).await;
-        // Closing flushes what a TLS or WebSocket stream still holds; a peer
-        // that reads nothing gets CLOSE_LINGER, not forever.
-        let runtime = driver.node.runtime().clone();
-        let linger = runtime.now() + CLOSE_LINGER;
-        futures_lite::future::or(
-            async {
-                let _ = futures_lite::AsyncWriteExt::close(&mut driver.stream).await;
-            },
-            crate::runtime::sleep_until(&runtime, linger),
-        )
-        .await;
+    Serve::Start { node, stream, info }
+}
+
+/// The states of a connection's task (see [`serve`]).
+// A task spends its life in `Running`: boxing the driver would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+enum Serve<S, R: Runtime> {
+    /// Not polled yet: the connection is opened on the first poll.
+    Start {
+        node: Arc<Node<R>>,
+        stream: S,
+        info: ConnectionInfo,
+    },
+    /// Over the connection limit: closing the stream.
+    Refusing(S),
+    /// Driving the connection, then (`lingering`) closing its stream, for
+    /// at most [`CLOSE_LINGER`] (the deadline is then the driver's).
+    Running {
+        driver: Driver<S, R>,
+        /// The connection's span, entered while the task runs; none when
+        /// the subscriber disabled it (a `Span` is 40 bytes even then).
+        span: Option<Box<tracing::Span>>,
+        lingering: bool,
+    },
+    Done,
+}
+
+impl<S, R> Future for Serve<S, R>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Runtime,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Serve::Start { .. } => {
+                    let Serve::Start { node, stream, info } = std::mem::replace(this, Serve::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    *this = Serve::open(node, stream, info);
+                }
+                Serve::Refusing(stream) => {
+                    if Pin::new(stream).poll_close(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *this = Serve::Done;
+                    return Poll::Ready(());
+                }
+                Serve::Running {
+                    driver,
+                    span,
+                    lingering,
+                } => {
+                    let done = {
+                        let _entered = span.as_deref().map(tracing::Span::enter);
+                        driver.poll_run(cx, lingering)
+                    };
+                    if done.is_pending() {
+                        return Poll::Pending;
+                    }
+                    driver.node.close_connection(&driver.cell);
+                    *this = Serve::Done;
+                    return Poll::Ready(());
+                }
+                Serve::Done => return Poll::Ready(()),
+            }
+        }
     }
-    .instrument(span)
-    .await;
-    node.close_connection(&cell);
+}
+
+impl<S, R> Serve<S, R>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Runtime,
+{
+    fn open(node: Arc<Node<R>>, stream: S, info: ConnectionInfo) -> Serve<S, R> {
+        let Some(cell) = node.open_connection() else {
+            tracing::warn!(peer = ?info.peer, "connection limit reached; closing new connection");
+            return Serve::Refusing(stream);
+        };
+        let span = tracing::info_span!(
+            "conn",
+            node = %node.config().node_id,
+            id = cell.id,
+            transport = info.transport.as_str(),
+            peer = ?info.peer,
+            client_id = tracing::field::Empty
+        );
+        let driver = Driver {
+            node,
+            cell,
+            stream,
+            info,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            read_closed: false,
+            flush_pending: false,
+            wants_input: true,
+            closed: false,
+            busy: false,
+            timer: None,
+            deadline: None,
+            close_deadline: None,
+            attachment: None,
+            pending_auth: None,
+            pending_connect: None,
+            storage: std::collections::VecDeque::new(),
+            retry_timer: None,
+            detach_pending: false,
+            events: Vec::new(),
+            scratch: Vec::new(),
+            acks: Vec::new(),
+        };
+        Serve::Running {
+            driver,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+            lingering: false,
+        }
+    }
 }
 
 struct Driver<S, R: Runtime> {
@@ -209,24 +284,29 @@ struct Driver<S, R: Runtime> {
     flush_pending: bool,
     wants_input: bool,
     closed: bool,
+    /// PUBLISH packets came in or went out since the driver last went idle:
+    /// the state machine's queues are kept for the next burst.
+    busy: bool,
     /// The timer and the deadline it is armed for.
     timer: Option<(R::Timer, Instant)>,
     deadline: Option<Instant>,
     /// Once closed: when to give up flushing to a peer that reads nothing.
     close_deadline: Option<Instant>,
     attachment: Option<Attachment>,
-    pending_auth: Option<PendingAuth>,
+    /// Boxed, like `pending_connect`: a connection spends a moment in
+    /// its CONNECT and the rest of its life without one.
+    pending_auth: Option<Box<PendingAuth>>,
     /// A CONNECT waiting for storage (durable node).
-    pending_connect: Option<PendingConnect>,
+    pending_connect: Option<Box<PendingConnect>>,
     /// Storage writes in order; the front one is running.
     storage: std::collections::VecDeque<StorageBatch>,
-    retry_timer: Option<R::Timer>,
+    /// Boxed: only a failing storage write needs it.
+    retry_timer: Option<Box<R::Timer>>,
     /// Closed with storage writes still running: detach once they are done.
     detach_pending: bool,
     events: Vec<Event>,
     scratch: Vec<(SessionKey, QoS)>,
     acks: Vec<PacketId>,
-    span: tracing::Span,
 }
 
 impl<S, R> Driver<S, R>
@@ -234,6 +314,23 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     R: Runtime,
 {
+    /// Drives the connection until it is over, then closes the stream:
+    /// closing flushes what a TLS or WebSocket stream still holds, and a
+    /// peer that reads nothing gets [`CLOSE_LINGER`], not forever.
+    fn poll_run(&mut self, cx: &mut Context<'_>, lingering: &mut bool) -> Poll<()> {
+        if !*lingering {
+            if self.poll_drive(cx).is_pending() {
+                return Poll::Pending;
+            }
+            *lingering = true;
+            self.deadline = Some(self.node.runtime().now() + CLOSE_LINGER);
+        }
+        if Pin::new(&mut self.stream).poll_close(cx).is_ready() || self.poll_timer(cx) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..BUDGET {
             let mut progress = self.poll_auth(cx);
@@ -363,6 +460,7 @@ where
             inner.conn.poll_transmit(&mut self.wbuf, WRITE_BATCH);
             let sent = inner.conn.take_publishes_sent();
             if sent > 0 {
+                self.busy = true;
                 Metrics::add(&self.node.metrics.publishes_sent, sent);
             }
         }
@@ -399,16 +497,19 @@ where
                     Some(authenticator) => {
                         let request = self.auth_request(&connect);
                         let decision = authenticator.authenticate(request);
-                        self.pending_auth = Some((connect, decision));
+                        self.pending_auth = Some(Box::new((connect, decision)));
                     }
                     None => self.start_connect(connect),
                 },
                 Event::Publish(publish) => {
+                    self.busy = true;
                     let packet_id = publish.packet_id();
                     if self.policy_allows(&publish) {
+                        // A p2p message is never retained: only its QoS
+                        // makes it durable.
                         if self.node.is_durable()
-                            && (packet_id.is_some() || publish.retain)
-                            && !self.node.is_direct(&publish.topic)
+                            && (packet_id.is_some()
+                                || (publish.retain && !self.node.is_direct(&publish.topic)))
                         {
                             // Stored first; acknowledged once stored.
                             self.route_durable(publish);
@@ -492,8 +593,8 @@ where
 
     fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
         self.pending_auth = None;
-        if let Some((connect, _)) = self.pending_connect.take() {
-            self.node.end_load(&connect.client_id);
+        if let Some(pending) = self.pending_connect.take() {
+            self.node.end_load(&pending.0.client_id);
         }
         let will = match will {
             Some(will) if self.node.is_durable() && self.attachment.is_some() => {
@@ -613,6 +714,18 @@ where
         }
         if self.scratch.capacity() * std::mem::size_of::<(SessionKey, QoS)>() > KEEP_BUFFER {
             self.scratch = Vec::new();
+        }
+        if self.storage.is_empty() {
+            if self.storage.capacity() > 0 {
+                self.storage = std::collections::VecDeque::new();
+            }
+            self.retry_timer = None;
+        }
+        // The state machine's queues (the CONNACK's, the CONNECT event's),
+        // unless messages are flowing: a publisher or a subscriber would
+        // allocate them again for every burst.
+        if !std::mem::take(&mut self.busy) {
+            lock(&self.cell.inner).conn.release_idle();
         }
     }
 }

@@ -335,7 +335,7 @@ impl<R: Runtime> Node<R> {
                     old.wake();
                     state
                 }
-                None => inner.offline.take(),
+                None => inner.offline.take().map(|state| *state),
             };
             let resumable = !connect.clean_session && !inner.clean;
             let buffered = inner.loading.take();
@@ -358,7 +358,11 @@ impl<R: Runtime> Node<R> {
                     }
                     drop(trie);
                     (
-                        crate::persist::restore(stored, self.config.connection.session),
+                        crate::persist::restore(
+                            stored,
+                            self.config.connection.session,
+                            self.unix_ms(),
+                        ),
                         true,
                     )
                 }
@@ -383,9 +387,10 @@ impl<R: Runtime> Node<R> {
                         .filter_map(|d| d.id)
                         .chain(session.inflight().filter_map(|m| m.delivery.id))
                         .collect();
+                    let now_ms = self.unix_ms();
                     for delivery in buffered {
                         if delivery.id.is_none_or(|id| !known.contains(&id)) {
-                            session.enqueue(delivery);
+                            session.enqueue_at(delivery, now_ms);
                         }
                     }
                 }
@@ -441,12 +446,9 @@ impl<R: Runtime> Node<R> {
         message: Arc<Message>,
         scratch: &mut Vec<(SessionKey, QoS)>,
     ) -> usize {
-        let direct = (self.policy.as_ref())
-            .and_then(|p| p.direct_target(&message.topic))
-            .map(str::to_owned);
-        if let Some(target) = direct {
+        if let Some(target) = self.direct_target(&message.topic) {
             // Point-to-point: that session only, never the trie or the retained store.
-            return usize::from(self.deliver_direct(&target, message));
+            return usize::from(self.route_direct(&target, message));
         }
         self.update_retained(&message);
         read(&self.trie).matches_dedup(&message.topic, scratch);
@@ -597,7 +599,7 @@ impl<R: Runtime> Node<R> {
             cluster.send_later(self.clear_presence_op(&attachment.client_id), true);
         }
         if !inner.clean {
-            inner.offline = state;
+            inner.offline = state.map(Box::new);
             return;
         }
         if !inner.subscriptions.is_empty() {

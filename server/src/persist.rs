@@ -51,6 +51,10 @@ pub struct PreparedRoute {
     /// released to another node only once the routes that may still write
     /// to it are done).
     pub(crate) ticket: Option<crate::cluster::RouteTicket>,
+    /// Whether the message updates this node's retained index (not when it
+    /// comes from a dead node's inbox: that copy may be older than what
+    /// this node's own inbox brought since).
+    pub(crate) updates_retained: bool,
 }
 
 /// The queue of a persistent session that storage holds and this node has
@@ -177,8 +181,10 @@ pub fn journal_ops(client_id: &ByteStr, changes: Vec<SessionChange>, ops: &mut V
     gates
 }
 
-/// A stored session as the state machine's session, journal on.
-pub fn restore(stored: StoredSession, limits: SessionLimits) -> SessionState {
+/// A stored session as the state machine's session, journal on. A queued
+/// message keeps the time its body was stored (for an offline-message
+/// retention); one stored without a time counts from `now_ms`, the load.
+pub fn restore(stored: StoredSession, limits: SessionLimits, now_ms: u64) -> SessionState {
     let delivery = |d: easy_mqtt_core::storage::StoredDelivery| Delivery {
         message: d.message,
         qos: d.qos,
@@ -194,7 +200,12 @@ pub fn restore(stored: StoredSession, limits: SessionLimits) -> SessionState {
             phase: m.phase,
         })
         .collect();
-    let queue = stored.queue.into_iter().map(delivery).collect();
+    let queue = (stored.queue.into_iter())
+        .map(|d| {
+            let at_ms = if d.at_ms == 0 { now_ms } else { d.at_ms };
+            (delivery(d), at_ms)
+        })
+        .collect();
     let mut state = SessionState::restore(limits, inflight, queue, stored.inbound_qos2);
     state.set_journal(true);
     state
@@ -288,13 +299,22 @@ impl<R: Runtime> Node<R> {
         if !self.durable || client_id.is_empty() {
             return ConnectPlan::Direct;
         }
-        let entry = lock(&self.registry).get(client_id).cloned();
-        let Some(entry) = entry else {
-            return if clean_session {
-                ConnectPlan::Direct
-            } else {
-                ConnectPlan::Load
-            };
+        let entry = {
+            let mut registry = lock(&self.registry);
+            match registry.get(client_id) {
+                Some(entry) => entry.clone(),
+                None if clean_session => return ConnectPlan::Direct,
+                None => {
+                    // Registered while it loads, so that what is routed to
+                    // it meanwhile (a forward from the node it left) is
+                    // kept aside rather than missed.
+                    let entry = Arc::new(SessionEntry::new(client_id.clone()));
+                    lock(&entry.inner).loading = Some(Vec::new());
+                    registry.insert(client_id.clone(), entry);
+                    Metrics::inc(&self.metrics.sessions_current);
+                    return ConnectPlan::Load;
+                }
+            }
         };
         let mut inner = lock(&entry.inner);
         if clean_session {
@@ -359,7 +379,25 @@ impl<R: Runtime> Node<R> {
     pub fn end_load(&self, client_id: &ByteStr) {
         let entry = lock(&self.registry).get(client_id).cloned();
         if let Some(entry) = entry {
-            lock(&entry.inner).loading = None;
+            let mut inner = lock(&entry.inner);
+            inner.loading = None;
+            let bare = inner.attached.is_none()
+                && inner.offline.is_none()
+                && !inner.stored
+                && inner.subscriptions.is_empty();
+            if bare {
+                // Registered only for the load that failed.
+                inner.removed = true;
+                drop(inner);
+                let mut registry = lock(&self.registry);
+                if registry
+                    .get(client_id)
+                    .is_some_and(|current| Arc::ptr_eq(current, &entry))
+                {
+                    registry.remove(client_id);
+                    Metrics::dec(&self.metrics.sessions_current);
+                }
+            }
         }
     }
 
@@ -388,54 +426,40 @@ impl<R: Runtime> Node<R> {
         local: bool,
         scratch: &mut Vec<(SessionKey, QoS)>,
     ) -> (PreparedRoute, Vec<Op>) {
+        self.prepare_route_among(message, id, publisher, local, None, scratch)
+    }
+
+    /// [`Node::prepare_route_as`] to the sessions named in `only` (when
+    /// given) among those that match: a dead node's inbox is for the
+    /// sessions adopted from it.
+    pub(crate) fn prepare_route_among(
+        &self,
+        message: Arc<Message>,
+        id: MessageId,
+        publisher: Option<(ByteStr, PacketId)>,
+        local: bool,
+        only: Option<&std::collections::HashSet<ByteStr>>,
+        scratch: &mut Vec<(SessionKey, QoS)>,
+    ) -> (PreparedRoute, Vec<Op>) {
         // Taken before matching: see `RouteTicket`.
         let ticket = self.cluster.as_ref().map(|c| c.route_ticket());
         crate::node::read(&self.trie).matches_dedup(&message.topic, scratch);
+        if let Some(only) = only {
+            scratch.retain(|(key, _)| only.contains(&key.0.client_id));
+        }
         let mut ops = Vec::new();
         let mut body_stored = false;
         let mut targets = Vec::with_capacity(scratch.len());
         for (key, granted) in scratch.drain(..) {
-            let qos = message.qos.min(granted);
-            if self.forward_if_given_up(&key.0.client_id, id, &message, qos, &mut ops)
-                || self.delivered_in_handover(&key.0.client_id, id)
-            {
-                continue;
-            }
-            let mut dropped = None;
-            let stored = {
-                let mut inner = lock(&key.0.inner);
-                let stored =
-                    inner.stored && !inner.clean && !inner.removed && qos != QoS::AtMostOnce;
-                if stored {
-                    match self.admit_stored(&mut inner, id) {
-                        Admit::Enqueue(oldest) => dropped = oldest,
-                        Admit::Refuse => continue,
-                    }
-                }
-                stored
-            };
-            if stored {
-                if !body_stored {
-                    body_stored = true;
-                    ops.push(Op::PutMessage {
-                        id,
-                        message: message.clone(),
-                    });
-                }
-                ops.push(Op::Enqueue {
-                    client_id: key.0.client_id.clone(),
-                    id,
-                    qos,
-                    retain: false,
-                });
-                if let Some(oldest) = dropped {
-                    ops.push(Op::Dequeue {
-                        client_id: key.0.client_id.clone(),
-                        id: oldest,
-                    });
-                }
-            }
-            targets.push((key, granted, stored));
+            let target = (key, granted);
+            self.stage_target(
+                target,
+                id,
+                &message,
+                &mut body_stored,
+                &mut ops,
+                &mut targets,
+            );
         }
         if local {
             self.forward_to_nodes(id, &message, &mut ops);
@@ -458,9 +482,72 @@ impl<R: Runtime> Node<R> {
                 id,
                 targets,
                 ticket,
+                updates_retained: only.is_none(),
             },
             ops,
         )
+    }
+
+    /// One session of a route being prepared: forwarded when this node
+    /// gave it up, skipped when it already got `id` during a hand-over,
+    /// else added to `targets`, and for a persistent session (QoS 1/2)
+    /// stored in its queue (the body once per route: `body_stored`).
+    pub(crate) fn stage_target(
+        &self,
+        (key, granted): (SessionKey, QoS),
+        id: MessageId,
+        message: &Arc<Message>,
+        body_stored: &mut bool,
+        ops: &mut Vec<Op>,
+        targets: &mut Vec<(SessionKey, QoS, bool)>,
+    ) {
+        let qos = message.qos.min(granted);
+        if self.forward_if_given_up(&key.0.client_id, id, message, qos, ops)
+            || self.delivered_in_handover(&key.0.client_id, id)
+        {
+            return;
+        }
+        let mut dropped = None;
+        let stored = {
+            let mut inner = lock(&key.0.inner);
+            let stored = inner.stored && !inner.clean && !inner.removed && qos != QoS::AtMostOnce;
+            if stored {
+                match self.admit_stored(&mut inner, id) {
+                    Admit::Enqueue(oldest) => dropped = oldest,
+                    Admit::Refuse => return,
+                }
+            }
+            stored
+        };
+        if stored {
+            if !*body_stored {
+                *body_stored = true;
+                ops.push(Op::PutMessage {
+                    id,
+                    message: message.clone(),
+                    at_ms: self.unix_ms(),
+                });
+            }
+            ops.push(Op::Enqueue {
+                client_id: key.0.client_id.clone(),
+                id,
+                qos,
+                retain: false,
+            });
+            if let Some(oldest) = dropped {
+                ops.push(Op::Dequeue {
+                    client_id: key.0.client_id.clone(),
+                    id: oldest,
+                });
+            }
+        }
+        targets.push((key, granted, stored));
+    }
+
+    /// The runtime's wall clock in ms since the Unix epoch: the time a
+    /// stored message body carries (`Op::PutMessage::at_ms`).
+    pub(crate) fn unix_ms(&self) -> u64 {
+        u64::try_from(self.runtime.unix_time().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Bounds the [`StoredQueue`] of a session not loaded yet, which `id`
@@ -497,8 +584,11 @@ impl<R: Runtime> Node<R> {
             id,
             targets,
             ticket: _ticket,
+            updates_retained,
         } = prepared;
-        self.update_retained(&message);
+        if updates_retained {
+            self.update_retained(&message);
+        }
         let mut delivered = 0;
         for (key, granted, stored) in targets {
             let mut delivery = Delivery::routed(message.clone(), granted);

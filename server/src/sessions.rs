@@ -69,7 +69,8 @@ pub struct SessionInner {
     /// The live connection, if any.
     pub attached: Option<Arc<ConnCell>>,
     /// The session of a disconnected persistent client.
-    pub offline: Option<SessionState>,
+    /// Boxed: a connected client's entry holds none, and the state is large.
+    pub offline: Option<Box<SessionState>>,
     /// Filter → granted QoS.
     pub subscriptions: BTreeMap<ByteStr, QoS>,
     /// Whether the current (or last) connection asked for a clean session.

@@ -19,11 +19,12 @@ mod common;
 #[allow(unused)]
 mod redis_common;
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{TestBroker, run_with_timeout};
+use common::{TempFile, TestBroker, run_with_timeout};
 use easy_mqtt_server::config::{AliyunAccessKey, AliyunIdentity, AliyunSignMode, Config};
 use redis_common::Server;
 
@@ -93,6 +94,11 @@ fn api_port(broker: &TestBroker) -> u16 {
 
 /// Runs a scenario against `broker` with extra arguments; its output.
 fn run_on(scenario: &str, broker: &TestBroker, args: &[&str]) -> String {
+    run_on_ports(scenario, broker.port(), api_port(broker), args)
+}
+
+/// Runs a scenario against the broker at these ports; its output.
+fn run_on_ports(scenario: &str, mqtt_port: u16, api_port: u16, args: &[&str]) -> String {
     let python = python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aliyun/scenarios.py");
     let mut command = Command::new(python);
@@ -100,8 +106,8 @@ fn run_on(scenario: &str, broker: &TestBroker, args: &[&str]) -> String {
         .env("PYTHONUNBUFFERED", "1")
         .arg(script)
         .arg(scenario)
-        .arg(broker.port().to_string())
-        .arg(api_port(broker).to_string())
+        .arg(mqtt_port.to_string())
+        .arg(api_port.to_string())
         .args(args);
     let output = run_with_timeout(command, Duration::from_secs(60));
     assert!(
@@ -252,4 +258,140 @@ fn configuration_keys_and_validation() {
         error.to_string().contains("mqtt.aliyun.access-keys"),
         "{error}"
     );
+}
+
+#[test]
+fn point_to_point_across_two_nodes_online_and_offline() {
+    let redis = Server::standalone();
+    let a = broker_on_redis(&redis.node(), "node-a");
+    let b = broker_on_redis(&redis.node(), "node-b");
+    run_on("cluster_p2p", &a, &[&b.port().to_string()]);
+}
+
+// ---------------------------------------------------------------------------
+// Offline-message retention across a restart of the real binary
+// ---------------------------------------------------------------------------
+
+const BINARY: &str = env!("CARGO_BIN_EXE_easy-mqtt");
+/// `offline-message-retention` of the binary, in seconds.
+const RETENTION_S: u64 = 4;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `easy-mqtt` binary in Alibaba Cloud mode on a redis-server.
+struct Binary {
+    child: Child,
+    mqtt: u16,
+    api: u16,
+}
+
+impl Binary {
+    fn start(config: &TempFile, mqtt: u16, api: u16) -> Binary {
+        let child = Command::new(BINARY)
+            .args(["-c", config.path().to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the binary");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [mqtt, api] {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                assert!(Instant::now() < deadline, "the binary never listened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Binary { child, mqtt, api }
+    }
+
+    /// A crash: SIGKILL, nothing written on the way out.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn dropped_expired(&self) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/api/v1/stats", self.api);
+        let stats = ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        stats["droppedExpired"].clone()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A restarted node first waits for its previous life's membership to
+/// expire (`node-timeout`): short here, so that the client can come back
+/// within the retention.
+fn retention_config(redis: &Server, mqtt: u16, api: u16) -> TempFile {
+    let text = format!(
+        "mqtt:\n  server:\n    host: 127.0.0.1\n    tcp-port: {mqtt}\n    websocket-port: 0\n    api-port: {api}\n    node-id: keeper\n  cluster:\n    heartbeat-interval: 200\n    node-timeout: 1000\n  kvrocks:\n    cluster:\n      nodes: {}\n  aliyun:\n    enabled: true\n    instance-id: post-cn-example\n    access-keys: [{{id: LTAIexample, secret: example-secret}}]\n    offline-message-retention: {RETENTION_S}\n",
+        redis.node()
+    );
+    TempFile::new("aliyun.yml", text.as_bytes())
+}
+
+/// Messages queued for an offline persistent client keep their age through
+/// a crash and restart: past the retention they are dropped (and counted)
+/// when the client returns; within it they are delivered.
+#[test]
+fn offline_retention_survives_a_restart_on_redis_storage() {
+    let redis = Server::standalone();
+    let (mqtt, api) = (free_port(), free_port());
+    let config = retention_config(&redis, mqtt, api);
+
+    let broker = Binary::start(&config, mqtt, api);
+    run_on_ports("retention_queue", broker.mqtt, broker.api, &["old"]);
+    let queued = Instant::now();
+    broker.kill9();
+    let broker = Binary::start(&config, mqtt, api);
+    std::thread::sleep(
+        (queued + Duration::from_secs(RETENTION_S + 1)).saturating_duration_since(Instant::now()),
+    );
+    run_on_ports(
+        "retention_back",
+        broker.mqtt,
+        broker.api,
+        &["old", "expired"],
+    );
+    assert_eq!(
+        broker.dropped_expired(),
+        2,
+        "both old messages dropped as expired"
+    );
+
+    // Within the retention: delivered after the restart.
+    run_on_ports("retention_queue", broker.mqtt, broker.api, &["young"]);
+    let queued = Instant::now();
+    broker.kill9();
+    let broker = Binary::start(&config, mqtt, api);
+    run_on_ports(
+        "retention_back",
+        broker.mqtt,
+        broker.api,
+        &["young", "kept"],
+    );
+    assert!(
+        queued.elapsed() < Duration::from_secs(RETENTION_S),
+        "the client came back within the retention"
+    );
+    assert_eq!(broker.dropped_expired(), 0);
 }

@@ -377,6 +377,15 @@ impl Cluster for RemoteStorage {
         ))
     }
 
+    fn adopter<'a>(
+        &'a self,
+        dead: &'a str,
+        incarnation: u64,
+    ) -> BoxFuture<'a, Result<Option<ByteStr>, StorageError>> {
+        let dead = dead.to_owned();
+        cluster_call!(self, Duration::ZERO, |c| c.adopter(&dead, incarnation))
+    }
+
     fn forget_member<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         let node = node.to_owned();
         cluster_call!(self, Duration::ZERO, |c| c.forget_member(&node))

@@ -22,7 +22,6 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "open: the cluster scenario still finds failing seeds (issue 8); run with --ignored"]
 fn cluster_seeds() {
     let from = env_u64("SIM_FROM").unwrap_or(0);
     let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);

@@ -587,11 +587,11 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
         .collect();
     for op in &ops {
         match op {
-            Op::PutMessage { id, message } if put_seen.remove(id) => {
+            Op::PutMessage { id, message, at_ms } if put_seen.remove(id) => {
                 phase1.push(
                     Command::new("HSETNX", &keys.body(*id))
                         .arg(BODY_FIELD)
-                        .arg(codec::encode_message(message)),
+                        .arg(codec::encode_body(message, *at_ms)),
                 );
             }
             Op::PutSession(record) => {

@@ -260,6 +260,21 @@ pub(crate) async fn claim_adoption(
     }
 }
 
+pub(crate) async fn adopter(
+    redis: &Redis,
+    keys: &Keys,
+    dead: &str,
+    incarnation: u64,
+) -> Result<Option<ByteStr>, StorageError> {
+    let fence = keys.node(dead).fence(incarnation);
+    let values = redis
+        .run(&[Command::new("GET", &fence)], redis.deadline())
+        .await?;
+    reply::optional_bytes(&fence, values.into_iter().next().unwrap_or(Value::Nil))?
+        .map(|bytes| codec::decode_utf8(&fence, bytes))
+        .transpose()
+}
+
 pub(crate) async fn forget_member(
     redis: &Redis,
     keys: &Keys,

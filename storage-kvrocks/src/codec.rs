@@ -1,9 +1,12 @@
 //! Compact binary encodings of stored values. Every value starts with a
 //! version byte, so the format can change without guessing.
 //!
-//! - Message (body and retained): `01 | flags | topic length (u32 BE) |
+//! - Message (retained, bus entries): `01 | flags | topic length (u32 BE) |
 //!   topic | payload`, flags = QoS in bits 0–1, RETAIN in bit 2. The
 //!   payload is the rest of the value, byte for byte.
+//! - Message body: `02 | stored at, ms since the epoch (u64 BE) | flags |
+//!   topic length | topic | payload`; a body in the message format above
+//!   (written before bodies had a time) loads with time 0 (unknown).
 //! - Session record: `01 | created_at_ms (u64 BE) | client id`.
 //! - In-flight entry: `01 | message id (u64 BE) | flags | send order (u64
 //!   BE)`, flags = QoS bits 0–1, RETAIN bit 2, phase bit 3 (1 = Released).
@@ -21,6 +24,8 @@ use easy_mqtt_core::session::{Message, OutboundPhase};
 use easy_mqtt_core::storage::{MessageId, SessionRecord, StorageError};
 
 const VERSION: u8 = 1;
+/// The version of a message body that carries its time ([`encode_body`]).
+const BODY_VERSION: u8 = 2;
 /// Send orders stay below this so that a score is an exact `f64`.
 pub(crate) const MAX_ORDER: u64 = 1 << 50;
 
@@ -40,23 +45,64 @@ fn qos_of(flags: u8, key: &str) -> Result<QoS, StorageError> {
 }
 
 pub(crate) fn encode_message(message: &Message) -> Vec<u8> {
-    let topic = message.topic.as_bytes();
-    let mut out = Vec::with_capacity(6 + topic.len() + message.payload.len());
+    let mut out = Vec::with_capacity(6 + message.topic.len() + message.payload.len());
     out.push(VERSION);
+    write_message(&mut out, message);
+    out
+}
+
+/// A message after its version byte: `flags | topic length | topic | payload`.
+fn write_message(out: &mut Vec<u8>, message: &Message) {
+    let topic = message.topic.as_bytes();
     out.push(flags(message.qos, message.retain));
     out.extend_from_slice(&u32::try_from(topic.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(topic);
     out.extend_from_slice(&message.payload);
+}
+
+/// A stored message body with the time it was stored (ms since the Unix
+/// epoch): `02 | at_ms (u64 BE) | flags | topic length | topic | payload`.
+pub(crate) fn encode_body(message: &Message, at_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + message.topic.len() + message.payload.len());
+    out.push(BODY_VERSION);
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    write_message(&mut out, message);
     out
 }
 
+/// A stored message body and its time: version 2 ([`encode_body`]), or
+/// version 1 (a message as [`encode_message`] writes it, stored before
+/// bodies had a time), whose time is 0 (unknown).
+pub(crate) fn decode_body(key: &str, bytes: &[u8]) -> Result<(Message, u64), StorageError> {
+    match bytes {
+        [BODY_VERSION, rest @ ..] => {
+            let Some((at_ms, message)) = rest.split_first_chunk::<8>() else {
+                return Err(corrupt(key, "message body shorter than its time"));
+            };
+            Ok((
+                decode_message_fields(key, message)?,
+                u64::from_be_bytes(*at_ms),
+            ))
+        }
+        _ => Ok((decode_message(key, bytes)?, 0)),
+    }
+}
+
 pub(crate) fn decode_message(key: &str, bytes: &[u8]) -> Result<Message, StorageError> {
-    let [version, flags, a, b, c, d, rest @ ..] = bytes else {
+    let [version, rest @ ..] = bytes else {
         return Err(corrupt(key, "message shorter than its header"));
     };
     if *version != VERSION {
         return Err(corrupt(key, format!("message version {version}")));
     }
+    decode_message_fields(key, rest)
+}
+
+/// A message after its version byte (see [`write_message`]).
+fn decode_message_fields(key: &str, bytes: &[u8]) -> Result<Message, StorageError> {
+    let [flags, a, b, c, d, rest @ ..] = bytes else {
+        return Err(corrupt(key, "message shorter than its header"));
+    };
     if flags & !0b111 != 0 {
         return Err(corrupt(key, format!("message flags {flags:#x}")));
     }
@@ -460,6 +506,28 @@ mod tests {
         let mut bad = encoded.clone();
         bad[1] = 0b11;
         assert!(decode_message("k", &bad).is_err());
+    }
+
+    #[test]
+    fn body_carries_its_time_and_old_bodies_load_without_one() {
+        let message = Message {
+            topic: ByteStr::from("a/b"),
+            payload: Bytes::from_static(b"\x00payload"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        let encoded = encode_body(&message, 1_700_000_000_123);
+        assert_eq!(
+            decode_body("k", &encoded),
+            Ok((message.clone(), 1_700_000_000_123))
+        );
+        assert!(decode_body("k", &encoded[..8]).is_err());
+        // A body written before bodies had a time: the message format.
+        assert_eq!(
+            decode_body("k", &encode_message(&message)),
+            Ok((message, 0))
+        );
+        assert!(decode_body("k", &[3, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

@@ -306,6 +306,14 @@ impl Cluster for KvrocksStorage {
         ))
     }
 
+    fn adopter<'a>(
+        &'a self,
+        dead: &'a str,
+        incarnation: u64,
+    ) -> BoxFuture<'a, Result<Option<ByteStr>, StorageError>> {
+        Box::pin(cluster::adopter(&self.redis, &self.keys, dead, incarnation))
+    }
+
     fn forget_member<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(cluster::forget_member(&self.redis, &self.keys, node))
     }

@@ -166,7 +166,7 @@ pub(crate) async fn load_session(
     let mut ids: Vec<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
     ids.extend(queue.iter().map(|(id, _)| *id));
     let bodies = load_bodies(redis, keys, &ids, deadline).await?;
-    let body = |id: MessageId| -> Result<Arc<Message>, StorageError> {
+    let body = |id: MessageId| -> Result<(Arc<Message>, u64), StorageError> {
         bodies.get(&id).cloned().ok_or_else(|| {
             corrupt(
                 &keys.body(id),
@@ -178,13 +178,15 @@ pub(crate) async fn load_session(
     let inflight = window
         .into_iter()
         .map(|(packet_id, entry)| {
+            let (message, at_ms) = body(entry.id)?;
             Ok(StoredInflight {
                 packet_id,
                 delivery: StoredDelivery {
                     id: entry.id,
-                    message: body(entry.id)?,
+                    message,
                     qos: entry.qos,
                     retain: entry.retain,
+                    at_ms,
                 },
                 phase: entry.phase,
             })
@@ -193,11 +195,13 @@ pub(crate) async fn load_session(
     let queue = queue
         .into_iter()
         .map(|(id, held)| {
+            let (message, at_ms) = body(id)?;
             Ok(StoredDelivery {
                 id,
-                message: body(id)?,
+                message,
                 qos: held.qos,
                 retain: held.retain,
+                at_ms,
             })
         })
         .collect::<Result<Vec<_>, StorageError>>()?;
@@ -210,13 +214,14 @@ pub(crate) async fn load_session(
     }))
 }
 
-/// The stored bodies among `ids` (missing ones are left out).
+/// The stored bodies among `ids`, with their times (missing ones are left
+/// out).
 async fn load_bodies(
     redis: &Redis,
     keys: &Keys,
     ids: &[MessageId],
     deadline: std::time::Instant,
-) -> Result<HashMap<MessageId, Arc<Message>>, StorageError> {
+) -> Result<HashMap<MessageId, (Arc<Message>, u64)>, StorageError> {
     let mut distinct: Vec<MessageId> = ids.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
@@ -228,8 +233,8 @@ async fn load_bodies(
     let mut bodies = HashMap::with_capacity(distinct.len());
     for ((id, command), value) in distinct.iter().zip(&commands).zip(values) {
         if let Some(bytes) = reply::optional_bytes(&command.key, value)? {
-            let message = codec::decode_message(&command.key, &bytes)?;
-            bodies.insert(*id, Arc::new(message));
+            let (message, at_ms) = codec::decode_body(&command.key, &bytes)?;
+            bodies.insert(*id, (Arc::new(message), at_ms));
         }
     }
     Ok(bodies)

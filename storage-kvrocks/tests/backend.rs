@@ -95,10 +95,12 @@ fn binary_payloads_round_trip_byte_exact() {
             Op::PutMessage {
                 id,
                 message: Arc::clone(&body),
+                at_ms: 0,
             },
             Op::PutMessage {
                 id: empty_id,
                 message: Arc::clone(&empty),
+                at_ms: 0,
             },
             Op::Enqueue {
                 client_id: client(odd),
@@ -156,6 +158,7 @@ fn shared_body_is_stored_once_and_goes_with_its_last_holder() {
             Op::PutMessage {
                 id,
                 message: message("shared/1", b"once"),
+                at_ms: 0,
             },
             enqueue(a, id),
             enqueue(b, id),
@@ -200,6 +203,7 @@ fn shared_body_is_stored_once_and_goes_with_its_last_holder() {
         vec![Op::PutMessage {
             id: MessageId::new(2, 2),
             message: message("shared/2", b"nobody"),
+            at_ms: 0,
         }],
     );
     assert_eq!(count(), 0, "an unreferenced body is not kept");
@@ -226,10 +230,12 @@ fn replaying_a_batch_leaves_identical_state() {
             Op::PutMessage {
                 id: m(1),
                 message: message("x/1", b"1"),
+                at_ms: 0,
             },
             Op::PutMessage {
                 id: m(2),
                 message: message("x/2", b"2"),
+                at_ms: 0,
             },
             enqueue(a, m(1)),
             enqueue(a, m(2)),
@@ -269,6 +275,7 @@ fn replaying_a_batch_leaves_identical_state() {
             Op::PutMessage {
                 id: m(3),
                 message: message("x/3", b"3"),
+                at_ms: 0,
             },
             enqueue(b, m(3)),
             Op::Dequeue {
@@ -290,6 +297,7 @@ fn replaying_a_batch_leaves_identical_state() {
             Op::PutMessage {
                 id: m(4),
                 message: message("x/4", b"4"),
+                at_ms: 0,
             },
             enqueue(a, m(4)),
             Op::SetInflight {
@@ -333,6 +341,7 @@ fn ten_thousand_enqueues_take_a_few_round_trips() {
         ops.push(Op::PutMessage {
             id: MessageId::new(4, n),
             message: message("large", format!("m{n}").as_bytes()),
+            at_ms: 0,
         });
     }
     for n in 0..10 {
@@ -393,6 +402,7 @@ fn concurrent_big_routing_batches_are_not_timed_out_by_their_queue() {
         let mut ops = vec![Op::PutMessage {
             id,
             message: message("big", format!("m{n}").as_bytes()),
+            at_ms: 0,
         }];
         ops.extend(clients.iter().map(|c| enqueue(c, id)));
         storage.apply(ops)
@@ -727,6 +737,7 @@ fn sweeper_deletes_old_bodies_without_holders_only() {
             Op::PutMessage {
                 id: held,
                 message: body.clone(),
+                at_ms: 0,
             },
             enqueue("h", held),
         ],

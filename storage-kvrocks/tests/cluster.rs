@@ -59,6 +59,7 @@ check!(idempotence);
 check!(unknown_sessions_are_not_created);
 check!(batch_applied_in_order);
 check!(queued_ids_listed);
+check!(message_times);
 
 #[test]
 fn run_all() {
@@ -130,6 +131,7 @@ fn shared_body_across_nodes() {
     ops.push(Op::PutMessage {
         id,
         message: message("shared"),
+        at_ms: 0,
     });
     for client in &clients {
         ops.push(Op::Enqueue {
@@ -201,6 +203,7 @@ fn large_batch() {
         ops.push(Op::PutMessage {
             id: MessageId::new(2, n),
             message: message(&format!("m{n}")),
+            at_ms: 0,
         });
     }
     for n in 0..10 {

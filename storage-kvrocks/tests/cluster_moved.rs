@@ -103,6 +103,7 @@ fn follows_a_slot_to_its_new_node() {
         Op::PutMessage {
             id: MessageId::new(1, 1),
             message: Arc::clone(&body),
+            at_ms: 0,
         },
         Op::Enqueue {
             client_id: ByteStr::from(client),

@@ -61,6 +61,7 @@ fn batch(task: u64, batch: u64) -> Vec<Op> {
                 qos: QoS::ExactlyOnce,
                 retain: false,
             }),
+            at_ms: 0,
         });
         ops.push(Op::Enqueue {
             client_id: ByteStr::from(CLIENT),

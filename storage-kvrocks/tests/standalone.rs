@@ -52,6 +52,7 @@ check!(idempotence);
 check!(unknown_sessions_are_not_created);
 check!(batch_applied_in_order);
 check!(queued_ids_listed);
+check!(message_times);
 
 #[test]
 fn run_all() {

@@ -16,7 +16,7 @@
 //!   node's membership, inbox, routes, presence and owned-by index (owner
 //!   records and epochs stay: epochs never go back).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,7 +51,8 @@ struct Record {
 pub(crate) struct ClusterState {
     nodes: BTreeMap<ByteStr, Node>,
     /// Adopted incarnations.
-    fences: HashSet<(ByteStr, u64)>,
+    /// Fenced incarnations, with the node that adopted each.
+    fences: HashMap<(ByteStr, u64), ByteStr>,
     /// Per client: the highest epoch claimed, and the owner.
     epochs: BTreeMap<ByteStr, u64>,
     owners: BTreeMap<ByteStr, Owner>,
@@ -176,7 +177,7 @@ impl ClusterState {
         now: Duration,
     ) -> Liveness {
         let node = ByteStr::from(node);
-        if self.fences.contains(&(node.clone(), incarnation)) {
+        if self.fences.contains_key(&(node.clone(), incarnation)) {
             return Liveness::Fenced;
         }
         let entry = self.nodes.entry(node).or_default();
@@ -201,11 +202,29 @@ impl ClusterState {
             .collect()
     }
 
-    pub(crate) fn claim_adoption(&mut self, dead: &str, incarnation: u64, now: Duration) -> bool {
+    pub(crate) fn claim_adoption(
+        &mut self,
+        dead: &str,
+        incarnation: u64,
+        by: &str,
+        now: Duration,
+    ) -> bool {
         if self.current(dead, now) == Some(incarnation) {
             return false;
         }
-        self.fences.insert((ByteStr::from(dead), incarnation))
+        match self.fences.entry((ByteStr::from(dead), incarnation)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(ByteStr::from(by));
+                true
+            }
+        }
+    }
+
+    pub(crate) fn adopter(&self, dead: &str, incarnation: u64) -> Option<ByteStr> {
+        self.fences
+            .get(&(ByteStr::from(dead), incarnation))
+            .cloned()
     }
 
     pub(crate) fn forget_member(&mut self, node: &str) {

@@ -202,10 +202,22 @@ impl Cluster for MemoryStorage {
         &'a self,
         dead: &'a str,
         incarnation: u64,
-        _by: &'a str,
+        by: &'a str,
     ) -> BoxFuture<'a, Result<bool, StorageError>> {
         let now = self.now();
-        let result = self.lock().cluster.claim_adoption(dead, incarnation, now);
+        let result = self
+            .lock()
+            .cluster
+            .claim_adoption(dead, incarnation, by, now);
+        Box::pin(ready(Ok(result)))
+    }
+
+    fn adopter<'a>(
+        &'a self,
+        dead: &'a str,
+        incarnation: u64,
+    ) -> BoxFuture<'a, Result<Option<ByteStr>, StorageError>> {
+        let result = self.lock().cluster.adopter(dead, incarnation);
         Box::pin(ready(Ok(result)))
     }
 
@@ -302,6 +314,8 @@ impl Cluster for MemoryStorage {
 #[derive(Debug)]
 struct Body {
     message: Arc<Message>,
+    /// When it was stored (`Op::PutMessage`'s `at_ms`).
+    at_ms: u64,
     refs: usize,
 }
 
@@ -404,8 +418,12 @@ impl Inner {
                     session.subscriptions.remove(filter.as_str());
                 }
             }
-            Op::PutMessage { id, message } => {
-                self.messages.entry(id).or_insert(Body { message, refs: 0 });
+            Op::PutMessage { id, message, at_ms } => {
+                (self.messages.entry(id)).or_insert(Body {
+                    message,
+                    at_ms,
+                    refs: 0,
+                });
                 unreferenced.push(id);
             }
             Op::Enqueue {
@@ -538,6 +556,7 @@ impl Inner {
                 message: Arc::clone(&body.message),
                 qos: entry.qos,
                 retain: entry.retain,
+                at_ms: body.at_ms,
             })
         };
         let inflight = session

@@ -62,6 +62,7 @@ fn put_message(n: u64) -> Op {
     Op::PutMessage {
         id: id(n),
         message: body(n),
+        at_ms: n,
     }
 }
 

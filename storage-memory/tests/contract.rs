@@ -36,6 +36,11 @@ fn inbound_qos2() {
 }
 
 #[test]
+fn message_times() {
+    block_on(contract::message_times(&MemoryStorage::new()));
+}
+
+#[test]
 fn retained() {
     block_on(contract::retained(&MemoryStorage::new()));
 }

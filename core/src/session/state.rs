@@ -168,7 +168,10 @@ pub struct SessionState {
     last_packet_id: u16,
     dropped: u64,
     /// Changes to write to storage, when journaling is on.
-    journal: Option<Vec<SessionChange>>,
+    /// Boxed: only a persistent session on a durable node has one, and
+    /// every connected client's session would pay for it inline.
+    #[allow(clippy::box_collection)]
+    journal: Option<Box<Vec<SessionChange>>>,
 }
 
 impl SessionState {
@@ -189,7 +192,7 @@ impl SessionState {
     /// Turns the journal of stored-state changes on or off.
     pub fn set_journal(&mut self, on: bool) {
         match (on, self.journal.is_some()) {
-            (true, false) => self.journal = Some(Vec::new()),
+            (true, false) => self.journal = Some(Box::default()),
             (false, true) => self.journal = None,
             _ => {}
         }
@@ -202,7 +205,7 @@ impl SessionState {
     /// Takes the changes recorded since the last call.
     pub fn take_journal(&mut self) -> Vec<SessionChange> {
         match &mut self.journal {
-            Some(journal) => std::mem::take(journal),
+            Some(journal) => std::mem::take(&mut **journal),
             None => Vec::new(),
         }
     }
@@ -515,21 +518,24 @@ impl SessionState {
     }
 
     /// Restores a session from storage: in-flight messages in send order,
-    /// queued messages in order, inbound QoS 2 ids awaiting PUBREL.
+    /// queued messages in order with the time each was enqueued (for
+    /// [`SessionState::expire_queued`]; 0 = unknown), inbound QoS 2 ids
+    /// awaiting PUBREL.
     pub fn restore(
         limits: SessionLimits,
         inflight: Vec<InflightMessage>,
-        queue: Vec<Delivery>,
+        queue: Vec<(Delivery, u64)>,
         inbound_qos2: Vec<PacketId>,
     ) -> SessionState {
         let last_packet_id = inflight.last().map(|m| m.packet_id.get()).unwrap_or(0);
         let inflight_ids = inflight.iter().map(|m| m.packet_id.get()).collect();
+        let (queue, stamps): (VecDeque<Delivery>, VecDeque<u64>) = queue.into_iter().unzip();
         SessionState {
             limits,
             inflight: inflight.into(),
             inflight_ids,
-            stamps: std::iter::repeat_n(0, queue.len()).collect(),
-            queue: queue.into(),
+            stamps,
+            queue,
             inbound_qos2: inbound_qos2.into_iter().map(|id| (id.get(), ())).collect(),
             last_packet_id,
             dropped: 0,

@@ -18,6 +18,7 @@
 //!   and keeps it alive for the time to live; after that the member is
 //!   listed with `alive: None`. A new incarnation replaces the old one.
 //! - `claim_adoption` of an incarnation whose heartbeat is current fails;
+//!   `adopter` answers the one claimant that won, if any;
 //!   once it expired, exactly one claimant wins, and the incarnation's next
 //!   heartbeat answers `Fenced` without making it alive again. Another
 //!   incarnation of the same node is not fenced.
@@ -248,6 +249,17 @@ pub async fn membership(_storage: &dyn Storage, cluster: &dyn Cluster, sleep: &S
         !adopt(cluster, CHECK, other, seven, a).await,
         "{CHECK}: adopted a live node"
     );
+    let adopter = |node: &'static str, incarnation: u64| async move {
+        match cluster.adopter(node, incarnation).await {
+            Ok(adopter) => adopter,
+            Err(error) => panic!("{CHECK}: adopter({node}, {incarnation}): {error}"),
+        }
+    };
+    assert_eq!(
+        adopter(node, one).await,
+        None,
+        "{CHECK}: adopter before a claim"
+    );
     let first = adopt(cluster, CHECK, node, one, a).await;
     let second = adopt(cluster, CHECK, node, one, by).await;
     let again = adopt(cluster, CHECK, node, one, a).await;
@@ -255,6 +267,11 @@ pub async fn membership(_storage: &dyn Storage, cluster: &dyn Cluster, sleep: &S
         (first, second, again),
         (true, false, false),
         "{CHECK}: one winner"
+    );
+    assert_eq!(
+        adopter(node, one).await,
+        Some(b(a)),
+        "{CHECK}: the winner is the adopter"
     );
 
     // The fenced incarnation is not alive again, and stays fenced.

@@ -392,3 +392,70 @@ pub async fn retained(storage: &dyn Storage) {
 
     cleanup(storage, CHECK, &[s], &topics).await;
 }
+
+/// Loads return the time a body was stored with (`PutMessage`'s `at_ms`)
+/// for every queue and window entry of it, 0 when it was stored without
+/// one; storing the body again does not change it.
+pub async fn message_times(storage: &dyn Storage) {
+    const CHECK: &str = "message_times";
+    let clients = ["contract-times-a", "contract-times-b"];
+    let [a, b] = clients;
+    let m1 = MessageId::new(11, 1);
+    let m2 = MessageId::new(11, 2);
+    let body1 = message("contract/times/1", "one", QoS::AtLeastOnce);
+    let body2 = message("contract/times/2", "two", QoS::AtLeastOnce);
+    let t1 = 1_234_567_890_123;
+    apply(
+        storage,
+        CHECK,
+        vec![
+            put_session(a, 1),
+            put_session(b, 2),
+            put_message_at(m1, Arc::clone(&body1), t1),
+            put_message_at(m2, Arc::clone(&body2), 0),
+            enqueue(a, m1, QoS::AtLeastOnce, false),
+            enqueue(a, m2, QoS::AtLeastOnce, false),
+        ],
+    )
+    .await;
+    let times = |deliveries: &[crate::storage::StoredDelivery]| {
+        deliveries
+            .iter()
+            .map(|d| (d.id, d.at_ms))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        times(&session(storage, CHECK, a).await.queue),
+        vec![(m1, t1), (m2, 0)],
+        "{CHECK}: queued deliveries carry the time of their body (0 = none)"
+    );
+
+    // A second PutMessage of the id keeps the first time; another session
+    // enqueuing the held body later gets the same time; so does the window.
+    apply(
+        storage,
+        CHECK,
+        vec![
+            put_message_at(m1, Arc::clone(&body1), t1 + 5_000),
+            enqueue(b, m1, QoS::AtLeastOnce, false),
+            set_inflight(a, 1, m1, OutboundPhase::Published),
+        ],
+    )
+    .await;
+    let stored_a = session(storage, CHECK, a).await;
+    assert_eq!(
+        (stored_a.inflight.iter())
+            .map(|m| (m.delivery.id, m.delivery.at_ms))
+            .collect::<Vec<_>>(),
+        vec![(m1, t1)],
+        "{CHECK}: an in-flight delivery keeps the time of its body"
+    );
+    assert_eq!(times(&stored_a.queue), vec![(m2, 0)], "{CHECK}: queue of a");
+    assert_eq!(
+        times(&session(storage, CHECK, b).await.queue),
+        vec![(m1, t1)],
+        "{CHECK}: PutMessage of a stored id keeps its first time"
+    );
+
+    cleanup(storage, CHECK, &clients, &[]).await;
+}

@@ -26,7 +26,8 @@
 //! - `PutMessage` stores a body once (a second `PutMessage` of the id is a
 //!   no-op); queues and windows refer to it by id, and the body lives as
 //!   long as one of them does. A body is enqueued in the batch that stores
-//!   it or while another entry still holds it.
+//!   it or while another entry still holds it. Loads give every delivery
+//!   the `at_ms` its body was first stored with (0 when stored with 0).
 //! - `Enqueue` inserts in id order (`MessageId::queue_order`: sequence, then
 //!   node tag), whatever the enqueue order; it is a no-op when the session already holds the id
 //!   in its queue or its window. `Dequeue` removes the id from the queue only.
@@ -52,7 +53,7 @@ pub use cluster::{
     Sleep, forget_member_removes_everything, inbox_order_and_ack, logs_capped_newest_first,
     membership, ownership, presence_set_and_clear, records_with_ttl, routes, run_cluster,
 };
-pub use messages::{inflight_window, queue_order_and_shared_bodies, retained};
+pub use messages::{inflight_window, message_times, queue_order_and_shared_bodies, retained};
 pub use sessions::{
     inbound_qos2, queued_ids_listed, session_lifecycle, subscriptions_in_filter_order,
     unknown_sessions_are_not_created,
@@ -70,4 +71,5 @@ pub async fn run_all(storage: &dyn Storage) {
     unknown_sessions_are_not_created(storage).await;
     batch_applied_in_order(storage).await;
     queued_ids_listed(storage).await;
+    message_times(storage).await;
 }

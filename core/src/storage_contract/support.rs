@@ -199,7 +199,14 @@ pub(super) fn delivery(
         message: Arc::clone(message),
         qos,
         retain,
+        at_ms: stored_at(id),
     }
+}
+
+/// The time [`put_message`] stores a body with: one per id, so that every
+/// check also checks that loads return the time of the body.
+pub(super) fn stored_at(id: MessageId) -> u64 {
+    1_700_000_000_000 + id.sequence()
 }
 
 pub(super) fn inflight(
@@ -240,7 +247,11 @@ pub(super) fn unsubscribe(client_id: &str, filter: &str) -> Op {
 }
 
 pub(super) fn put_message(id: MessageId, message: Arc<Message>) -> Op {
-    Op::PutMessage { id, message }
+    put_message_at(id, message, stored_at(id))
+}
+
+pub(super) fn put_message_at(id: MessageId, message: Arc<Message>, at_ms: u64) -> Op {
+    Op::PutMessage { id, message, at_ms }
 }
 
 pub(super) fn enqueue(client_id: &str, id: MessageId, qos: QoS, retain: bool) -> Op {

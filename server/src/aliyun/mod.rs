@@ -564,8 +564,10 @@ impl Aliyun {
     /// Offline-message retention: drops what was queued for this client
     /// while it was away longer than `offline-message-retention` ago,
     /// before any of it is sent (this runs right after the CONNECT is
-    /// accepted, before the connection writes). Messages whose enqueue
-    /// time is unknown (restored from storage after a restart) are kept.
+    /// accepted, before the connection writes). A message loaded from
+    /// storage counts from the time its body was stored (so its age
+    /// survives a restart), or from the load when that time is unknown
+    /// (stored by an older version).
     fn expire_offline(&self, client: &ClientCtx<'_>) {
         let retention_ms = u64::from(self.config.offline_message_retention) * 1000;
         let Some(node) = self.node() else { return };

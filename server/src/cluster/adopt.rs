@@ -4,15 +4,21 @@
 //! `claim_adoption` (which fences the dead incarnation). The adopter:
 //! 1. claims the persistent sessions the dead node owned: their
 //!    subscriptions enter its trie and its routes, and messages for them are
-//!    stored in their queues until the clients return, to any node;
-//! 2. publishes the will of every client that was connected there and is
-//!    not owned by another node since, in the batch that clears its
-//!    presence (so a will is published once even if the adopter dies too);
-//! 3. serves the dead node's inbox like its own, and keeps watching it for
+//!    stored in their queues until the clients return, to any node. Those
+//!    claimed away from the dead node meanwhile are held on its behalf until
+//!    the claim's kick, read from the dead node's inbox, is answered;
+//! 2. publishes the will of every client that was still connected there,
+//!    in the batch that clears its presence (so a will is published once
+//!    even if the adopter dies too);
+//! 3. serves the dead node's inbox like its own (answering its kicks on its
+//!    behalf), and keeps watching it for
 //!    `ADOPTED_WATCH` (a publisher's batch computed with a stale route
 //!    cache may still land there); then forgets the incarnation. An
 //!    adoption that fails half-way (storage) is taken up again next round:
 //!    every step is idempotent.
+//!
+//! An adopter that dies before it finished passes what it adopted on to
+//! its own adopter.
 //!
 //! A node that restarts under the same node id adopts its previous
 //! incarnation itself when nobody else did: it waits for that incarnation's
@@ -26,6 +32,7 @@ use easy_mqtt_core::cluster::{ClusterOp, InboxId};
 use easy_mqtt_core::storage::{Op, StorageError};
 
 use super::apply_until_stored;
+use super::takeover::kick;
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::{Runtime, sleep_until};
@@ -40,6 +47,13 @@ pub(crate) struct Adopted {
     pub node: ByteStr,
     pub after: Option<InboxId>,
     pub until: Instant,
+    /// The sessions adopted from it (claimed, or held on its behalf): its
+    /// inbox is routed to them only.
+    pub sessions: Arc<std::collections::HashSet<ByteStr>>,
+    /// The persistent sessions it had just released (and still forwarded
+    /// for when it died), by subscription: what its inbox holds for them
+    /// goes to their owner of record.
+    pub departed: Arc<easy_mqtt_core::topic::SubscriptionTrie<ByteStr>>,
 }
 
 impl<R: Runtime> Node<R> {
@@ -55,8 +69,14 @@ impl<R: Runtime> Node<R> {
             // one, a partitioned one was fenced and drops everything), so
             // its inbox is served until the watch ends.
             let result = self
-                .serve_inbox_once(&dead.node, &mut dead.after, Duration::ZERO)
-                .await;
+                .serve_inbox_once(
+                    &dead.node,
+                    &mut dead.after,
+                    Some((&dead.sessions, &dead.departed)),
+                    Duration::ZERO,
+                )
+                .await
+                .map(|read| read > 0);
             tracing::trace!(node = %dead.node, ?result, "adopted inbox served");
             any |= matches!(result, Ok(true));
             let finished = result == Ok(false) && self.runtime.now() >= dead.until;
@@ -67,6 +87,9 @@ impl<R: Runtime> Node<R> {
                 }
                 if finished {
                     list.retain(|a| a.node != dead.node);
+                    if let Some(cluster) = self.cluster.as_ref() {
+                        lock(&cluster.seen).remove(&dead.node);
+                    }
                 }
             }
             if finished && let Some(store) = self.storage.cluster() {
@@ -133,44 +156,117 @@ impl<R: Runtime> Node<R> {
             return Ok(());
         };
         Metrics::inc(&self.metrics.cluster_adoptions);
+        // 0. The adoptions it won and did not finish are this node's now
+        // (taken up in the next rounds, like this node's own unfinished
+        // ones): otherwise what those nodes held would have no holder.
+        for member in store.members().await? {
+            if member.alive.is_some()
+                || member.node == *dead
+                || member.node == cluster.name()
+                || lock(&self.adopted).iter().any(|a| a.node == member.node)
+            {
+                continue;
+            }
+            if store
+                .adopter(&member.node, member.incarnation)
+                .await?
+                .is_some_and(|adopter| adopter == *dead)
+            {
+                tracing::warn!(node = %member.node, from = %dead, "taking over an unfinished adoption");
+                let mut unfinished = lock(&cluster.unfinished_adoptions);
+                if !unfinished.contains(&member.node) {
+                    unfinished.push(member.node);
+                }
+            }
+        }
         // 1. Its persistent sessions first, so that the wills (and the
         // inbox) reach the subscribers among them.
+        let mut adopted_sessions = std::collections::HashSet::new();
+        let mut departed = easy_mqtt_core::topic::SubscriptionTrie::new();
+        let watch_until = self.runtime.now() + ADOPTED_WATCH + cluster.config.forward_grace;
         {
             let owned: std::collections::HashSet<ByteStr> =
                 store.owned_by(dead).await?.into_iter().collect();
-            if !owned.is_empty() {
+            let forwarded: std::collections::HashSet<ByteStr> = store
+                .scan_records(&super::forwards_space(dead))
+                .await?
+                .into_iter()
+                .map(|(client_id, _)| client_id)
+                .filter(|client_id| !owned.contains(client_id))
+                .collect();
+            if !owned.is_empty() || !forwarded.is_empty() {
                 let sessions = self.storage.load_subscriptions().await?;
+                for session in &sessions {
+                    if forwarded.contains(&session.record.client_id) {
+                        for (filter, qos) in &session.subscriptions {
+                            departed.insert(filter, session.record.client_id.clone(), *qos);
+                        }
+                    }
+                }
                 let mut route_filters = Vec::new();
+                let mut ops = Vec::new();
+                let mut persistent = std::collections::HashSet::new();
                 for session in sessions {
                     let (record, subscriptions) = (session.record, session.subscriptions);
                     if !owned.contains(&record.client_id) {
                         continue;
                     }
+                    persistent.insert(record.client_id.clone());
+                    let own = cluster.name();
                     let owner = store.owner(&record.client_id).await?;
-                    if owner.is_some_and(|o| o.node != *dead) {
-                        continue;
+                    let epoch = match owner {
+                        Some(owner) if owner.node == own => Some(owner.epoch),
+                        Some(owner) if owner.node != *dead => None,
+                        _ => {
+                            let claim = store.claim_owner(&record.client_id, &own).await?;
+                            lock(&cluster.epochs).insert(record.client_id.clone(), claim.epoch);
+                            Some(claim.epoch)
+                        }
+                    };
+                    // Owned here now: kicked out of the dead node behind the
+                    // messages for it in its inbox, so that the dead node
+                    // lets go once they are served. Otherwise claimed away
+                    // while the dead node could not answer: held on its
+                    // behalf until that claim's kick, likewise.
+                    if let Some(epoch) = epoch {
+                        ops.push(kick(
+                            dead.clone(),
+                            record.client_id.clone(),
+                            epoch,
+                            own.clone(),
+                        ));
                     }
-                    let claim = store
-                        .claim_owner(&record.client_id, &cluster.name())
-                        .await?;
-                    lock(&cluster.epochs).insert(record.client_id.clone(), claim.epoch);
                     route_filters.extend(subscriptions.iter().map(|(f, _)| f.clone()));
+                    cluster.watch_adopted(record.client_id.clone(), watch_until);
+                    adopted_sessions.insert(record.client_id.clone());
                     self.hold_offline_session(&record.client_id, subscriptions);
                 }
-                let ops = self.route_ops_for(route_filters, cluster);
+                for client_id in owned.iter().filter(|c| !persistent.contains(*c)) {
+                    // A clean session ended with the node; one claimed away
+                    // is let go when its kick is served.
+                    let owner = store.owner(client_id).await?;
+                    if owner.is_none_or(|o| o.node == *dead) {
+                        ops.push(Op::Cluster(ClusterOp::Disown {
+                            node: dead.clone(),
+                            client_id: client_id.clone(),
+                        }));
+                    }
+                }
+                ops.extend(self.route_ops_for(route_filters, cluster));
                 if !ops.is_empty() {
                     apply_until_stored(self, ops).await;
                 }
             }
         }
-        // 2. Wills of the clients that were connected there.
+        // 2. Wills of the clients that were connected there: a presence
+        // left means the connection ended without its will published (a
+        // will is stored with the presence's removal), whoever owns the
+        // client now.
         let mut scratch = Vec::new();
         for presence in store.presence(dead).await? {
-            let owner = store.owner(&presence.client_id).await?;
-            let still_there = owner.is_none_or(|o| o.node == *dead && o.epoch <= presence.epoch);
             let mut ops = Vec::new();
             let mut prepared = None;
-            if still_there && let Some(will) = presence.will {
+            if let Some(will) = presence.will {
                 Metrics::inc(&self.metrics.wills_published);
                 tracing::info!(client_id = %presence.client_id, node = %dead, "publishing the will of a client of a dead node");
                 let (route, more) = self.prepare_route(will, None, &mut scratch);
@@ -209,12 +305,25 @@ impl<R: Runtime> Node<R> {
                 apply_until_stored(self, removals).await;
             }
             let mut adopted = lock(&self.adopted);
-            if !adopted.iter().any(|a| a.node == *dead) {
-                adopted.push(Adopted {
+            let sessions = Arc::new(adopted_sessions);
+            match adopted.iter_mut().find(|a| a.node == *dead) {
+                // Adopted again after a failure half-way: the sessions found
+                // this time (a retry finds none it already claimed).
+                Some(known) => {
+                    let mut all = (*known.sessions).clone();
+                    all.extend(sessions.iter().cloned());
+                    known.sessions = Arc::new(all);
+                    if !departed.is_empty() {
+                        known.departed = Arc::new(departed);
+                    }
+                }
+                None => adopted.push(Adopted {
                     node: dead.clone(),
                     after: None,
                     until: self.runtime.now() + ADOPTED_WATCH,
-                });
+                    sessions,
+                    departed: Arc::new(departed),
+                }),
             }
         }
         Ok(())

@@ -36,6 +36,21 @@ const INBOX_WAIT: Duration = Duration::from_millis(500);
 /// once.
 const INBOX_POLL: Duration = Duration::from_millis(5);
 
+/// A client id as a key of the recent-ids sets (never 0, which stands for
+/// "every session of the node").
+pub(crate) fn client_key(client_id: &ByteStr) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(client_id.as_str(), &mut hasher);
+    std::hash::Hasher::finish(&hasher).max(1)
+}
+
+/// A dead node's inbox being served: the sessions adopted from it, and
+/// those it had just released.
+pub(crate) type DeadInbox<'a> = (
+    &'a std::collections::HashSet<ByteStr>,
+    &'a easy_mqtt_core::topic::SubscriptionTrie<ByteStr>,
+);
+
 /// What to do in memory once an inbox batch is stored.
 enum Then {
     Route(PreparedRoute),
@@ -73,6 +88,35 @@ impl<R: Runtime> Node<R> {
             },
         }));
         true
+    }
+
+    /// A message in a dead node's inbox for a client it had released: to
+    /// the client's owner of record, through this node's own inbox (which
+    /// forwards it on, or queues it if nobody holds the session).
+    fn forward_departed(
+        &self,
+        client_id: ByteStr,
+        id: MessageId,
+        message: &Arc<Message>,
+        granted: QoS,
+        ops: &mut Vec<Op>,
+    ) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let qos = message.qos.min(granted);
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        ops.push(Op::Cluster(ClusterOp::Forward {
+            node: cluster.name(),
+            entry: BusEntry::Direct {
+                client_id,
+                id,
+                message: message.clone(),
+                qos,
+            },
+        }));
     }
 
     /// Adds the ops that hand `message` to every other node that needs it.
@@ -124,23 +168,33 @@ impl<R: Runtime> Node<R> {
     }
 
     /// Builds the batch and the in-memory work of inbox entries.
+    #[allow(clippy::too_many_arguments)]
     fn take_entries(
         self: &Arc<Self>,
         inbox: &ByteStr,
         entries: Vec<(InboxId, BusEntry)>,
         owners: &HashMap<ByteStr, ByteStr>,
+        dead: Option<DeadInbox<'_>>,
         ops: &mut Vec<Op>,
         then: &mut Vec<Then>,
     ) {
+        let only = dead.map(|(sessions, _)| sessions);
+        let mut departed_matches = Vec::new();
         let mut scratch = Vec::new();
         for (entry_id, entry) in entries {
-            let repeated = match &entry {
-                BusEntry::Publish { id, .. } | BusEntry::Direct { id, .. } => self
-                    .cluster
-                    .as_ref()
-                    .is_some_and(|c| !lock(&c.seen).insert(*id)),
-                _ => false,
+            // One message may come as a `Publish` for this node's sessions
+            // and as a `Direct` for one client given up by the sender: each
+            // is told apart by what it is for.
+            let key = match &entry {
+                BusEntry::Publish { id, .. } => Some((0, *id)),
+                BusEntry::Direct { id, client_id, .. } => Some((client_key(client_id), *id)),
+                _ => None,
             };
+            let repeated = key.is_some_and(|key| {
+                self.cluster
+                    .as_ref()
+                    .is_some_and(|c| !lock(&c.seen).entry(inbox.clone()).or_default().insert(key))
+            });
             if repeated {
                 ops.push(Op::Cluster(ClusterOp::InboxAck {
                     node: inbox.clone(),
@@ -150,8 +204,18 @@ impl<R: Runtime> Node<R> {
             }
             match entry {
                 BusEntry::Publish { id, message } => {
+                    if let Some((_, departed)) = dead
+                        && !departed.is_empty()
+                    {
+                        // Released by the dead node shortly before it died:
+                        // forwarded as it would have.
+                        departed.matches_dedup(&message.topic, &mut departed_matches);
+                        for (client_id, granted) in departed_matches.drain(..) {
+                            self.forward_departed(client_id, id, &message, granted, ops);
+                        }
+                    }
                     let (prepared, more) =
-                        self.prepare_route_as(message, id, None, false, &mut scratch);
+                        self.prepare_route_among(message, id, None, false, only, &mut scratch);
                     ops.extend(more);
                     then.push(Then::Route(prepared));
                 }
@@ -170,12 +234,18 @@ impl<R: Runtime> Node<R> {
                     if let Some(cluster) = self.cluster.as_ref() {
                         cluster.pending_releases.fetch_add(1, Ordering::AcqRel);
                     }
+                    let inbox = inbox.clone();
                     self.runtime.spawn(Box::pin(async move {
-                        node.clone().release(client_id, epoch, from).await;
+                        node.clone()
+                            .release(client_id, epoch, from, inbox, entry_id)
+                            .await;
                         if let Some(cluster) = node.cluster.as_ref() {
                             cluster.pending_releases.fetch_sub(1, Ordering::AcqRel);
                         }
                     }));
+                    // Acknowledged by the release's own batch: a node that
+                    // dies half-way leaves the kick to its adopter.
+                    continue;
                 }
                 BusEntry::Released { client_id, epoch } => self.released(&client_id, epoch),
                 BusEntry::RoutesChanged { .. } => self.routes_stale(),
@@ -225,12 +295,14 @@ impl<R: Runtime> Node<R> {
         }
         let stored = entry.as_ref().is_none_or(|entry| {
             let inner = lock(&entry.inner);
-            inner.stored && !inner.clean && !inner.removed
+            // A session loading for a persistent CONNECT is stored too.
+            (inner.stored || inner.loading.is_some()) && !inner.clean && !inner.removed
         }) && qos != QoS::AtMostOnce;
         if stored {
             ops.push(Op::PutMessage {
                 id,
                 message: message.clone(),
+                at_ms: self.unix_ms(),
             });
             ops.push(Op::Enqueue {
                 client_id: client_id.clone(),
@@ -294,13 +366,15 @@ impl<R: Runtime> Node<R> {
         }
     }
 
-    /// Reads and serves `inbox` once: true when it held entries.
+    /// Reads and serves `inbox` once: how many entries it held (stored
+    /// with what they caused once this returns).
     pub(crate) async fn serve_inbox_once(
         self: &Arc<Self>,
         inbox: &ByteStr,
         after: &mut Option<InboxId>,
+        dead: Option<DeadInbox<'_>>,
         wait: Duration,
-    ) -> Result<bool, ()> {
+    ) -> Result<usize, ()> {
         let Some(cluster) = self.cluster.as_ref() else {
             return Err(());
         };
@@ -318,8 +392,9 @@ impl<R: Runtime> Node<R> {
             }
         };
         if entries.is_empty() {
-            return Ok(false);
+            return Ok(0);
         }
+        let read = entries.len();
         if let Some((last, _)) = entries.last() {
             *after = Some(*last);
         }
@@ -328,11 +403,11 @@ impl<R: Runtime> Node<R> {
         let owners = self.owners_of_strangers(&entries).await;
         let mut ops = Vec::new();
         let mut then = Vec::new();
-        self.take_entries(inbox, entries, &owners, &mut ops, &mut then);
+        self.take_entries(inbox, entries, &owners, dead, &mut ops, &mut then);
         if apply_until_stored(self, ops).await {
             self.finish_entries(then);
         }
-        Ok(true)
+        Ok(read)
     }
 }
 
@@ -350,10 +425,29 @@ pub(super) async fn run_inbox<R: Runtime>(node: Arc<Node<R>>) {
         let name = cluster.name();
         if name != own {
             // A new incarnation reads its own, new inbox.
+            lock(&cluster.seen).remove(&own);
             own = name;
             after = None;
         }
-        let own_result = node.serve_inbox_once(&own, &mut after, INBOX_WAIT).await;
+        let round = cluster.inbox_round.fetch_add(1, Ordering::AcqRel) + 1;
+        // A takeover waits for a round that started after the others let
+        // go: no need to wait for entries then.
+        let wait = if cluster.barrier_waiters.load(Ordering::Acquire) > 0 {
+            Duration::ZERO
+        } else {
+            INBOX_WAIT
+        };
+        let own_result = node
+            .serve_inbox_once(&own, &mut after, None, wait)
+            .await
+            .map(|read| {
+                if read < cluster.config.inbox_batch {
+                    cluster.inbox_caught_up.fetch_max(round, Ordering::AcqRel);
+                    cluster.inbox_event.notify(usize::MAX);
+                }
+                read > 0
+            });
+
         let adopted = node.serve_adopted_inboxes().await;
         match own_result {
             Ok(true) => attempt = 0,

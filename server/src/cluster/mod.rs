@@ -12,8 +12,9 @@
 //!   node told it is *fenced* (declared dead and adopted meanwhile) drops
 //!   every session it holds and starts again under a new incarnation.
 //! - **Ownership** (`takeover.rs`): a CONNECT claims the client id under a
-//!   new epoch; the previous owner, if another live node, is kicked through
-//!   its inbox and the CONNACK waits for its answer: it closes the old
+//!   new epoch; every other node still responsible for it (the previous
+//!   owner, or a dead one through its adopter) is kicked through its inbox
+//!   and the CONNACK waits until all answered: each closes the old
 //!   connection, stores its last writes, and from then on forwards what its
 //!   routes still match for the client to the new owner for
 //!   `forward_grace` (other nodes' route caches may lag that long).
@@ -158,14 +159,33 @@ pub struct ClusterState {
     pub(crate) pending_releases: AtomicUsize,
     /// Dead incarnations this node won and has not finished adopting.
     pub(crate) unfinished_adoptions: Mutex<Vec<ByteStr>>,
-    /// Inbox entries already served, by message id: a replayed `XADD`
-    /// can append one twice.
-    pub(crate) seen: Mutex<RecentIds>,
+    /// Inbox entries already served, by inbox and message id: a replayed
+    /// `XADD` can append one twice. (One message legitimately reaches two
+    /// inboxes, this node's and a dead node's it adopted.)
+    pub(crate) seen: Mutex<HashMap<ByteStr, RecentIds<(u64, MessageId)>>>,
+    /// Sessions adopted from dead nodes, until the end of the watch on the
+    /// dead node's inbox: a message may reach them both through that inbox
+    /// and through this node's own.
+    pub(crate) adopted_sessions: Mutex<HashMap<ByteStr, Instant>>,
+    pub(crate) adopted_count: AtomicUsize,
+    /// (hash of client id, message id) delivered to adopted sessions,
+    /// bounded node-wide.
+    pub(crate) adopted_delivered: Mutex<RecentIds<(u64, MessageId), 262_144>>,
     /// Clients taken over from another node recently, with the message ids
     /// delivered to them since: the old owner forwards what its routes
     /// matched while this node's routes also match, so one message can
     /// come both ways.
     pub(crate) handovers: Mutex<HashMap<ByteStr, Handover>>,
+    /// Rounds of reading this node's inbox: the last one started, and the
+    /// last one that caught up (read everything appended before it
+    /// started, and stored what that caused).
+    pub(crate) inbox_round: AtomicU64,
+    pub(crate) inbox_caught_up: AtomicU64,
+    pub(crate) inbox_event: event_listener::Event,
+    /// Takeovers waiting for the inbox to catch up.
+    pub(crate) barrier_waiters: AtomicUsize,
+    /// Clients this node is claiming or releasing right now.
+    pub(crate) ownership_busy: Arc<Mutex<HashSet<ByteStr>>>,
     pub(crate) routes_in_flight: Arc<RouteTracker>,
 }
 
@@ -194,23 +214,30 @@ impl Drop for RouteTicket {
     }
 }
 
-/// The last [`RecentIds::CAPACITY`] ids seen, in a set and in arrival order.
-#[derive(Debug, Default)]
-pub(crate) struct RecentIds {
-    set: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
+/// The last `CAPACITY` ids seen, in a set and in arrival order.
+#[derive(Debug)]
+pub(crate) struct RecentIds<T = MessageId, const CAPACITY: usize = 65_536> {
+    set: HashSet<T>,
+    order: VecDeque<T>,
 }
 
-impl RecentIds {
-    const CAPACITY: usize = 65_536;
+impl<T, const CAPACITY: usize> Default for RecentIds<T, CAPACITY> {
+    fn default() -> Self {
+        RecentIds {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
 
+impl<T: std::hash::Hash + Eq + Copy, const CAPACITY: usize> RecentIds<T, CAPACITY> {
     /// Records `id`; false when it was seen already.
-    pub(crate) fn insert(&mut self, id: MessageId) -> bool {
+    pub(crate) fn insert(&mut self, id: T) -> bool {
         if !self.set.insert(id) {
             return false;
         }
         self.order.push_back(id);
-        if self.order.len() > Self::CAPACITY
+        if self.order.len() > CAPACITY
             && let Some(old) = self.order.pop_front()
         {
             self.set.remove(&old);
@@ -251,8 +278,16 @@ impl ClusterState {
             catching_up: AtomicBool::new(false),
             pending_releases: AtomicUsize::new(0),
             unfinished_adoptions: Mutex::new(Vec::new()),
-            seen: Mutex::new(RecentIds::default()),
+            seen: Mutex::new(HashMap::new()),
+            adopted_sessions: Mutex::new(HashMap::new()),
+            adopted_count: AtomicUsize::new(0),
+            adopted_delivered: Mutex::new(RecentIds::default()),
             handovers: Mutex::new(HashMap::new()),
+            ownership_busy: Arc::default(),
+            inbox_round: AtomicU64::new(0),
+            inbox_caught_up: AtomicU64::new(0),
+            inbox_event: event_listener::Event::new(),
+            barrier_waiters: AtomicUsize::new(0),
             routes_in_flight: Arc::new(RouteTracker::default()),
         }
     }
@@ -347,13 +382,40 @@ impl ClusterState {
     /// Whether `id` already went to `client_id` during its handover (and
     /// records it when not).
     pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {
-        let mut handovers = lock(&self.handovers);
-        if handovers.is_empty() {
+        {
+            let mut handovers = lock(&self.handovers);
+            if let Some(handover) = handovers.get_mut(client_id) {
+                return !handover.delivered.insert(id);
+            }
+        }
+        if self.adopted_count.load(Ordering::Acquire) == 0
+            || !lock(&self.adopted_sessions).contains_key(client_id)
+        {
             return false;
         }
-        handovers
-            .get_mut(client_id)
-            .is_some_and(|h| !h.delivered.insert(id))
+        let key = (bus::client_key(client_id), id);
+        !lock(&self.adopted_delivered).insert(key)
+    }
+
+    /// Watches `client_id`, adopted from a dead node, for messages that
+    /// reach it twice until `until`.
+    pub(crate) fn watch_adopted(&self, client_id: ByteStr, until: Instant) {
+        let mut adopted = lock(&self.adopted_sessions);
+        adopted.insert(client_id, until);
+        self.adopted_count.store(adopted.len(), Ordering::Release);
+    }
+
+    /// Ends the watches that ran out.
+    fn expire_adopted(&self, now: Instant) {
+        if self.adopted_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut adopted = lock(&self.adopted_sessions);
+        adopted.retain(|_, until| *until > now);
+        self.adopted_count.store(adopted.len(), Ordering::Release);
+        if adopted.is_empty() {
+            *lock(&self.adopted_delivered) = RecentIds::default();
+        }
     }
 
     /// `RoutesChanged` for every other live node.
@@ -370,6 +432,11 @@ impl ClusterState {
     }
 }
 
+/// The records space of the clients `node` released and forwards for.
+pub(crate) fn forwards_space(node: &str) -> ByteStr {
+    ByteStr::from(format!("cluster-forwards/{node}"))
+}
+
 /// The cluster name of `node_id`'s `incarnation`.
 pub(crate) fn incarnation_name(node_id: &str, incarnation: u64) -> ByteStr {
     ByteStr::from(format!("{node_id}@{incarnation}"))
@@ -382,6 +449,13 @@ impl<R: Runtime> Node<R> {
         self.cluster
             .as_ref()
             .is_none_or(|c| c.accepting(self.runtime.now()))
+    }
+
+    /// This node's cluster incarnation (`None` outside a cluster).
+    pub fn incarnation(&self) -> Option<u64> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.incarnation.load(Ordering::Acquire))
     }
 
     /// The cluster state, when this node is part of a cluster.
@@ -474,6 +548,7 @@ async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
         }
         node.expire_forwards(now);
         lock(&cluster.handovers).retain(|_, h| h.until > now);
+        cluster.expire_adopted(now);
         node.prune_routes();
         let next = started + config.heartbeat_interval.min(config.route_refresh);
         // Woken early by a route change notice.

@@ -1,19 +1,25 @@
 //! One owner per client id across the cluster.
 //!
-//! A CONNECT claims the client id (a new, higher epoch). When another node
-//! owned it, that node is kicked through its inbox, and the CONNACK waits
-//! until it answers `Released`: it closed the old connection (publishing
-//! its will as a takeover does), stored that connection's last writes, and
-//! dropped the session from memory, so what the new node loads from
-//! storage is complete. Deliveries its routes still match for the client
-//! are forwarded to the new owner for `forward_grace`, the time other
-//! nodes' route caches may need to learn the new owner's routes.
+//! A CONNECT claims the client id (a new, higher epoch). The claim does not
+//! end the previous owner's *responsibility*: messages for the client may
+//! still sit in that node's inbox, ahead of anything a kick could overtake.
+//! So the claimant kicks every node still responsible for the client (the
+//! previous owner, and any earlier claimant that never let go) through its
+//! inbox, and the CONNACK waits until none is left. A node answers a kick
+//! once it has served its inbox up to it: it closes the old connection
+//! (publishing its will as a takeover does), stores that connection's last
+//! writes, drops the session from memory and, in one batch, disowns the
+//! client, acknowledges the kick and answers `Released`. What the new node
+//! loads from storage is then complete. Deliveries its routes still match
+//! for the client are forwarded to the new owner for `forward_grace`, the
+//! time other nodes' route caches may need to learn the new owner's routes.
 //!
-//! A previous owner that is not alive is not waited for: its lease ended
-//! before its heartbeat expired, so it writes nothing any more (its
-//! adopter, or the node itself when it returns, still reads the kick). A
-//! previous owner that stays alive and silent for `takeover_timeout` makes
-//! the CONNECT fail with CONNACK 3 rather than risk two live connections.
+//! A responsible node that died answers through its adopter, which serves
+//! the dead node's inbox (kicks included) on its behalf. A responsible node
+//! that stays alive and silent for `takeover_timeout` makes the CONNECT fail
+//! with CONNACK 3 rather than risk two live connections; the claim stands,
+//! and this node takes the session over (offline) once the others let go,
+//! so it is never left without a holder.
 //! Two nodes claiming at once: the higher epoch wins; a node kicked with a
 //! lower epoch than its own kicks back.
 
@@ -22,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use easy_mqtt_core::ByteStr;
-use easy_mqtt_core::cluster::{BusEntry, ClusterOp, Presence};
+use easy_mqtt_core::cluster::{BusEntry, ClusterOp, InboxId, Presence};
 use easy_mqtt_core::session::{CloseReason, Message};
 use easy_mqtt_core::storage::{BoxFuture, Op, StorageError};
 
@@ -32,10 +38,36 @@ use crate::node::{Node, write};
 use crate::runtime::{Runtime, sleep_until};
 use crate::sessions::lock;
 
-/// How often a waiting takeover looks at the previous owner's liveness.
+/// How often a release looks at the routes it waits for.
 const WAIT_STEP: Duration = Duration::from_millis(100);
+/// How often a waiting takeover reads which nodes are still responsible,
+/// when none answered meanwhile.
+const RECHECK: Duration = Duration::from_millis(500);
+/// How often a claim or release waits for the other one of the same client.
+const GUARD_STEP: Duration = Duration::from_millis(5);
 
-fn kick(node: ByteStr, client_id: ByteStr, epoch: u64, from: ByteStr) -> Op {
+/// How a wait for the other responsible nodes ended.
+enum Waited {
+    Released,
+    /// This node's claim was superseded by a newer one.
+    Superseded,
+    /// Still responsible when the time ran out.
+    TimedOut(Vec<ByteStr>),
+}
+
+/// Held while this node claims or releases one client id.
+pub(crate) struct OwnershipGuard {
+    busy: Arc<std::sync::Mutex<std::collections::HashSet<ByteStr>>>,
+    client_id: ByteStr,
+}
+
+impl Drop for OwnershipGuard {
+    fn drop(&mut self) {
+        lock(&self.busy).remove(&self.client_id);
+    }
+}
+
+pub(super) fn kick(node: ByteStr, client_id: ByteStr, epoch: u64, from: ByteStr) -> Op {
     Op::Cluster(ClusterOp::Forward {
         node,
         entry: BusEntry::Kick {
@@ -70,7 +102,14 @@ impl<R: Runtime> Node<R> {
             let mut attempt = 0;
             let claim = loop {
                 let now = node.runtime.now();
-                let result = if cluster.accepting(now) {
+                // Not while this node releases the same client (its disown
+                // must not land after this claim).
+                let guard = node.try_ownership_guard(&client_id);
+                let result = if guard.is_none() {
+                    Err(StorageError::Unavailable(format!(
+                        "{client_id} is being released here"
+                    )))
+                } else if cluster.accepting(now) {
                     store.claim_owner(&client_id, &cluster.name()).await
                 } else {
                     Err(StorageError::Unavailable(
@@ -91,11 +130,11 @@ impl<R: Runtime> Node<R> {
             if write(&cluster.forwards).remove(&client_id).is_some() {
                 cluster.forward_count.fetch_sub(1, Ordering::AcqRel);
             }
-            let mut ops = Vec::with_capacity(2);
-            let mut wait_for = None;
-            if let Some(previous) = claim.previous
-                && previous.node != cluster.name()
-            {
+            let own = cluster.name();
+            let mut holders = store.responsible(&client_id).await?;
+            holders.retain(|holder| *holder != own);
+            let mut ops = Vec::with_capacity(holders.len() + 1);
+            if !holders.is_empty() {
                 Metrics::inc(&node.metrics.cluster_takeovers);
                 let config = cluster.config;
                 lock(&cluster.handovers).insert(
@@ -108,19 +147,13 @@ impl<R: Runtime> Node<R> {
                         delivered: super::RecentIds::default(),
                     },
                 );
-                ops.push(kick(
-                    previous.node.clone(),
-                    client_id.clone(),
-                    epoch,
-                    cluster.name(),
-                ));
-                if cluster.peers().contains(&previous.node) {
-                    lock(&cluster.releases).insert(client_id.clone(), (epoch, false));
-                    wait_for = Some(previous.node);
+                lock(&cluster.releases).insert(client_id.clone(), (epoch, false));
+                for holder in &holders {
+                    ops.push(kick(holder.clone(), client_id.clone(), epoch, own.clone()));
                 }
             }
             ops.push(Op::Cluster(ClusterOp::SetPresence {
-                node: cluster.name(),
+                node: own,
                 presence: Presence {
                     client_id: client_id.clone(),
                     epoch,
@@ -129,54 +162,177 @@ impl<R: Runtime> Node<R> {
                 },
             }));
             let stored = node.storage.apply(ops).await;
-            let waited = match (stored, wait_for) {
-                (Err(error), _) => Err(error),
-                (Ok(()), None) => Ok(()),
-                (Ok(()), Some(previous)) => node.wait_release(&client_id, epoch, &previous).await,
+            let waited = match stored {
+                Err(error) => Err(error),
+                Ok(()) if holders.is_empty() => Ok(()),
+                Ok(()) => {
+                    let deadline = node.runtime.now() + cluster.config.takeover_timeout;
+                    match node.wait_release(&client_id, epoch, deadline).await {
+                        Waited::Released => Ok(()),
+                        Waited::Superseded => Err(StorageError::Unavailable(format!(
+                            "{client_id} was claimed again meanwhile"
+                        ))),
+                        Waited::TimedOut(holders) => {
+                            // The claim stands: take the session over once
+                            // the others let go, so that it keeps a holder.
+                            node.runtime.spawn(Box::pin(
+                                node.clone().hold_when_released(client_id.clone(), epoch),
+                            ));
+                            Err(StorageError::Unavailable(format!(
+                                "{holders:?} did not release {client_id}"
+                            )))
+                        }
+                    }
+                }
             };
-            lock(&cluster.releases).remove(&client_id);
+            if waited.is_ok() || !node.holds_epoch(&client_id, Some(epoch)) {
+                lock(&cluster.releases).remove(&client_id);
+            }
             waited?;
             Ok(Some(epoch))
         })
     }
-
-    /// Waits until `previous` released `client_id` (or died).
+    /// Waits until no other node is responsible for `client_id`, re-reading
+    /// storage when one answered and every `RECHECK`.
     async fn wait_release(
         &self,
         client_id: &ByteStr,
         epoch: u64,
-        previous: &ByteStr,
-    ) -> Result<(), StorageError> {
-        let Some(cluster) = self.cluster.as_ref() else {
-            return Ok(());
+        deadline: std::time::Instant,
+    ) -> Waited {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return Waited::Released;
         };
-        let deadline = self.runtime.now() + cluster.config.takeover_timeout;
+        let mut next_check = self.runtime.now() + RECHECK;
+        let mut holders: Vec<ByteStr> = Vec::new();
         loop {
             let listener = cluster.release_event.listen();
-            let released = lock(&cluster.releases)
-                .get(client_id)
-                .is_some_and(|(e, released)| *e == epoch && *released);
-            if released || !cluster.peers().contains(previous) {
-                return Ok(());
+            let answered = lock(&cluster.releases)
+                .get_mut(client_id)
+                .filter(|(e, _)| *e == epoch)
+                .is_some_and(|(_, released)| std::mem::take(released));
+            let now = self.runtime.now();
+            if answered || now >= next_check {
+                next_check = now + RECHECK;
+                match store.responsible(client_id).await {
+                    Ok(mut found) => {
+                        let own = cluster.name();
+                        found.retain(|holder| *holder != own);
+                        if found.is_empty() {
+                            // What they forwarded here before letting go
+                            // sits in this node's inbox: served first.
+                            return if self.inbox_barrier(deadline).await {
+                                Waited::Released
+                            } else {
+                                Waited::TimedOut(Vec::new())
+                            };
+                        }
+                        holders = found;
+                    }
+                    Err(error) => self.storage_failed("responsible", &error),
+                }
             }
             if lock(&cluster.epochs).get(client_id) != Some(&epoch) {
-                return Err(StorageError::Unavailable(format!(
-                    "{client_id} was claimed again meanwhile"
-                )));
+                return Waited::Superseded;
             }
             let now = self.runtime.now();
             if now >= deadline {
                 tracing::warn!(
                     client_id = %client_id,
-                    previous = %previous,
+                    ?holders,
                     "the previous owner did not release the session in time"
                 );
-                return Err(StorageError::Unavailable(format!(
-                    "node {previous} did not release {client_id}"
-                )));
+                return Waited::TimedOut(holders);
             }
-            let step = (now + WAIT_STEP).min(deadline);
+            let step = next_check.min(deadline);
             futures_lite::future::or(listener, sleep_until(&self.runtime, step)).await;
+        }
+    }
+
+    /// Waits until this node's inbox was read through by a round that
+    /// started after this call, and what it held is stored; false at
+    /// `deadline`.
+    async fn inbox_barrier(&self, deadline: std::time::Instant) -> bool {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return true;
+        };
+        let target = cluster.inbox_round.load(Ordering::Acquire) + 1;
+        cluster.barrier_waiters.fetch_add(1, Ordering::AcqRel);
+        let reached = loop {
+            let listener = cluster.inbox_event.listen();
+            if cluster.inbox_caught_up.load(Ordering::Acquire) >= target {
+                break true;
+            }
+            if self.runtime.now() >= deadline || self.is_shutting_down() {
+                break false;
+            }
+            futures_lite::future::or(listener, sleep_until(&self.runtime, deadline)).await;
+        };
+        cluster.barrier_waiters.fetch_sub(1, Ordering::AcqRel);
+        reached
+    }
+
+    /// After a CONNECT gave up waiting: once the other nodes let go of
+    /// `client_id`, holds its persistent session offline here (its owner of
+    /// record), unless a newer claim or connection came meanwhile.
+    async fn hold_when_released(self: Arc<Self>, client_id: ByteStr, epoch: u64) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let mut attempt = 0u32;
+        loop {
+            if self.is_shutting_down() || !self.holds_epoch(&client_id, Some(epoch)) {
+                lock(&cluster.releases).remove(&client_id);
+                return;
+            }
+            let deadline = self.runtime.now() + cluster.config.takeover_timeout;
+            match self.wait_release(&client_id, epoch, deadline).await {
+                Waited::Released => break,
+                Waited::TimedOut(_) => {}
+                Waited::Superseded => {
+                    lock(&cluster.releases).remove(&client_id);
+                    return;
+                }
+            }
+        }
+        lock(&cluster.releases).remove(&client_id);
+        let busy = lock(&self.registry).get(&client_id).is_some_and(|entry| {
+            let inner = lock(&entry.inner);
+            inner.attached.is_some() || inner.loading.is_some() || inner.stored
+        });
+        if busy {
+            return;
+        }
+        let stored = loop {
+            match self.storage.load_session(&client_id).await {
+                Ok(stored) => break stored,
+                Err(error) => {
+                    self.storage_failed("load a released session", &error);
+                    if !self.holds_epoch(&client_id, Some(epoch)) || self.is_shutting_down() {
+                        return;
+                    }
+                    attempt = attempt.saturating_add(1);
+                    let at = self.runtime.now() + crate::persist::backoff(attempt);
+                    sleep_until(&self.runtime, at).await;
+                }
+            }
+        };
+        let Some(stored) = stored else {
+            return;
+        };
+        if !self.holds_epoch(&client_id, Some(epoch)) {
+            return;
+        }
+        tracing::info!(client_id = %client_id, epoch, "holding a released session offline");
+        let filters: Vec<ByteStr> = stored
+            .subscriptions
+            .iter()
+            .map(|(f, _)| f.clone())
+            .collect();
+        self.hold_offline_session(&client_id, stored.subscriptions);
+        let ops = self.route_ops_for(filters, cluster);
+        if !ops.is_empty() {
+            apply_until_stored(&self, ops).await;
         }
     }
 
@@ -208,21 +364,81 @@ impl<R: Runtime> Node<R> {
         }
     }
 
-    /// The answer to a kick: lets `client_id` go to `to` (or kicks back
-    /// when this node claimed it later).
-    pub(crate) async fn release(self: Arc<Self>, client_id: ByteStr, epoch: u64, to: ByteStr) {
+    /// The answer to a kick read from `inbox` (this node's, or a dead
+    /// node's it adopted, on whose behalf it answers): lets `client_id` go
+    /// to `to` (or kicks back when this node claimed it later), then
+    /// disowns it for `inbox`'s node and acknowledges the kick, in the
+    /// batch that answers `Released`.
+    pub(crate) async fn release(
+        self: Arc<Self>,
+        client_id: ByteStr,
+        epoch: u64,
+        to: ByteStr,
+        inbox: ByteStr,
+        entry: InboxId,
+    ) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        if to == cluster.name() {
+        // One release of a client at a time, and none while this node claims
+        // it: a disown stored after a newer claim of this node would erase
+        // that claim's responsibility.
+        let _guard = self.ownership_guard(&client_id).await;
+        let own = cluster.name();
+        let ack = Op::Cluster(ClusterOp::InboxAck {
+            node: inbox.clone(),
+            entry,
+        });
+        let answer = |inbox: &ByteStr, to: ByteStr, client_id: &ByteStr| {
+            vec![
+                Op::Cluster(ClusterOp::ClearPresence {
+                    node: inbox.clone(),
+                    client_id: client_id.clone(),
+                }),
+                Op::Cluster(ClusterOp::Disown {
+                    node: inbox.clone(),
+                    client_id: client_id.clone(),
+                }),
+                Op::Cluster(ClusterOp::Forward {
+                    node: to,
+                    entry: BusEntry::Released {
+                        client_id: client_id.clone(),
+                        epoch,
+                    },
+                }),
+            ]
+        };
+        if to == own {
+            // Routes that matched the session before the kick was read (those
+            // of the inbox entries ahead of it included) may still write to it:
+            // they finish first, so that whoever loads it next sees them.
+            let horizon = cluster.route_horizon();
+            let deadline = self.runtime.now() + cluster.config.takeover_timeout;
+            while let Err(listener) = cluster.routes_before(horizon) {
+                if self.runtime.now() >= deadline {
+                    break;
+                }
+                let step = (self.runtime.now() + WAIT_STEP).min(deadline);
+                futures_lite::future::or(listener, sleep_until(&self.runtime, step)).await;
+            }
+            // This node's own claim, read from a dead node's inbox it
+            // serves: everything before the kick was served, so the dead
+            // node lets go; the session itself stays (it is this node's).
+            let mut ops = Vec::new();
+            if inbox != own {
+                ops = answer(&inbox, to, &client_id);
+                ops.remove(0);
+            }
+            ops.push(ack);
+            apply_until_stored(&self, ops).await;
             return;
         }
         let mine = lock(&cluster.epochs).get(&client_id).copied();
         if let Some(mine) = mine
             && mine > epoch
         {
-            let back = kick(to, client_id, mine, cluster.name());
-            apply_until_stored(&self, vec![back]).await;
+            let back = kick(to, client_id, mine, own);
+            apply_until_stored(&self, vec![back, ack]).await;
             return;
         }
         lock(&cluster.epochs).remove(&client_id);
@@ -230,9 +446,7 @@ impl<R: Runtime> Node<R> {
         // have moved on since: forward to the owner of record.
         let target = match self.storage.cluster() {
             Some(store) => match store.owner(&client_id).await {
-                Ok(Some(owner)) if owner.node != cluster.name() && owner.epoch >= epoch => {
-                    owner.node
-                }
+                Ok(Some(owner)) if owner.node != own && owner.epoch >= epoch => owner.node,
                 _ => to.clone(),
             },
             None => to.clone(),
@@ -279,18 +493,45 @@ impl<R: Runtime> Node<R> {
             inner.offline = None;
             inner.stored_queue = None;
         }
-        tracing::info!(client_id = %client_id, to = %to, epoch, "session released to another node");
-        let ops = vec![
-            Op::Cluster(ClusterOp::ClearPresence {
-                node: cluster.name(),
-                client_id: client_id.clone(),
-            }),
-            Op::Cluster(ClusterOp::Forward {
-                node: to,
-                entry: BusEntry::Released { client_id, epoch },
-            }),
-        ];
+        tracing::info!(client_id = %client_id, to = %to, epoch, for_node = %inbox, "session released to another node");
+        let mut ops = answer(&inbox, to.clone(), &client_id);
+        // Should this node die while it still forwards, its adopter
+        // forwards what its inbox held for the client instead.
+        ops.push(Op::Cluster(ClusterOp::PutRecord {
+            space: super::forwards_space(&inbox),
+            key: client_id.clone(),
+            value: bytes::Bytes::copy_from_slice(to.as_bytes()),
+            ttl: Some(cluster.config.forward_grace),
+        }));
+        ops.push(ack);
         apply_until_stored(&self, ops).await;
+    }
+
+    /// Serializes this node's claims and releases of one client id.
+    pub(crate) async fn ownership_guard(&self, client_id: &ByteStr) -> OwnershipGuard {
+        loop {
+            if let Some(guard) = self.try_ownership_guard(client_id) {
+                return guard;
+            }
+            sleep_until(&self.runtime, self.runtime.now() + GUARD_STEP).await;
+        }
+    }
+
+    fn try_ownership_guard(&self, client_id: &ByteStr) -> Option<OwnershipGuard> {
+        {
+            let Some(cluster) = self.cluster.as_ref() else {
+                return Some(OwnershipGuard {
+                    busy: Arc::default(),
+                    client_id: client_id.clone(),
+                });
+            };
+            lock(&cluster.ownership_busy)
+                .insert(client_id.clone())
+                .then(|| OwnershipGuard {
+                    busy: cluster.ownership_busy.clone(),
+                    client_id: client_id.clone(),
+                })
+        }
     }
 
     /// A previous owner answered a kick.

@@ -37,7 +37,8 @@ where
             .node
             .connect_loaded(&self.cell, connect, &self.info, loaded)
         {
-            self.span
+            // The connection's span is the current one (see `Serve::poll`).
+            tracing::Span::current()
                 .record("client_id", tracing::field::display(&attachment.client_id));
             if let (Some(policy), Some(connect)) = (policy, copy) {
                 policy.on_connected(&self.ctx(&attachment), &connect, &self.info);
@@ -78,9 +79,10 @@ where
     /// Polls the pending authentication, if any, and applies its answer.
     /// True when it did (the state machine has work then).
     pub(super) fn poll_auth(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((_, decision)) = &mut self.pending_auth else {
+        let Some(pending) = &mut self.pending_auth else {
             return false;
         };
+        let (_, decision) = &mut **pending;
         if self.closed {
             // Closed meanwhile (peer gone, shutdown): nobody waits for the answer.
             self.pending_auth = None;
@@ -89,9 +91,10 @@ where
         let Poll::Ready(decision) = decision.as_mut().poll(cx) else {
             return false;
         };
-        let Some((connect, _)) = self.pending_auth.take() else {
+        let Some(pending) = self.pending_auth.take() else {
             return false;
         };
+        let (connect, _) = *pending;
         let metrics = &self.node.metrics;
         match decision {
             AuthDecision::Accept => {
@@ -152,7 +155,7 @@ where
                             epoch: None,
                         })
                     });
-                    self.pending_connect = Some((connect, future));
+                    self.pending_connect = Some(Box::new((connect, future)));
                 }
             }
             return;
@@ -168,9 +171,21 @@ where
         let claimed = self.node.claim_for_connect(connect.client_id.clone(), will);
         let stored_client = connect.client_id.clone();
         let node = self.node.clone();
+        let persistent = !connect.clean_session;
         let future: BoxFuture<'static, _> = Box::pin(async move {
             // The previous owner lets go before storage is read.
             let epoch = claimed.await?;
+            // The live state this node held when the CONNECT came may have
+            // been released to another node while the claim waited (a kick
+            // from a claim older than this one): storage has it then.
+            let storage_step = match storage_step {
+                None if persistent
+                    && matches!(node.connect_plan(&stored_client, false), ConnectPlan::Load) =>
+                {
+                    Some(node.load_for_connect(stored_client.clone()))
+                }
+                step => step,
+            };
             let loaded = match storage_step {
                 Some(step) => Some(step.await?),
                 None => None,
@@ -182,14 +197,15 @@ where
             }
             Ok(Prepared { loaded, epoch })
         });
-        self.pending_connect = Some((connect, future));
+        self.pending_connect = Some(Box::new((connect, future)));
     }
 
     /// Polls the pending storage work of a CONNECT; true when it finished.
     pub(super) fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((connect, future)) = &mut self.pending_connect else {
+        let Some(pending) = &mut self.pending_connect else {
             return false;
         };
+        let (connect, future) = &mut **pending;
         if self.closed {
             self.node.end_load(&connect.client_id);
             self.pending_connect = None;
@@ -198,9 +214,10 @@ where
         let Poll::Ready(result) = future.as_mut().poll(cx) else {
             return false;
         };
-        let Some((connect, _)) = self.pending_connect.take() else {
+        let Some(pending) = self.pending_connect.take() else {
             return false;
         };
+        let (connect, _) = *pending;
         match result {
             Ok(prepared) if self.node.holds_epoch(&connect.client_id, prepared.epoch) => {
                 self.accept(*connect, prepared.loaded)

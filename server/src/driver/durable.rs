@@ -40,6 +40,10 @@ pub(super) struct StorageBatch {
     pub(super) failing_since: Option<Instant>,
     pub(super) retry_at: Option<Instant>,
     pub(super) attempts: u32,
+    /// The cluster incarnation the batch was made under: a node declared
+    /// dead meanwhile (fenced) lost what it held to its adopter, so the
+    /// batch is stale and never written.
+    pub(super) incarnation: Option<u64>,
 }
 
 impl<S, R> Driver<S, R>
@@ -72,9 +76,21 @@ where
             qos: publish.qos_pid.qos(),
             retain: publish.retain,
         });
-        let (prepared, ops) = self
-            .node
-            .prepare_route(message, publisher, &mut self.scratch);
+        let (prepared, ops) = match self.node.direct_target(&message.topic) {
+            Some(target) => {
+                let (prepared, mut ops) = self.node.prepare_direct(&target, message);
+                if let Some((client_id, packet_id)) = publisher {
+                    ops.push(Op::AddInboundQos2 {
+                        client_id,
+                        packet_id,
+                    });
+                }
+                (prepared, ops)
+            }
+            None => self
+                .node
+                .prepare_route(message, publisher, &mut self.scratch),
+        };
         self.push_storage(
             ops,
             After::Route {
@@ -93,11 +109,10 @@ where
             qos: will.qos,
             retain: will.retain,
         });
-        if self.node.is_direct(&message.topic) {
-            self.node.route(message, &mut self.scratch);
-            return;
-        }
-        let (prepared, mut ops) = self.node.prepare_route(message, None, &mut self.scratch);
+        let (prepared, mut ops) = match self.node.direct_target(&message.topic) {
+            Some(target) => self.node.prepare_direct(&target, message),
+            None => self.node.prepare_route(message, None, &mut self.scratch),
+        };
         if self.node.cluster().is_some()
             && let Some(attachment) = &self.attachment
         {
@@ -124,9 +139,11 @@ where
             return;
         }
         let routes = usize::from(matches!(after, After::Route { .. }));
+        let incarnation = self.node.incarnation();
         if let Some(back) = self.storage.back_mut()
             && back.running.is_none()
             && back.failing_since.is_none()
+            && back.incarnation == incarnation
         {
             back.ops.extend(ops);
             back.after.push(after);
@@ -143,6 +160,7 @@ where
             failing_since: None,
             retry_at: None,
             attempts: 0,
+            incarnation,
         });
     }
 
@@ -156,6 +174,13 @@ where
                 return progress;
             };
             if front.running.is_none() {
+                if front.incarnation != self.node.incarnation() {
+                    if let Some(batch) = self.storage.pop_front() {
+                        self.fail_batch(batch, now);
+                    }
+                    progress = true;
+                    continue;
+                }
                 if front.ops.is_empty() {
                     if let Some(batch) = self.storage.pop_front() {
                         self.finish_batch(batch);
@@ -172,7 +197,7 @@ where
                             runtime.reset(timer, at);
                             timer
                         }
-                        None => self.retry_timer.insert(runtime.timer(at)),
+                        None => self.retry_timer.insert(Box::new(runtime.timer(at))),
                     };
                     if runtime.poll_timer(timer, cx).is_pending() {
                         return progress;
@@ -294,6 +319,7 @@ where
                 ops.push(Op::PutMessage {
                     id,
                     message: delivery.message.clone(),
+                    at_ms: self.node.unix_ms(),
                 });
                 ops.push(Op::Enqueue {
                     client_id: client_id.clone(),

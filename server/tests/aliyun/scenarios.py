@@ -459,6 +459,84 @@ def scenario_retention():
     tx.close()
 
 
+def scenario_cluster_p2p():
+    # Two nodes sharing one redis-server: A at MQTT_PORT, B at ARGS[0].
+    mqtt_b = int(ARGS[0])
+    rid = f"{GROUP}@@@x-rx"
+    rx = signed("x-rx")
+    check("receiver on B", rx.connect(port=mqtt_b), 0)
+    by_b = signed("x-by-b")
+    check("bystander on B", by_b.connect(port=mqtt_b), 0)
+    check("bystander on B subscribes app/#", by_b.subscribe("app/#"), 1)
+    by_a = signed("x-by-a")
+    check("bystander on A", by_a.connect(), 0)
+    check("bystander on A subscribes app/#", by_a.subscribe("app/#"), 1)
+    tx = signed("x-tx")
+    check("sender on A", tx.connect(), 0)
+    tx.publish(f"app/p2p/{rid}", b"across", qos=1)
+    message = rx.recv()
+    check("p2p from A reaches B's client (QoS 1)", (message.topic, message.payload, message.qos), (f"app/p2p/{rid}", b"across", 1))
+    tx.publish(f"app/p2p/{rid}", b"across-0", qos=0)
+    message = rx.recv()
+    check("p2p from A reaches B's client (QoS 0)", (message.topic, message.payload), (f"app/p2p/{rid}", b"across-0"))
+    tx.publish("app/plain", b"marker")
+    check("bystander on B gets only the marker", by_b.recv().payload, b"marker")
+    check("bystander on A gets only the marker", by_a.recv().payload, b"marker")
+    rx.expect_nothing(0.5)
+    by_a.expect_nothing(0.1)
+    by_b.expect_nothing(0.1)
+    rx.close()
+
+    # A persistent session offline on B; its client comes back on A.
+    kid = f"{GROUP}@@@x-keep"
+    keep = signed("x-keep", clean=False)
+    check("persistent receiver on B", keep.connect(port=mqtt_b), 0)
+    keep.close()
+    time.sleep(0.3)
+    tx.publish(f"app/p2p/{kid}", b"for-later", qos=1)
+    keep = signed("x-keep", clean=False)
+    check("persistent receiver back, on A", keep.connect(), 0)
+    message = keep.recv()
+    check("p2p queued on B delivered on A", (message.topic, message.payload), (f"app/p2p/{kid}", b"for-later"))
+    keep.expect_nothing(0.5)
+    keep.close()
+    tx.close()
+    by_a.close()
+    by_b.close()
+    check("bystanders got no p2p message", True, True)
+
+
+def scenario_retention_queue():
+    # A persistent subscriber offline, a message on its subscription and a
+    # p2p message queued for it (ARGS[0] tags the payloads).
+    tag = ARGS[0].encode()
+    cid = f"{GROUP}@@@restart-keeper"
+    keeper = signed("restart-keeper", clean=False)
+    check("persistent subscriber", keeper.connect(), 0)
+    check("subscribes rr/#", keeper.subscribe("rr/#"), 1)
+    keeper.close()
+    tx = signed("restart-sender")
+    check("sender", tx.connect(), 0)
+    tx.publish("rr/x", tag)
+    tx.publish(f"app/p2p/{cid}", tag + b"-p2p")
+    tx.close()
+
+
+def scenario_retention_back():
+    # ARGS[0]: the tag; ARGS[1]: "expired" (nothing arrives) or "kept".
+    tag = ARGS[0].encode()
+    keeper = signed("restart-keeper", clean=False)
+    check("persistent subscriber back", keeper.connect(), 0)
+    if ARGS[1] == "expired":
+        keeper.expect_nothing(1.5)
+        check("nothing older than the retention", True, True)
+    else:
+        got = sorted([keeper.recv().payload, keeper.recv().payload])
+        check("both queued messages", got, [tag, tag + b"-p2p"])
+        keeper.expect_nothing(0.5)
+    keeper.close()
+
+
 if __name__ == "__main__":
     name, MQTT_PORT, API_PORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     ARGS = sys.argv[4:]

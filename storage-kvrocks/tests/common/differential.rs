@@ -74,6 +74,8 @@ fn op(rng: &mut Rng, seed: u64) -> Op {
             id,
             // Mostly the same body for an id; sometimes another (a no-op).
             message: body(id.0, if rng.below(5) == 0 { rng.next() } else { 0 }),
+            // The time of the first one stays.
+            at_ms: rng.below(3),
         },
         36..=55 => Op::Enqueue {
             client_id,
