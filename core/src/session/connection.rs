@@ -166,20 +166,34 @@ struct PendingAck {
     done: bool,
 }
 
+/// What a connection keeps of its [`ConnectionConfig`] after it started
+/// (the connect timeout is spent on the first deadline).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_packet_size: usize,
+    max_topic_levels: usize,
+    min_keep_alive: u16,
+    max_keep_alive: u16,
+    session: SessionLimits,
+}
+
 #[derive(Debug)]
 pub struct Connection {
-    config: ConnectionConfig,
+    config: Limits,
     state: State,
     protocol: Option<ProtocolVersion>,
     session: Option<SessionState>,
-    will: Option<LastWill>,
-    /// Effective keep-alive (after the configured bounds), if any.
-    keep_alive: Option<Duration>,
+    /// Boxed: most clients have none, and an idle connection should not
+    /// pay for one inline.
+    will: Option<Box<LastWill>>,
+    /// Effective keep-alive in seconds (after the configured bounds); 0: none.
+    keep_alive: u16,
     last_received: Instant,
     control: VecDeque<Packet>,
     pending_acks: VecDeque<PendingAck>,
     events: VecDeque<Event>,
-    close_reason: Option<CloseReason>,
+    /// Boxed: set once, when the connection closes.
+    close_reason: Option<Box<CloseReason>>,
     /// PUBLISH packets encoded since [`Connection::take_publishes_sent`].
     publishes_sent: u64,
 }
@@ -187,14 +201,20 @@ pub struct Connection {
 impl Connection {
     pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
         Connection {
-            config,
+            config: Limits {
+                max_packet_size: config.max_packet_size,
+                max_topic_levels: config.max_topic_levels,
+                min_keep_alive: config.min_keep_alive,
+                max_keep_alive: config.max_keep_alive,
+                session: config.session,
+            },
             state: State::AwaitingConnect {
                 deadline: now + config.connect_timeout,
             },
             protocol: None,
             session: None,
             will: None,
-            keep_alive: None,
+            keep_alive: 0,
             last_received: now,
             control: VecDeque::new(),
             pending_acks: VecDeque::new(),
@@ -279,8 +299,7 @@ impl Connection {
             self.refuse(ConnectReturnCode::IdentifierRejected, now);
             return;
         }
-        let seconds = connect.keep_alive.max(self.config.min_keep_alive);
-        self.keep_alive = (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)));
+        self.keep_alive = connect.keep_alive.max(self.config.min_keep_alive);
         self.state = State::AwaitingDecision;
         self.events.push_back(Event::Connect(Box::new(connect)));
     }
@@ -313,7 +332,7 @@ impl Connection {
             self.control.push_back(packet);
         }
         self.session = Some(session);
-        self.will = will;
+        self.will = will.map(Box::new);
         self.state = State::Connected;
         self.last_received = now;
     }
@@ -495,13 +514,13 @@ impl Connection {
             return;
         }
         let will = if reason.publishes_will() {
-            self.will.take()
+            self.will.take().map(|will| *will)
         } else {
             None
         };
         self.will = None;
         self.state = State::Closed;
-        self.close_reason = Some(reason.clone());
+        self.close_reason = Some(Box::new(reason.clone()));
         self.events.push_back(Event::Closed { reason, will });
     }
 
@@ -529,11 +548,27 @@ impl Connection {
 
     fn keep_alive_deadline(&self) -> Option<Instant> {
         // One and a half times the keep-alive ([MQTT-3.1.2-24]).
-        self.keep_alive.map(|ka| self.last_received + ka + ka / 2)
+        self.keep_alive().map(|ka| self.last_received + ka + ka / 2)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Frees the memory of the queues that are empty now (the CONNACK's
+    /// and the CONNECT event's would otherwise stay allocated for the whole
+    /// life of an idle connection). For the driver, once it has nothing to
+    /// do; a queue used again allocates again.
+    pub fn release_idle(&mut self) {
+        if self.control.is_empty() && self.control.capacity() > 0 {
+            self.control = VecDeque::new();
+        }
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        if self.pending_acks.is_empty() && self.pending_acks.capacity() > 0 {
+            self.pending_acks = VecDeque::new();
+        }
     }
 
     /// Encodes what is ready to send into `buf`, stopping once it holds at
@@ -595,7 +630,7 @@ impl Connection {
     }
 
     pub fn close_reason(&self) -> Option<&CloseReason> {
-        self.close_reason.as_ref()
+        self.close_reason.as_deref()
     }
 
     pub fn protocol(&self) -> Option<ProtocolVersion> {
@@ -603,7 +638,7 @@ impl Connection {
     }
 
     pub fn keep_alive(&self) -> Option<Duration> {
-        self.keep_alive
+        (self.keep_alive > 0).then(|| Duration::from_secs(u64::from(self.keep_alive)))
     }
 
     pub fn session(&self) -> Option<&SessionState> {
@@ -641,5 +676,103 @@ fn encode_into(packet: &Packet, buf: &mut BytesMut) {
         // Only a message too large for MQTT's length fields can fail, and
         // such a message could not have been received in the first place.
         tracing::error!(%error, packet = packet.name(), "dropping a packet that cannot be encoded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn connect() -> Packet {
+        Packet::Connect(Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_session: true,
+            keep_alive: 60,
+            client_id: ByteStr::from("idle"),
+            will: None,
+            username: None,
+            password: None,
+        })
+    }
+
+    fn send(conn: &mut Connection, packet: &Packet, now: Instant) {
+        let mut wire = BytesMut::new();
+        codec::encode(packet, &mut wire).unwrap();
+        conn.handle_input(&mut wire, now);
+        assert!(wire.is_empty());
+    }
+
+    fn received(conn: &mut Connection) -> Vec<Packet> {
+        let mut wire = BytesMut::new();
+        conn.poll_transmit(&mut wire, usize::MAX);
+        let mut packets = Vec::new();
+        while let Decoded::Packet(packet) = codec::decode(&mut wire, usize::MAX).unwrap() {
+            packets.push(packet);
+        }
+        assert!(wire.is_empty());
+        packets
+    }
+
+    /// An idle connection keeps no queue memory from its CONNECT, and its
+    /// queues work again afterwards.
+    #[test]
+    fn release_idle_frees_the_empty_queues() {
+        let config = ConnectionConfig::default();
+        let now = Instant::now();
+        let mut conn = Connection::new(config, now);
+        send(&mut conn, &connect(), now);
+        assert!(matches!(conn.poll_event(), Some(Event::Connect(_))));
+        conn.accept(SessionState::new(config.session), false, None, now);
+        assert!(matches!(
+            received(&mut conn).as_slice(),
+            [Packet::ConnAck(_)]
+        ));
+        assert!(conn.events.capacity() > 0 && conn.control.capacity() > 0);
+
+        conn.release_idle();
+        assert_eq!(conn.events.capacity(), 0);
+        assert_eq!(conn.control.capacity(), 0);
+        assert_eq!(conn.pending_acks.capacity(), 0);
+
+        send(&mut conn, &Packet::PingReq, now);
+        assert_eq!(received(&mut conn), vec![Packet::PingResp]);
+        // Nothing is freed while it is still to be sent.
+        send(&mut conn, &Packet::PingReq, now);
+        conn.release_idle();
+        assert_eq!(received(&mut conn), vec![Packet::PingResp]);
+    }
+
+    /// A will is kept (boxed) until the connection closes without DISCONNECT.
+    #[test]
+    fn the_will_survives_until_an_unclean_close() {
+        let config = ConnectionConfig::default();
+        let now = Instant::now();
+        let mut conn = Connection::new(config, now);
+        send(&mut conn, &connect(), now);
+        assert!(matches!(conn.poll_event(), Some(Event::Connect(_))));
+        let will = LastWill {
+            topic: ByteStr::from("w"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        conn.accept(
+            SessionState::new(config.session),
+            false,
+            Some(will.clone()),
+            now,
+        );
+        conn.release_idle();
+        conn.close(CloseReason::TransportClosed, now);
+        assert_eq!(
+            conn.poll_event(),
+            Some(Event::Closed {
+                reason: CloseReason::TransportClosed,
+                will: Some(will)
+            })
+        );
+        assert_eq!(conn.close_reason(), Some(&CloseReason::TransportClosed));
     }
 }
