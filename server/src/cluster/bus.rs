@@ -233,6 +233,15 @@ impl<R: Runtime> Node<R> {
                     let node = self.clone();
                     if let Some(cluster) = self.cluster.as_ref() {
                         cluster.pending_releases.fetch_add(1, Ordering::AcqRel);
+                        // Given up at once (the release refines where to):
+                        // what this node routes for the client from now on
+                        // is forwarded, so it may serve again before the
+                        // release has finished (which may wait for writes
+                        // that need it to serve).
+                        let mine = lock(&cluster.epochs).get(&client_id).copied();
+                        if from != cluster.name() && mine.is_none_or(|mine| mine <= epoch) {
+                            cluster.give_up(&client_id, &from, self.runtime.now());
+                        }
                     }
                     let inbox = inbox.clone();
                     self.runtime.spawn(Box::pin(async move {
@@ -454,9 +463,8 @@ pub(super) async fn run_inbox<R: Runtime>(node: Arc<Node<R>>) {
             Ok(false) if adopted => attempt = 0,
             Ok(false) => {
                 attempt = 0;
-                if cluster.catching_up.load(Ordering::Acquire)
-                    && cluster.pending_releases.load(Ordering::Acquire) == 0
-                {
+                // The kicks read meanwhile gave their clients up already.
+                if cluster.catching_up.load(Ordering::Acquire) {
                     cluster.catching_up.store(false, Ordering::Release);
                     cluster.serving.store(true, Ordering::Release);
                     tracing::info!("inbox caught up; serving again");

@@ -379,6 +379,22 @@ impl ClusterState {
         }
     }
 
+    /// Marks `client_id` as given up to `node`: deliveries routed here for
+    /// it are forwarded there for `forward_grace`.
+    pub(crate) fn give_up(&self, client_id: &ByteStr, node: &ByteStr, now: Instant) {
+        let mut forwards = crate::node::write(&self.forwards);
+        let previous = forwards.insert(
+            client_id.clone(),
+            Forward {
+                node: node.clone(),
+                until: now + self.config.forward_grace,
+            },
+        );
+        if previous.is_none() {
+            self.forward_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Whether `id` already went to `client_id` during its handover (and
     /// records it when not).
     pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {

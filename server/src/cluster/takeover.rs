@@ -32,7 +32,7 @@ use easy_mqtt_core::cluster::{BusEntry, ClusterOp, InboxId, Presence};
 use easy_mqtt_core::session::{CloseReason, Message};
 use easy_mqtt_core::storage::{BoxFuture, Op, StorageError};
 
-use super::{Forward, apply_until_stored};
+use super::apply_until_stored;
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::{Runtime, sleep_until};
@@ -104,17 +104,19 @@ impl<R: Runtime> Node<R> {
                 let now = node.runtime.now();
                 // Not while this node releases the same client (its disown
                 // must not land after this claim).
-                let guard = node.try_ownership_guard(&client_id);
-                let result = if guard.is_none() {
-                    Err(StorageError::Unavailable(format!(
-                        "{client_id} is being released here"
-                    )))
-                } else if cluster.accepting(now) {
-                    store.claim_owner(&client_id, &cluster.name()).await
-                } else {
+                // Held for the claim only, not while waiting to retry: a
+                // release waiting for it is what this node may need before
+                // it serves again.
+                let result = if !cluster.accepting(now) {
                     Err(StorageError::Unavailable(
                         "this node holds no cluster lease".into(),
                     ))
+                } else if let Some(_guard) = node.try_ownership_guard(&client_id) {
+                    store.claim_owner(&client_id, &cluster.name()).await
+                } else {
+                    Err(StorageError::Unavailable(format!(
+                        "{client_id} is being released here"
+                    )))
                 };
                 match result {
                     Err(StorageError::Unavailable(_)) if node.runtime.now() < deadline => {
@@ -452,19 +454,7 @@ impl<R: Runtime> Node<R> {
             None => to.clone(),
         };
         let now = self.runtime.now();
-        {
-            let mut forwards = write(&cluster.forwards);
-            let previous = forwards.insert(
-                client_id.clone(),
-                Forward {
-                    node: target,
-                    until: now + cluster.config.forward_grace,
-                },
-            );
-            if previous.is_none() {
-                cluster.forward_count.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        cluster.give_up(&client_id, &target, now);
         // Routes that matched the session before it was marked given up may
         // still write to it: they finish first, so the new owner loads them.
         let horizon = cluster.route_horizon();
