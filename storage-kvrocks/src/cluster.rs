@@ -354,23 +354,32 @@ pub(crate) async fn owned_by(
         .collect()
 }
 
+/// The names of every member (alive or not, not forgotten).
+async fn member_names(
+    redis: &Redis,
+    keys: &Keys,
+    deadline: std::time::Instant,
+) -> Result<Vec<ByteStr>, StorageError> {
+    let members_key = keys.members();
+    let values = redis
+        .run(&[Command::new("HKEYS", &members_key)], deadline)
+        .await?;
+    reply::members(
+        &members_key,
+        values.into_iter().next().unwrap_or(Value::Nil),
+    )?
+    .into_iter()
+    .map(|node| codec::decode_utf8(&members_key, node))
+    .collect()
+}
+
 pub(crate) async fn responsible(
     redis: &Redis,
     keys: &Keys,
     client_id: &str,
 ) -> Result<Vec<ByteStr>, StorageError> {
     let deadline = redis.deadline();
-    let members_key = keys.members();
-    let values = redis
-        .run(&[Command::new("HKEYS", &members_key)], deadline)
-        .await?;
-    let nodes = reply::members(
-        &members_key,
-        values.into_iter().next().unwrap_or(Value::Nil),
-    )?
-    .into_iter()
-    .map(|node| codec::decode_utf8(&members_key, node))
-    .collect::<Result<Vec<ByteStr>, StorageError>>()?;
+    let nodes = member_names(redis, keys, deadline).await?;
     let owned_keys: Vec<String> = nodes.iter().map(|node| keys.node(node).owned).collect();
     let commands: Vec<Command> = owned_keys
         .iter()
@@ -412,17 +421,7 @@ pub(crate) async fn routes(
     keys: &Keys,
 ) -> Result<easy_mqtt_core::cluster::NodeRoutes, StorageError> {
     let deadline = redis.deadline();
-    let members_key = keys.members();
-    let values = redis
-        .run(&[Command::new("HKEYS", &members_key)], deadline)
-        .await?;
-    let nodes = reply::members(
-        &members_key,
-        values.into_iter().next().unwrap_or(Value::Nil),
-    )?
-    .into_iter()
-    .map(|node| codec::decode_utf8(&members_key, node))
-    .collect::<Result<Vec<_>, _>>()?;
+    let nodes = member_names(redis, keys, deadline).await?;
     let route_keys: Vec<String> = nodes.iter().map(|node| keys.node(node).routes).collect();
     let commands: Vec<Command> = route_keys
         .iter()
