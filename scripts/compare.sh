@@ -41,8 +41,9 @@ REPEAT=${REPEAT:-1}
 INFLIGHT=${INFLIGHT:-100}
 OUT=${OUT:-target/bench-compare}
 CHART=${CHART:-$OUT/compare.svg}
-BENCH=target/release/easy-mqtt-bench
-OURS=target/release/easy-mqtt
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BENCH=$TARGET_DIR/release/easy-mqtt-bench
+OURS=$TARGET_DIR/release/easy-mqtt
 
 scenario_args() {
   case "$1" in
