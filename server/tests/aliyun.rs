@@ -19,12 +19,11 @@ mod common;
 #[allow(unused)]
 mod redis_common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TempFile, TestBroker, run_with_timeout};
+use common::{BrokerProcess, TempFile, TestBroker, free_port, run_with_timeout};
 use easy_mqtt_server::config::{AliyunAccessKey, AliyunIdentity, AliyunSignMode, Config};
 use redis_common::Server;
 
@@ -272,70 +271,27 @@ fn point_to_point_across_two_nodes_online_and_offline() {
 // Offline-message retention across a restart of the real binary
 // ---------------------------------------------------------------------------
 
-const BINARY: &str = env!("CARGO_BIN_EXE_easy-mqtt");
 /// `offline-message-retention` of the binary, in seconds.
 const RETENTION_S: u64 = 4;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// The broker in Alibaba Cloud mode, once its MQTT and API ports listen.
+fn start_binary(config: &TempFile, mqtt: u16, api: u16) -> BrokerProcess {
+    let mut broker = BrokerProcess::start(config, mqtt);
+    broker.wait_listening(api);
+    broker
+}
+
+/// `droppedExpired` of `/api/v1/stats`.
+fn dropped_expired(api: u16) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{api}/api/v1/stats");
+    let stats = ureq::get(&url)
+        .call()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `easy-mqtt` binary in Alibaba Cloud mode on a redis-server.
-struct Binary {
-    child: Child,
-    mqtt: u16,
-    api: u16,
-}
-
-impl Binary {
-    fn start(config: &TempFile, mqtt: u16, api: u16) -> Binary {
-        let child = Command::new(BINARY)
-            .args(["-c", config.path().to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the binary");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [mqtt, api] {
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                assert!(Instant::now() < deadline, "the binary never listened");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Binary { child, mqtt, api }
-    }
-
-    /// A crash: SIGKILL, nothing written on the way out.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn dropped_expired(&self) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}/api/v1/stats", self.api);
-        let stats = ureq::get(&url)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-        stats["droppedExpired"].clone()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    stats["droppedExpired"].clone()
 }
 
 /// A restarted node first waits for its previous life's membership to
@@ -358,40 +314,30 @@ fn offline_retention_survives_a_restart_on_redis_storage() {
     let (mqtt, api) = (free_port(), free_port());
     let config = retention_config(&redis, mqtt, api);
 
-    let broker = Binary::start(&config, mqtt, api);
-    run_on_ports("retention_queue", broker.mqtt, broker.api, &["old"]);
+    let broker = start_binary(&config, mqtt, api);
+    run_on_ports("retention_queue", mqtt, api, &["old"]);
     let queued = Instant::now();
     broker.kill9();
-    let broker = Binary::start(&config, mqtt, api);
+    let broker = start_binary(&config, mqtt, api);
     std::thread::sleep(
         (queued + Duration::from_secs(RETENTION_S + 1)).saturating_duration_since(Instant::now()),
     );
-    run_on_ports(
-        "retention_back",
-        broker.mqtt,
-        broker.api,
-        &["old", "expired"],
-    );
+    run_on_ports("retention_back", mqtt, api, &["old", "expired"]);
     assert_eq!(
-        broker.dropped_expired(),
+        dropped_expired(api),
         2,
         "both old messages dropped as expired"
     );
 
     // Within the retention: delivered after the restart.
-    run_on_ports("retention_queue", broker.mqtt, broker.api, &["young"]);
+    run_on_ports("retention_queue", mqtt, api, &["young"]);
     let queued = Instant::now();
     broker.kill9();
-    let broker = Binary::start(&config, mqtt, api);
-    run_on_ports(
-        "retention_back",
-        broker.mqtt,
-        broker.api,
-        &["young", "kept"],
-    );
+    let _broker = start_binary(&config, mqtt, api);
+    run_on_ports("retention_back", mqtt, api, &["young", "kept"]);
     assert!(
         queued.elapsed() < Duration::from_secs(RETENTION_S),
         "the client came back within the retention"
     );
-    assert_eq!(broker.dropped_expired(), 0);
+    assert_eq!(dropped_expired(api), 0);
 }

@@ -191,9 +191,15 @@ impl<R: Runtime> Node<R> {
                 _ => None,
             };
             let repeated = key.is_some_and(|key| {
-                self.cluster
-                    .as_ref()
-                    .is_some_and(|c| !lock(&c.seen).entry(inbox.clone()).or_default().insert(key))
+                self.cluster.as_ref().is_some_and(|c| {
+                    let mut seen = lock(&c.seen);
+                    // Looked up first: the inbox name is cloned only once.
+                    let recent = match seen.get_mut(inbox) {
+                        Some(recent) => recent,
+                        None => seen.entry(inbox.clone()).or_default(),
+                    };
+                    !recent.insert(key)
+                })
             });
             if repeated {
                 ops.push(Op::Cluster(ClusterOp::InboxAck {

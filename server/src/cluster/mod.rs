@@ -400,7 +400,9 @@ impl ClusterState {
     pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {
         {
             let mut handovers = lock(&self.handovers);
-            if let Some(handover) = handovers.get_mut(client_id) {
+            if !handovers.is_empty()
+                && let Some(handover) = handovers.get_mut(client_id)
+            {
                 return !handover.delivered.insert(id);
             }
         }

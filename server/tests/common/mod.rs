@@ -1308,15 +1308,22 @@ impl BrokerProcess {
             .expect("spawn the easy-mqtt binary");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut process = BrokerProcess { child, addr };
+        process.wait_listening(port);
+        process
+    }
+
+    /// Waits until the binary accepts TCP connections on 127.0.0.1:`port`
+    /// (another of its listeners, e.g. the API).
+    pub fn wait_listening(&mut self, port: u16) {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            if let Some(status) = process.child.try_wait().unwrap() {
+            if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the binary exited before listening: {status}");
             }
             assert!(Instant::now() < deadline, "the binary never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        process
     }
 
     pub fn port(&self) -> u16 {
