@@ -166,6 +166,20 @@ struct PendingAck {
     done: bool,
 }
 
+/// The packets and events waiting for the driver.
+#[derive(Debug, Default)]
+struct Queues {
+    control: VecDeque<Packet>,
+    pending_acks: VecDeque<PendingAck>,
+    events: VecDeque<Event>,
+}
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.pending_acks.is_empty() && self.events.is_empty()
+    }
+}
+
 /// What a connection keeps of its [`ConnectionConfig`] after it started
 /// (the connect timeout is spent on the first deadline).
 #[derive(Debug, Clone, Copy)]
@@ -189,9 +203,9 @@ pub struct Connection {
     /// Effective keep-alive in seconds (after the configured bounds); 0: none.
     keep_alive: u16,
     last_received: Instant,
-    control: VecDeque<Packet>,
-    pending_acks: VecDeque<PendingAck>,
-    events: VecDeque<Event>,
+    /// Boxed, and dropped while all are empty: an idle connection (most
+    /// of them, most of the time) should not pay ~100 bytes for them.
+    queues: Option<Box<Queues>>,
     /// Boxed: set once, when the connection closes.
     close_reason: Option<Box<CloseReason>>,
     /// PUBLISH packets encoded since [`Connection::take_publishes_sent`].
@@ -216,9 +230,7 @@ impl Connection {
             will: None,
             keep_alive: 0,
             last_received: now,
-            control: VecDeque::new(),
-            pending_acks: VecDeque::new(),
-            events: VecDeque::new(),
+            queues: None,
             close_reason: None,
             publishes_sent: 0,
         }
@@ -243,7 +255,10 @@ impl Connection {
     /// Whether the driver should read and feed more input now.
     pub fn wants_input(&self) -> bool {
         matches!(self.state, State::AwaitingConnect { .. } | State::Connected)
-            && self.control.len() + self.pending_acks.len() < CONTROL_BACKLOG
+            && self
+                .queues
+                .as_ref()
+                .is_none_or(|q| q.control.len() + q.pending_acks.len() < CONTROL_BACKLOG)
     }
 
     /// A packet the decoder refused. An unsupported protocol level in CONNECT
@@ -301,7 +316,9 @@ impl Connection {
         }
         self.keep_alive = connect.keep_alive.max(self.config.min_keep_alive);
         self.state = State::AwaitingDecision;
-        self.events.push_back(Event::Connect(Box::new(connect)));
+        self.queues_mut()
+            .events
+            .push_back(Event::Connect(Box::new(connect)));
     }
 
     /// Accepts the pending CONNECT with the session to use (a fresh one, or
@@ -318,10 +335,12 @@ impl Connection {
             return;
         }
         session.set_limits(self.config.session);
-        self.control.push_back(Packet::ConnAck(ConnAck {
-            session_present,
-            code: ConnectReturnCode::Accepted,
-        }));
+        self.queues_mut()
+            .control
+            .push_back(Packet::ConnAck(ConnAck {
+                session_present,
+                code: ConnectReturnCode::Accepted,
+            }));
         for inflight in session.inflight() {
             let packet = match inflight.phase {
                 OutboundPhase::Published => {
@@ -329,7 +348,7 @@ impl Connection {
                 }
                 OutboundPhase::Released => Packet::PubRel(inflight.packet_id),
             };
-            self.control.push_back(packet);
+            self.queues_mut().control.push_back(packet);
         }
         self.session = Some(session);
         self.will = will.map(Box::new);
@@ -346,10 +365,12 @@ impl Connection {
         ) {
             return;
         }
-        self.control.push_back(Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        }));
+        self.queues_mut()
+            .control
+            .push_back(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+            }));
         self.close(CloseReason::Refused(code), now);
     }
 
@@ -364,7 +385,7 @@ impl Connection {
             Packet::PubRec(id) => {
                 let known = self.session.as_mut().is_some_and(|s| s.received(id));
                 if known {
-                    self.control.push_back(Packet::PubRel(id));
+                    self.queues_mut().control.push_back(Packet::PubRel(id));
                 }
             }
             Packet::PubComp(id) => {
@@ -377,7 +398,7 @@ impl Connection {
                 if let Some(session) = &mut self.session {
                     session.release_inbound_qos2(id);
                 }
-                self.control.push_back(Packet::PubComp(id));
+                self.queues_mut().control.push_back(Packet::PubComp(id));
             }
             Packet::Subscribe(mut subscribe) => {
                 // Filters stay in the subscription index: copied out of the
@@ -385,12 +406,15 @@ impl Connection {
                 for filter in &mut subscribe.filters {
                     filter.filter = ByteStr::from(filter.filter.as_str());
                 }
-                self.events.push_back(Event::Subscribe(subscribe))
+                self.queues_mut()
+                    .events
+                    .push_back(Event::Subscribe(subscribe))
             }
-            Packet::Unsubscribe(unsubscribe) => {
-                self.events.push_back(Event::Unsubscribe(unsubscribe))
-            }
-            Packet::PingReq => self.control.push_back(Packet::PingResp),
+            Packet::Unsubscribe(unsubscribe) => self
+                .queues_mut()
+                .events
+                .push_back(Event::Unsubscribe(unsubscribe)),
+            Packet::PingReq => self.queues_mut().control.push_back(Packet::PingResp),
             Packet::Disconnect => {
                 self.will = None;
                 self.close(CloseReason::ClientDisconnect, now);
@@ -415,53 +439,64 @@ impl Connection {
             return;
         }
         match publish.qos_pid {
-            QosPid::AtMostOnce => self.events.push_back(Event::Publish(publish)),
+            QosPid::AtMostOnce => self.queues_mut().events.push_back(Event::Publish(publish)),
             QosPid::AtLeastOnce(packet_id) => {
-                self.pending_acks.push_back(PendingAck {
+                self.queues_mut().pending_acks.push_back(PendingAck {
                     packet_id,
                     qos: QoS::AtLeastOnce,
                     done: false,
                 });
-                self.events.push_back(Event::Publish(publish));
+                self.queues_mut().events.push_back(Event::Publish(publish));
             }
             QosPid::ExactlyOnce(packet_id) => {
                 let Some(session) = &mut self.session else {
                     return;
                 };
                 if session.record_inbound_qos2(packet_id) {
-                    self.pending_acks.push_back(PendingAck {
+                    self.queues_mut().pending_acks.push_back(PendingAck {
                         packet_id,
                         qos: QoS::ExactlyOnce,
                         done: false,
                     });
-                    self.events.push_back(Event::Publish(publish));
-                } else if !self
-                    .pending_acks
-                    .iter()
-                    .any(|p| p.packet_id == packet_id && p.qos == QoS::ExactlyOnce)
-                {
+                    self.queues_mut().events.push_back(Event::Publish(publish));
+                } else if !self.qos2_being_routed(packet_id, false) {
                     // Already routed and acknowledged: acknowledge again, route
                     // nothing ([MQTT-4.3.3-2]). While still being routed, the
                     // PUBREC will follow on completion.
-                    self.control.push_back(Packet::PubRec(packet_id));
+                    self.queues_mut()
+                        .control
+                        .push_back(Packet::PubRec(packet_id));
                 }
             }
         }
     }
 
+    /// Whether the QoS 2 PUBLISH with this id waits for its PUBREC
+    /// (`unfinished`: only while its routing has not completed).
+    fn qos2_being_routed(&self, packet_id: PacketId, unfinished: bool) -> bool {
+        self.queues.as_ref().is_some_and(|q| {
+            q.pending_acks.iter().any(|p| {
+                p.packet_id == packet_id && p.qos == QoS::ExactlyOnce && !(unfinished && p.done)
+            })
+        })
+    }
+
     /// The server has durably routed the QoS 1/2 PUBLISH with this id.
     /// Acknowledgements leave in the order the PUBLISH packets arrived.
     pub fn complete_publish(&mut self, packet_id: PacketId) {
-        if let Some(pending) = self
+        let Some(queues) = self.queues.as_deref_mut() else {
+            return;
+        };
+        if let Some(pending) = queues
             .pending_acks
             .iter_mut()
             .find(|p| p.packet_id == packet_id && !p.done)
         {
             pending.done = true;
         }
-        while self.pending_acks.front().is_some_and(|p| p.done) {
-            if let Some(done) = self.pending_acks.pop_front() {
-                self.control.push_back(match done.qos {
+        while queues.pending_acks.front().is_some_and(|p| p.done) {
+            if let Some(done) = queues.pending_acks.pop_front() {
+                queues.control.push_back(match done.qos {
                     QoS::ExactlyOnce => Packet::PubRec(done.packet_id),
                     _ => Packet::PubAck(done.packet_id),
                 });
@@ -473,11 +508,7 @@ impl Connection {
     /// example, storage is down): nothing is acknowledged and the connection
     /// closes, so the client sends it again on its next connection.
     pub fn fail_publish(&mut self, packet_id: PacketId, reason: CloseReason, now: Instant) {
-        let was_qos2 = self
-            .pending_acks
-            .iter()
-            .any(|p| p.packet_id == packet_id && p.qos == QoS::ExactlyOnce && !p.done);
-        if was_qos2 {
+        if self.qos2_being_routed(packet_id, true) {
             // Not routed, so the client's retransmission must be routed then.
             if let Some(session) = &mut self.session {
                 session.forget_inbound_qos2(packet_id);
@@ -488,14 +519,16 @@ impl Connection {
 
     /// Answers a SUBSCRIBE with one return code per filter, in order ([MQTT-3.8.4-5]).
     pub fn complete_subscribe(&mut self, packet_id: PacketId, codes: Vec<SubscribeReturnCode>) {
-        self.control.push_back(Packet::SubAck(SubAck {
+        self.queues_mut().control.push_back(Packet::SubAck(SubAck {
             packet_id,
             return_codes: codes,
         }));
     }
 
     pub fn complete_unsubscribe(&mut self, packet_id: PacketId) {
-        self.control.push_back(Packet::UnsubAck(packet_id));
+        self.queues_mut()
+            .control
+            .push_back(Packet::UnsubAck(packet_id));
     }
 
     /// Offers a message for delivery. `None` when no session is attached
@@ -521,7 +554,9 @@ impl Connection {
         self.will = None;
         self.state = State::Closed;
         self.close_reason = Some(Box::new(reason.clone()));
-        self.events.push_back(Event::Closed { reason, will });
+        self.queues_mut()
+            .events
+            .push_back(Event::Closed { reason, will });
     }
 
     /// Checks the deadlines against `now`.
@@ -552,7 +587,7 @@ impl Connection {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.queues.as_mut()?.events.pop_front()
     }
 
     /// Frees the memory of the queues that are empty now (the CONNACK's
@@ -560,15 +595,13 @@ impl Connection {
     /// life of an idle connection). For the driver, once it has nothing to
     /// do; a queue used again allocates again.
     pub fn release_idle(&mut self) {
-        if self.control.is_empty() && self.control.capacity() > 0 {
-            self.control = VecDeque::new();
+        if self.queues.as_ref().is_some_and(|q| q.is_empty()) {
+            self.queues = None;
         }
-        if self.events.is_empty() && self.events.capacity() > 0 {
-            self.events = VecDeque::new();
-        }
-        if self.pending_acks.is_empty() && self.pending_acks.capacity() > 0 {
-            self.pending_acks = VecDeque::new();
-        }
+    }
+
+    fn queues_mut(&mut self) -> &mut Queues {
+        self.queues.get_or_insert_with(Box::default)
     }
 
     /// Encodes what is ready to send into `buf`, stopping once it holds at
@@ -576,7 +609,7 @@ impl Connection {
     pub fn poll_transmit(&mut self, buf: &mut BytesMut, max_bytes: usize) -> usize {
         let mut written = 0;
         while buf.len() < max_bytes {
-            if let Some(packet) = self.control.pop_front() {
+            if let Some(packet) = self.queues.as_mut().and_then(|q| q.control.pop_front()) {
                 if matches!(packet, Packet::Publish(_)) {
                     self.publishes_sent += 1;
                 }
@@ -610,7 +643,7 @@ impl Connection {
 
     /// Whether [`Connection::poll_transmit`] would write something.
     pub fn has_transmit(&self) -> bool {
-        if !self.control.is_empty() {
+        if self.queues.as_ref().is_some_and(|q| !q.control.is_empty()) {
             return true;
         }
         matches!(self.state, State::Connected)
@@ -729,12 +762,10 @@ mod tests {
             received(&mut conn).as_slice(),
             [Packet::ConnAck(_)]
         ));
-        assert!(conn.events.capacity() > 0 && conn.control.capacity() > 0);
+        assert!(conn.queues.is_some());
 
         conn.release_idle();
-        assert_eq!(conn.events.capacity(), 0);
-        assert_eq!(conn.control.capacity(), 0);
-        assert_eq!(conn.pending_acks.capacity(), 0);
+        assert!(conn.queues.is_none());
 
         send(&mut conn, &Packet::PingReq, now);
         assert_eq!(received(&mut conn), vec![Packet::PingResp]);

@@ -138,6 +138,15 @@ impl Default for SessionLimits {
     }
 }
 
+/// A message waiting behind the window, with when it was enqueued (ms
+/// since the epoch by the caller's clock, 0 = unknown) for a retention
+/// limit ([`SessionState::expire_queued`]).
+#[derive(Debug, Clone)]
+struct Queued {
+    delivery: Delivery,
+    at_ms: u64,
+}
+
 /// The result of offering a message to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
@@ -157,11 +166,7 @@ pub struct SessionState {
     inflight: VecDeque<InflightMessage>,
     /// The packet ids in `inflight`, so that allocating one is O(1).
     inflight_ids: HashSet<u16, BuildHasherDefault<IdHasher>>,
-    queue: VecDeque<Delivery>,
-    /// When each queued message was enqueued, in queue order (ms since the
-    /// epoch by the caller's clock, 0 = unknown), for a retention limit
-    /// ([`SessionState::expire_queued`]). As long as `queue`.
-    stamps: VecDeque<u64>,
+    queue: VecDeque<Queued>,
     /// Client packet ids of QoS 2 messages received and acknowledged with
     /// PUBREC, kept until PUBREL so a resent PUBLISH is not routed twice.
     inbound_qos2: BTreeMap<u16, ()>,
@@ -181,7 +186,6 @@ impl SessionState {
             inflight: VecDeque::new(),
             inflight_ids: HashSet::default(),
             queue: VecDeque::new(),
-            stamps: VecDeque::new(),
             inbound_qos2: BTreeMap::new(),
             last_packet_id: 0,
             dropped: 0,
@@ -244,10 +248,8 @@ impl SessionState {
                     return Enqueued::Refused;
                 }
                 QueueOverflow::DropOldest => {
-                    let oldest = self.queue.pop_front();
-                    self.stamps.pop_front();
-                    self.queue.push_back(delivery);
-                    self.stamps.push_back(at_ms);
+                    let oldest = self.queue.pop_front().map(|q| q.delivery);
+                    self.queue.push_back(Queued { delivery, at_ms });
                     self.dropped += 1;
                     let dropped = oldest.as_ref().and_then(|d| d.id);
                     self.record(|| dropped.map(SessionChange::Dequeue));
@@ -258,8 +260,7 @@ impl SessionState {
                 }
             }
         }
-        self.queue.push_back(delivery);
-        self.stamps.push_back(at_ms);
+        self.queue.push_back(Queued { delivery, at_ms });
         Enqueued::Accepted
     }
 
@@ -268,25 +269,17 @@ impl SessionState {
     /// an offline-message retention. Journals their removal; returns how
     /// many were dropped.
     pub fn expire_queued(&mut self, before_ms: u64) -> usize {
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        let mut kept_stamps = VecDeque::with_capacity(self.queue.len());
+        let mut queue = std::mem::take(&mut self.queue);
         let mut expired = 0;
-        let queue = std::mem::take(&mut self.queue);
-        let stamps = std::mem::take(&mut self.stamps);
-        for (delivery, at) in queue
-            .into_iter()
-            .zip(stamps.into_iter().chain(std::iter::repeat(0)))
-        {
-            if at != 0 && at < before_ms {
+        queue.retain(|queued| {
+            let keep = queued.at_ms == 0 || queued.at_ms >= before_ms;
+            if !keep {
                 expired += 1;
-                self.record(|| delivery.id.map(SessionChange::Dequeue));
-            } else {
-                kept.push_back(delivery);
-                kept_stamps.push_back(at);
+                self.record(|| queued.delivery.id.map(SessionChange::Dequeue));
             }
-        }
-        self.queue = kept;
-        self.stamps = kept_stamps;
+            keep
+        });
+        self.queue = queue;
         expired
     }
 
@@ -303,7 +296,7 @@ impl SessionState {
     }
 
     pub fn queue(&self) -> impl Iterator<Item = &Delivery> {
-        self.queue.iter()
+        self.queue.iter().map(|q| &q.delivery)
     }
 
     /// Messages dropped by the overflow policy since the session began.
@@ -337,16 +330,14 @@ impl SessionState {
         send: impl FnOnce(&Delivery, Option<PacketId>) -> T,
     ) -> Option<T> {
         let front = self.queue.front()?;
-        if front.qos == QoS::AtMostOnce {
-            self.stamps.pop_front();
-            return self.queue.pop_front().map(|d| send(&d, None));
+        if front.delivery.qos == QoS::AtMostOnce {
+            return self.queue.pop_front().map(|q| send(&q.delivery, None));
         }
         if !self.window_open() {
             return None;
         }
         let packet_id = self.allocate_packet_id()?;
-        let delivery = self.queue.pop_front()?;
-        self.stamps.pop_front();
+        let delivery = self.queue.pop_front()?.delivery;
         self.record(|| {
             delivery.id.map(|id| SessionChange::SetInflight {
                 packet_id,
@@ -513,7 +504,6 @@ impl SessionState {
         self.inflight.clear();
         self.inflight_ids.clear();
         self.queue.clear();
-        self.stamps.clear();
         self.inbound_qos2.clear();
     }
 
@@ -529,12 +519,14 @@ impl SessionState {
     ) -> SessionState {
         let last_packet_id = inflight.last().map(|m| m.packet_id.get()).unwrap_or(0);
         let inflight_ids = inflight.iter().map(|m| m.packet_id.get()).collect();
-        let (queue, stamps): (VecDeque<Delivery>, VecDeque<u64>) = queue.into_iter().unzip();
+        let queue = queue
+            .into_iter()
+            .map(|(delivery, at_ms)| Queued { delivery, at_ms })
+            .collect();
         SessionState {
             limits,
             inflight: inflight.into(),
             inflight_ids,
-            stamps,
             queue,
             inbound_qos2: inbound_qos2.into_iter().map(|id| (id.get(), ())).collect(),
             last_packet_id,
