@@ -10,15 +10,12 @@ mod common;
 mod redis_common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::wire::{self, Connect};
-use common::{RawClient, RawPacket, Recv, TempFile, TestBroker, WAIT};
+use common::{BrokerProcess, RawClient, RawPacket, Recv, TempFile, TestBroker, WAIT, free_port};
 use redis_common::{Cluster, Server};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_easy-mqtt");
 
 fn broker_on(nodes: Vec<String>) -> TestBroker {
     TestBroker::with(|config| {
@@ -156,51 +153,6 @@ fn restart_cluster_keeps_queued_messages_exactly_once() {
 // The real binary, killed with SIGKILL
 // ---------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn start(config: &TempFile, port: u16) -> Binary {
-        let child = Command::new(BINARY)
-            .args(["-c", config.path.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the binary");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "the binary never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Binary { child, addr }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn binary_config(redis: &Server, port: u16) -> TempFile {
     let text = format!(
         "mqtt:\n  server:\n    host: 127.0.0.1\n    tcp-port: {port}\n    websocket-port: 0\n    api-port: 0\n    node-id: crash\n  kvrocks:\n    cluster:\n      nodes: {}\n",
@@ -214,7 +166,7 @@ fn sigkill_mid_qos2_handshake_and_with_queued_messages() {
     let redis = Server::standalone();
     let port = free_port();
     let config = binary_config(&redis, port);
-    let broker = Binary::start(&config, port);
+    let broker = BrokerProcess::start(&config, port);
     subscribe_persistent(broker.addr, "s", &[("k/#", 2)]);
     let mut publisher = RawClient::connect(broker.addr, "p");
     for i in 0..4u16 {
@@ -243,7 +195,7 @@ fn sigkill_mid_qos2_handshake_and_with_queued_messages() {
     broker.kill9();
     drop(sub);
 
-    let broker = Binary::start(&config, port);
+    let broker = BrokerProcess::start(&config, port);
     let (mut sub, present) = persistent(broker.addr, "s");
     assert!(present, "session present after SIGKILL");
     // What was received before the kill comes back only as a retransmission
@@ -286,7 +238,7 @@ fn sigkill_mid_burst_loses_no_acknowledged_message() {
     let redis = Server::standalone();
     let port = free_port();
     let config = binary_config(&redis, port);
-    let broker = Binary::start(&config, port);
+    let broker = BrokerProcess::start(&config, port);
     subscribe_persistent(broker.addr, "burst-sub", &[("b/#", 1)]);
     let addr = broker.addr;
     // A publisher pipelines QoS 1 messages and counts the PUBACKs it gets.
@@ -332,7 +284,7 @@ fn sigkill_mid_burst_loses_no_acknowledged_message() {
     let acked = publisher.join().unwrap();
     assert!(!acked.is_empty());
 
-    let broker = Binary::start(&config, port);
+    let broker = BrokerProcess::start(&config, port);
     let (mut sub, present) = persistent(broker.addr, "burst-sub");
     assert!(present);
     let mut got = BTreeMap::new();
@@ -519,7 +471,7 @@ fn sigkill_with_a_retained_qos2_delivery_in_flight() {
     let redis = Server::standalone();
     let port = free_port();
     let config = binary_config(&redis, port);
-    let broker = Binary::start(&config, port);
+    let broker = BrokerProcess::start(&config, port);
     let mut publisher = RawClient::connect(broker.addr, "retainer");
     publisher.send(&wire::publish("ret/x", 2, 1, true, b"kept"));
     assert_eq!(publisher.recv().first, 0x50, "PUBREC");
@@ -540,7 +492,7 @@ fn sigkill_with_a_retained_qos2_delivery_in_flight() {
     broker.kill9();
     drop(sub);
 
-    let broker = Binary::start(&config, port);
+    let broker = BrokerProcess::start(&config, port);
     let (mut sub, present) = persistent(broker.addr, "ret-sub");
     assert!(present, "session present after SIGKILL");
     let again = sub.recv().publish();

@@ -10,12 +10,12 @@ mod common;
 #[allow(unused)]
 mod redis_common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::wire::{self, Connect};
-use common::{RawClient, Recv, TempFile, TestBroker, WAIT};
+use common::{BrokerProcess, RawClient, Recv, TempFile, TestBroker, WAIT, free_port};
 use easy_mqtt_server::config::QueueOverflow;
 use redis_common::Server;
 
@@ -203,14 +203,6 @@ fn storage_counters_move_when_storage_stops_during_a_publish() {
 // The real binary
 // ---------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, kvrocks: &str) -> TempFile {
     let text = format!(
         "mqtt:\n  server:\n    host: 127.0.0.1\n    tcp-port: {port}\n    websocket-port: 0\n    api-port: 0\n    node-id: crash\n  kvrocks:\n{kvrocks}"
@@ -271,43 +263,6 @@ fn binary_refuses_kvrocks_settings_that_cannot_work() {
     );
 }
 
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn start(config: &TempFile, port: u16) -> Binary {
-        let child = Command::new(BINARY)
-            .args(["-c", config.path.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the binary");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "the binary never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Binary { child, addr }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// (d) The Released phase of an outbound QoS 2 message is stored before its
 /// PUBREL leaves: while storage hangs, no PUBREL; once the client saw it,
 /// a SIGKILL and a restart resume with PUBREL, never with the PUBLISH
@@ -321,7 +276,7 @@ fn sigkill_after_pubrel_resumes_with_pubrel() {
         port,
         &format!("    cluster:\n      nodes: {}\n", redis.node()),
     );
-    let broker = Binary::start(&file, port);
+    let broker = BrokerProcess::start(&file, port);
     let (mut sub, _) = persistent(broker.addr, "rel-sub");
     assert_eq!(sub.subscribe(1, &[("rel/#", 2)]), vec![2]);
     sub.send(&wire::disconnect());
@@ -353,7 +308,7 @@ fn sigkill_after_pubrel_resumes_with_pubrel() {
     broker.kill9();
     drop(sub);
 
-    let broker = Binary::start(&file, port);
+    let broker = BrokerProcess::start(&file, port);
     let (mut sub, present) = persistent(broker.addr, "rel-sub");
     assert!(present, "session present after SIGKILL");
     let again = sub.recv();
