@@ -14,7 +14,8 @@
 //!    the writes that must be durable *before* any reference: bodies
 //!    (`HSETNX`), a holder field for every `Enqueue` (`HSET`, speculative,
 //!    one command per body), the index entry of every `PutSession`
-//!    (`SADD`), and retained messages.
+//!    (`SADD`), retained messages, and the cluster writes that announce
+//!    (`Forward`, routes, presence, records).
 //! 2. **Simulate** the batch op by op on what was read, exactly as the
 //!    reference backend does, and emit for each effective op its single-key
 //!    writes, in batch order per client (all keys of a client share one
@@ -25,9 +26,15 @@
 //!    holds, read `HLEN`/`HEXISTS` of the bodies that may have lost their
 //!    last holder, and drop the index entries of deleted sessions. In
 //!    standalone mode this rides in the same pipeline as step 2 (one
-//!    connection runs it in order); in a cluster it is its own round trip,
-//!    since pipelines to different nodes are not ordered.
+//!    connection runs it in order) unless the batch has trailing cluster
+//!    writes (below); in a cluster it is its own round trip, since
+//!    pipelines to different nodes are not ordered.
 //! 4. **Collect** (only if some body is left with no holder): `DEL` it.
+//!
+//! The cluster writes that retire an obligation (`InboxAck`, `Disown`,
+//! `ClearPresence`, ...; see `cluster::leads`) go after step 2's writes
+//! have answered, at the head of step 3's round trip (a pipeline goes on
+//! past a refused command, so the same pipeline would not do).
 //!
 //! So a body is always pinned by a holder field before a queue refers to it,
 //! and unpinned only after the reference is gone: a batch cut short at any
@@ -426,17 +433,28 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
     // A big batch (a routing batch to thousands of sessions) waits for its
     // turn: its commands and replies take memory (see the `conn` module).
     let _turn = redis.big_call(ops.len()).await?;
-    // Cluster ops touch keys of their own: their writes go in the first
-    // round trip, in batch order (see the `cluster` module).
+    // Cluster ops touch keys of their own. Those that announce (a forward,
+    // a route, a presence, a record) go in the first round trip; those that
+    // retire an obligation (an inbox entry served, a client disowned, a
+    // presence whose will was published) only once the session writes are
+    // done: a batch cut short in between must leave the inbox entry to be
+    // served again, not gone with its delivery unwritten. Batch order holds
+    // within each group (see the `cluster` module).
     let (cluster_ops, ops): (Vec<Op>, Vec<Op>) =
         ops.into_iter().partition(|op| matches!(op, Op::Cluster(_)));
-    let cluster_writes: Vec<Command> = cluster_ops
-        .into_iter()
-        .flat_map(|op| match op {
-            Op::Cluster(op) => crate::cluster::writes(keys, op),
-            _ => Vec::new(),
-        })
-        .collect();
+    let mut cluster_writes: Vec<Command> = Vec::new();
+    let mut trailing_writes: Vec<Command> = Vec::new();
+    for op in cluster_ops {
+        if let Op::Cluster(op) = op {
+            let leads = crate::cluster::leads(&op);
+            let commands = crate::cluster::writes(keys, op);
+            if leads {
+                cluster_writes.extend(commands);
+            } else {
+                trailing_writes.extend(commands);
+            }
+        }
+    }
     let deadline = redis.deadline();
     let mut batch = Batch {
         keys,
@@ -769,12 +787,19 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
         }
     }
 
-    let checks = if redis.is_cluster() {
+    // Pipelines to different nodes are not ordered, and a command refused
+    // inside a pipeline (`WRONGTYPE`, `OOM`, a failover's `READONLY`) does
+    // not stop the ones after it: the trailing cluster writes wait for the
+    // session writes' answers.
+    let checks = if redis.is_cluster() || (!trailing_writes.is_empty() && !writes.is_empty()) {
         redis.run(&writes, deadline).await?;
-        let mut values = redis.run(&releases, deadline).await?;
-        values.drain(..checks_at.min(values.len()));
+        let skip = trailing_writes.len() + checks_at;
+        trailing_writes.extend(releases);
+        let mut values = redis.run(&trailing_writes, deadline).await?;
+        values.drain(..skip.min(values.len()));
         values
     } else {
+        writes.extend(trailing_writes);
         let offset = writes.len() + checks_at;
         writes.extend(releases);
         let mut values = redis.run(&writes, deadline).await?;

@@ -1,5 +1,6 @@
 //! The cluster port ([`easy_mqtt_core::cluster`]) on Kvrocks: the writes of
-//! [`ClusterOp`] (sent in `apply`'s first round trip) and the reads and
+//! [`ClusterOp`] (sent by `apply` before or after its session writes, see
+//! [`leads`]) and the reads and
 //! claims of [`Cluster`](easy_mqtt_core::cluster::Cluster). Key layout: see
 //! the crate documentation.
 //!
@@ -70,7 +71,25 @@ fn value(values: &mut std::vec::IntoIter<Value>) -> Value {
     values.next().unwrap_or(Value::Nil)
 }
 
-/// The commands of one cluster op, for `apply`'s first round trip. Each
+/// Whether `apply` sends this op's writes in its first round trip, before
+/// the batch's session writes; the others (they retire an obligation whose
+/// work the session writes hold) follow them.
+pub(crate) fn leads(op: &ClusterOp) -> bool {
+    match op {
+        ClusterOp::Forward { .. }
+        | ClusterOp::AddRoute { .. }
+        | ClusterOp::SetPresence { .. }
+        | ClusterOp::PutRecord { .. } => true,
+        ClusterOp::InboxAck { .. }
+        | ClusterOp::RemoveRoute { .. }
+        | ClusterOp::ClearPresence { .. }
+        | ClusterOp::Disown { .. }
+        | ClusterOp::DeleteRecord { .. }
+        | ClusterOp::PushLog { .. } => false,
+    }
+}
+
+/// The commands of one cluster op, for `apply` (see [`leads`]). Each
 /// sets or removes a definite value, except `XADD` (see the module docs).
 pub(crate) fn writes(keys: &Keys, op: ClusterOp) -> Vec<Command> {
     match op {

@@ -107,6 +107,11 @@
 //!
 //! A batch cut short (connection lost, broker killed) never leaves a queue
 //! or window entry without its body, and applying it again completes it.
+//! Nor does it retire a cluster obligation whose work it had not written:
+//! `InboxAck`, `Disown`, `ClearPresence`, `RemoveRoute`, `DeleteRecord`
+//! and `PushLog` are sent after the session writes of their batch, so a
+//! cut batch leaves the inbox entry to be served again (by the node or its
+//! adopter) rather than removed with its deliveries unwritten.
 //!
 //! # Leaked bodies
 //!

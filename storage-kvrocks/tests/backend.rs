@@ -832,3 +832,79 @@ fn cut_connections_leave_loadable_state_that_a_replay_completes() {
         proxy.cuts()
     );
 }
+
+/// A batch that acknowledges an inbox entry and stores what the entry
+/// caused, cut short between the two (here: its session write is refused),
+/// leaves the entry in the inbox to be served again. Acknowledged first, a
+/// crash at that point would have lost the delivery for good.
+#[test]
+fn an_inbox_entry_outlives_a_batch_cut_before_its_deliveries() {
+    use easy_mqtt_core::cluster::{BusEntry, ClusterOp};
+    let name = "inbox_ack_order";
+    let storage = storage(name);
+    let cluster = storage.cluster().unwrap();
+    let inbox = "n";
+    apply(
+        &storage,
+        vec![
+            put_session("c"),
+            Op::Cluster(ClusterOp::Forward {
+                node: inbox.into(),
+                entry: BusEntry::RoutesChanged { node: "w".into() },
+            }),
+        ],
+    );
+    let read = smol::block_on(cluster.read_inbox(inbox, None, 10, Duration::ZERO)).unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    let entry = read[0].0;
+
+    // The session's queue key holds a string: its `ZADD` fails.
+    let queue = format!("{}:{{c:c}}:q", prefix(name));
+    let _: () = redis::cmd("SET")
+        .arg(&queue)
+        .arg("not a sorted set")
+        .query(&mut server().connection())
+        .unwrap();
+    let id = MessageId(7);
+    let result = smol::block_on(storage.apply(vec![
+        Op::PutMessage {
+            id,
+            message: message("t", b"p"),
+            at_ms: 0,
+        },
+        enqueue("c", id),
+        Op::Cluster(ClusterOp::InboxAck {
+            node: inbox.into(),
+            entry,
+        }),
+    ]));
+    assert!(result.is_err(), "the session write was refused: {result:?}");
+    let left = smol::block_on(cluster.read_inbox(inbox, None, 10, Duration::ZERO)).unwrap();
+    assert_eq!(
+        left.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![entry],
+        "the entry was acknowledged although its delivery was not stored"
+    );
+
+    // Once the session can be written, the same batch completes.
+    let _: () = redis::cmd("DEL")
+        .arg(&queue)
+        .query(&mut server().connection())
+        .unwrap();
+    apply(
+        &storage,
+        vec![
+            enqueue("c", id),
+            Op::Cluster(ClusterOp::InboxAck {
+                node: inbox.into(),
+                entry,
+            }),
+        ],
+    );
+    assert!(
+        smol::block_on(cluster.read_inbox(inbox, None, 10, Duration::ZERO))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(load(&storage, "c").queue.len(), 1);
+}
