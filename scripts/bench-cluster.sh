@@ -29,6 +29,8 @@
 #
 # Environment:
 #   SUBSCRIBERS  [1000]   PUBLISHERS [10]   MESSAGES [100]   SIZE [64]
+#   RATE         total publish rate, messages/s; 0 = as fast as the
+#                window allows (saturation); a low rate measures latency [0]
 #   QOS          QoS levels to run, in order                        [1 0]
 #   PLACEMENTS   placements to run, in order           [cross local memory]
 #   REPEAT       runs per scenario; the median by rate is kept          [1]
@@ -45,6 +47,7 @@ SUBSCRIBERS=${SUBSCRIBERS:-1000}
 PUBLISHERS=${PUBLISHERS:-10}
 MESSAGES=${MESSAGES:-100}
 SIZE=${SIZE:-64}
+RATE=${RATE:-0}
 QOS=${QOS:-"1 0"}
 PLACEMENTS=${PLACEMENTS:-"cross local memory"}
 REPEAT=${REPEAT:-1}
@@ -196,7 +199,7 @@ run_one() {
     fi
   fi
   sleep 0.5 # the probe connections close before the baseline sample
-  args="fanout --qos $qos --subscribers $SUBSCRIBERS --publishers $PUBLISHERS --messages $MESSAGES --size $SIZE --timeout $TIMEOUT"
+  args="fanout --qos $qos --subscribers $SUBSCRIBERS --publishers $PUBLISHERS --messages $MESSAGES --size $SIZE --rate $RATE --timeout $TIMEOUT"
   echo "[$placement q$qos #$round] easy-mqtt-bench $args $targets --broker-pid $pids" |
     tee -a "$OUT/commands.txt" >&2
   status=0
