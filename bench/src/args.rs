@@ -26,6 +26,15 @@ scenarios:
 options (defaults in brackets):
   --host ADDR            broker address, loopback only [127.0.0.1]
   -p, --port PORT        broker port [1883]
+  --sub-port PORT[,PORT..]  brokers of the subscribers (and of conn's clients): subscriber
+                         i connects to the (i mod count)-th port [--port]
+  --pub-port PORT[,PORT..]  brokers of the publishers, spread the same way [--port]
+  --sub-host ADDR        address of the --sub-port brokers, loopback only [--host]
+  --pub-host ADDR        address of the --pub-port brokers, loopback only [--host]
+  --probe-timeout SECS   when subscribers and publishers use different brokers (cluster
+                         nodes), a probe publication goes from each publishers' broker
+                         until every subscriber got one, before the timed phase: the
+                         subscriptions are effective on every node; limit of that wait [30]
   -q, --qos 0|1|2        QoS of publications and subscriptions [1]
   --subscribers N        subscribers [fanout 1000, fanin 1, sub 1]
   --publishers N         publishers [fanout 10, fanin 100, pub 1]
@@ -42,7 +51,8 @@ options (defaults in brackets):
   --keep-alive SECS      CONNECT keep-alive; clients never ping, so keep it above the run [600]
   --clean-session BOOL   CONNECT clean session flag; false = persistent sessions (client ids
                          carry the run id, so every run starts with fresh sessions) [true]
-  --broker-pid PID       sample the broker's RSS and CPU from /proc
+  --broker-pid PID[,PID..]  sample the broker's RSS and CPU from /proc; several pids (the
+                         nodes of a cluster): broker_* sums them, node_* lists each
   --timeout SECS         limit of the publish/deliver phase [120]
   --connect-timeout SECS limit of each connect, CONNACK and SUBACK [10]
   --setup-timeout SECS   limit of the whole connection phase [300]
@@ -54,7 +64,7 @@ options (defaults in brackets):
   --quiet                no progress line even on a terminal
 
 output: a progress line on stderr each second when stderr is a terminal, then one
-RESULT line of key=value pairs on stdout. Exit status: 0 ok; 1 a connection or
+RESULT line of key=value pairs on stdout (probe_secs: the probe's wait). Exit status: 0 ok; 1 a connection or
 protocol failure (reported); 2 usage; 3 loss at QoS 1/2 or a QoS 2 duplicate.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +106,16 @@ impl Scenario {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub scenario: Scenario,
+    /// The broker of every client unless `sub_targets`/`pub_targets` say
+    /// otherwise.
     pub target: SocketAddr,
+    /// Brokers of the subscribers (and idle clients), round robin; empty =
+    /// `target`.
+    pub sub_targets: Vec<SocketAddr>,
+    /// Brokers of the publishers, round robin; empty = `target`.
+    pub pub_targets: Vec<SocketAddr>,
+    /// Limit of the wait for the probe publications (see [`Options::probes`]).
+    pub probe_timeout: Duration,
     pub qos: QoS,
     pub subscribers: usize,
     pub publishers: usize,
@@ -112,7 +131,8 @@ pub struct Options {
     pub keep_alive: u16,
     /// The CONNECT's clean session flag (false: persistent sessions).
     pub clean_session: bool,
-    pub broker_pid: Option<u32>,
+    /// Broker processes sampled from /proc (a cluster: one per node).
+    pub broker_pids: Vec<u32>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub setup_timeout: Duration,
@@ -147,6 +167,9 @@ impl Options {
         Options {
             scenario,
             target,
+            sub_targets: Vec::new(),
+            pub_targets: Vec::new(),
+            probe_timeout: Duration::from_secs(30),
             qos: QoS::AtLeastOnce,
             subscribers,
             publishers,
@@ -161,7 +184,7 @@ impl Options {
             hold: Duration::from_secs(2),
             keep_alive: 600,
             clean_session: true,
-            broker_pid: None,
+            broker_pids: Vec::new(),
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
             setup_timeout: Duration::from_secs(300),
@@ -179,6 +202,46 @@ impl Options {
     pub fn source_addr(&self, index: usize) -> Ipv4Addr {
         let n = usize::from(self.source_addrs.max(1));
         Ipv4Addr::new(127, 0, 0, 1 + (index % n) as u8)
+    }
+
+    /// The broker of subscriber (or idle client) number `index`.
+    pub fn sub_target(&self, index: usize) -> SocketAddr {
+        spread(&self.sub_targets, index).unwrap_or(self.target)
+    }
+
+    /// The broker of publisher number `index`.
+    pub fn pub_target(&self, index: usize) -> SocketAddr {
+        spread(&self.pub_targets, index).unwrap_or(self.target)
+    }
+
+    /// The distinct brokers the publishers of the run use, in order of first
+    /// use.
+    pub fn publisher_brokers(&self) -> Vec<SocketAddr> {
+        let mut brokers = Vec::new();
+        // Round robin: the first list's length of publishers use them all.
+        let used = self.local_publishers().min(self.pub_targets.len().max(1));
+        for index in 0..used {
+            let target = self.pub_target(index);
+            if !brokers.contains(&target) {
+                brokers.push(target);
+            }
+        }
+        brokers
+    }
+
+    /// The brokers that probe publications go through before the timed
+    /// phase: every publishers' broker when a publication may cross from
+    /// one broker to another (a cluster), so that the run starts only once
+    /// every subscription is effective where it is published to; none when
+    /// every client uses the same broker (a SUBACK is enough there).
+    pub fn probes(&self) -> Vec<SocketAddr> {
+        if self.subscribers == 0 || matches!(self.scenario, Scenario::Conn | Scenario::Sub) {
+            return Vec::new();
+        }
+        let brokers = self.publisher_brokers();
+        let subs = self.subscribers.min(self.sub_targets.len().max(1));
+        let crossing = (0..subs).any(|i| brokers.iter().any(|&b| b != self.sub_target(i)));
+        if crossing { brokers } else { Vec::new() }
     }
 
     /// Deliveries the subscribers should see in all (0 when unknown).
@@ -211,7 +274,7 @@ impl Options {
 
     /// The arguments that reproduce these options in a child process.
     pub fn child_args(&self, shard: usize) -> Vec<String> {
-        let args = vec![
+        let mut args = vec![
             self.scenario.name().to_owned(),
             "--host".into(),
             self.target.ip().to_string(),
@@ -264,10 +327,35 @@ impl Options {
             format!("{shard}/{}", self.processes),
             "--quiet".into(),
         ];
+        // Ports joined; the host of a list is the host of its first entry
+        // (all of a list share one host, see `parse`).
+        for (name, host, list) in [
+            ("--sub", "--sub-host", &self.sub_targets),
+            ("--pub", "--pub-host", &self.pub_targets),
+        ] {
+            if let Some(first) = list.first() {
+                let ports: Vec<String> = list.iter().map(|t| t.port().to_string()).collect();
+                args.extend([
+                    host.to_owned(),
+                    first.ip().to_string(),
+                    format!("{name}-port"),
+                    ports.join(","),
+                ]);
+            }
+        }
+        args.extend([
+            "--probe-timeout".to_owned(),
+            self.probe_timeout.as_secs_f64().to_string(),
+        ]);
         // --rate stays the total: each publisher, in whatever process, runs
         // at rate / publishers.
         args
     }
+}
+
+/// The `index`-th client's pick from `list`, round robin (`None`: empty).
+fn spread(list: &[SocketAddr], index: usize) -> Option<SocketAddr> {
+    list.get(index.checked_rem(list.len())?).copied()
 }
 
 fn default_run_id() -> String {
@@ -301,6 +389,20 @@ fn seconds(name: &str, text: &str) -> Result<Duration> {
         )));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A comma-separated list of ports (at most 64, none 0).
+fn ports(name: &str, text: &str) -> Result<Vec<u16>> {
+    let ports = text
+        .split(',')
+        .map(|p| number::<u16>(name, p.trim()))
+        .collect::<Result<Vec<u16>>>()?;
+    if ports.len() > 64 || ports.contains(&0) {
+        return Err(Error::new(format!(
+            "{name}: '{text}' must be 1 to 64 ports, none 0"
+        )));
+    }
+    Ok(ports)
 }
 
 /// The broker address: loopback only (127.0.0.0/8, ::1 or localhost).
@@ -350,6 +452,8 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let mut o = Options::new(scenario, SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)));
     let mut host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut port = 1883u16;
+    let (mut sub_host, mut pub_host) = (None, None);
+    let (mut sub_ports, mut pub_ports): (Option<Vec<u16>>, Option<Vec<u16>>) = (None, None);
     while let Some(arg) = iter.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((name, v)) if name.starts_with("--") => (name, Some(v)),
@@ -360,6 +464,11 @@ pub fn parse(args: &[String]) -> Result<Command> {
             "-h" | "--help" => return Ok(Command::Help),
             "--host" => host = loopback(v()?)?,
             "-p" | "--port" => port = number(name, v()?)?,
+            "--sub-host" => sub_host = Some(loopback(v()?)?),
+            "--pub-host" => pub_host = Some(loopback(v()?)?),
+            "--sub-port" => sub_ports = Some(ports(name, v()?)?),
+            "--pub-port" => pub_ports = Some(ports(name, v()?)?),
+            "--probe-timeout" => o.probe_timeout = seconds(name, v()?)?,
             "-q" | "--qos" => {
                 let text = v()?;
                 o.qos = number::<u8>(name, text)
@@ -393,7 +502,13 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     }
                 };
             }
-            "--broker-pid" => o.broker_pid = Some(number(name, v()?)?),
+            "--broker-pid" => {
+                let text = v()?;
+                o.broker_pids = text
+                    .split(',')
+                    .map(|p| number(name, p.trim()))
+                    .collect::<Result<_>>()?;
+            }
             "--timeout" => o.timeout = seconds(name, v()?)?,
             "--connect-timeout" => o.connect_timeout = seconds(name, v()?)?,
             "--setup-timeout" => o.setup_timeout = seconds(name, v()?)?,
@@ -416,6 +531,19 @@ pub fn parse(args: &[String]) -> Result<Command> {
         }
     }
     o.target = SocketAddr::new(host, port);
+    // A host alone moves its clients to that host on --port.
+    let list = |h: Option<IpAddr>, p: Option<Vec<u16>>| -> Vec<SocketAddr> {
+        if h.is_none() && p.is_none() {
+            return Vec::new();
+        }
+        let h = h.unwrap_or(host);
+        p.unwrap_or_else(|| vec![port])
+            .into_iter()
+            .map(|p| SocketAddr::new(h, p))
+            .collect()
+    };
+    o.sub_targets = list(sub_host, sub_ports);
+    o.pub_targets = list(pub_host, pub_ports);
     validate(&o)?;
     Ok(Command::Run(Box::new(o)))
 }
@@ -501,6 +629,72 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_and_publishers_spread_over_brokers() {
+        let at = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        // Unchanged without the new flags: everyone on --port, no probe.
+        let plain = run(&["fanout", "-p", "1884"]).ok();
+        let plain = plain.as_ref();
+        assert_eq!(plain.map(|o| o.sub_target(7)), Some(at(1884)));
+        assert_eq!(plain.map(|o| o.pub_target(3)), Some(at(1884)));
+        assert_eq!(plain.map(|o| o.probes().is_empty()), Some(true));
+
+        // Subscribers on one node, publishers on another: a probe through
+        // the publishers' node.
+        let split = run(&["fanout", "--sub-port", "2001", "--pub-port=2002"]).ok();
+        let split = split.as_ref();
+        assert_eq!(split.map(|o| o.sub_target(999)), Some(at(2001)));
+        assert_eq!(split.map(|o| o.pub_target(9)), Some(at(2002)));
+        assert_eq!(split.map(|o| o.probes()), Some(vec![at(2002)]));
+
+        // Lists: round robin by client index.
+        let spread = run(&[
+            "fanout",
+            "--sub-port",
+            "2001,2002,2003",
+            "--pub-port",
+            "2002,2001",
+            "--publishers",
+            "5",
+        ])
+        .ok();
+        let spread = spread.as_ref();
+        let subs: Vec<u16> = (0..4)
+            .filter_map(|i| spread.map(|o| o.sub_target(i).port()))
+            .collect();
+        assert_eq!(subs, [2001, 2002, 2003, 2001]);
+        let pubs: Vec<u16> = (0..3)
+            .filter_map(|i| spread.map(|o| o.pub_target(i).port()))
+            .collect();
+        assert_eq!(pubs, [2002, 2001, 2002]);
+        assert_eq!(spread.map(|o| o.probes()), Some(vec![at(2002), at(2001)]));
+
+        // One publisher uses only the first of its list's brokers.
+        let one = run(&["fanout", "--pub-port", "2002,2003", "--publishers", "1"]).ok();
+        assert_eq!(one.map(|o| o.publisher_brokers()), Some(vec![at(2002)]));
+
+        // Both lists the same single broker: no probe. sub has no
+        // publishers here: none either.
+        let same = run(&["fanout", "--sub-port", "2001", "--pub-port", "2001"]).ok();
+        assert_eq!(same.map(|o| o.probes().is_empty()), Some(true));
+        let sub = run(&["sub", "--sub-port", "2001", "--pub-port", "2002"]).ok();
+        assert_eq!(sub.map(|o| o.probes().is_empty()), Some(true));
+
+        // A host alone moves its clients to that host on --port.
+        let hosts = run(&["fanout", "-p", "2005", "--pub-host", "127.0.0.2"]).ok();
+        assert_eq!(
+            hosts.map(|o| o.pub_target(0)),
+            Some(SocketAddr::from(([127, 0, 0, 2], 2005)))
+        );
+
+        assert!(run(&["fanout", "--sub-port", "2001,0"]).is_err());
+        assert!(run(&["fanout", "--pub-port", "2001,x"]).is_err());
+        assert!(run(&["fanout", "--pub-port", ""]).is_err());
+        assert!(run(&["fanout", "--sub-host", "10.0.0.1"]).is_err());
+        let pids = run(&["fanout", "--broker-pid", "10,20"]).ok();
+        assert_eq!(pids.map(|o| o.broker_pids), Some(vec![10, 20]));
+    }
+
+    #[test]
     fn child_args_round_trip() {
         let mut o = Options::new(
             Scenario::Fanout,
@@ -509,6 +703,12 @@ mod tests {
         o.processes = 2;
         o.subscribers = 19_500;
         o.clean_session = false;
+        o.sub_targets = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 2001))];
+        o.pub_targets = vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 2002)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 2003)),
+        ];
+        o.probe_timeout = Duration::from_millis(1500);
         let child = run(&o
             .child_args(1)
             .iter()
@@ -518,6 +718,18 @@ mod tests {
         assert_eq!(child.as_ref().map(|c| c.shard), Some(Some((1, 2))));
         assert_eq!(child.as_ref().map(|c| c.subscribers), Some(19_500));
         assert_eq!(child.as_ref().map(|c| c.clean_session), Some(false));
+        assert_eq!(
+            child.as_ref().map(|c| c.sub_targets.clone()),
+            Some(o.sub_targets.clone())
+        );
+        assert_eq!(
+            child.as_ref().map(|c| c.pub_targets.clone()),
+            Some(o.pub_targets.clone())
+        );
+        assert_eq!(
+            child.as_ref().map(|c| c.probe_timeout),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(child.map(|c| c.run_id), Some(o.run_id));
     }
 }

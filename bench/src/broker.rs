@@ -47,39 +47,63 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Samples the broker if a pid was given: the first sampling error is kept
-/// (and reported), later samples are skipped.
+/// One sample of every broker process: their sum, and each.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Samples {
+    pub total: Sample,
+    pub each: Vec<Sample>,
+}
+
+impl Default for Sample {
+    fn default() -> Sample {
+        Sample {
+            rss_kb: 0,
+            cpu_s: 0.0,
+        }
+    }
+}
+
+/// Samples the broker processes given (the nodes of a cluster): the first
+/// sampling error is kept (and reported), later samples are skipped.
 #[derive(Debug, Default)]
 pub struct Sampler {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     pub error: Option<Error>,
+    /// Largest sum of the processes' RSS.
     pub max_rss_kb: u64,
+    /// Largest RSS of each process.
+    pub max_rss_each_kb: Vec<u64>,
 }
 
 impl Sampler {
-    pub fn new(pid: Option<u32>) -> Sampler {
+    pub fn new(pids: &[u32]) -> Sampler {
         Sampler {
-            pid,
+            pids: pids.to_vec(),
             error: None,
             max_rss_kb: 0,
+            max_rss_each_kb: vec![0; pids.len()],
         }
     }
 
-    pub fn sample(&mut self) -> Option<Sample> {
-        let pid = self.pid?;
-        if self.error.is_some() {
+    pub fn sample(&mut self) -> Option<Samples> {
+        if self.pids.is_empty() || self.error.is_some() {
             return None;
         }
-        match sample(pid) {
-            Ok(sample) => {
-                self.max_rss_kb = self.max_rss_kb.max(sample.rss_kb);
-                Some(sample)
-            }
+        let each: Vec<Sample> = match self.pids.iter().map(|&pid| sample(pid)).collect() {
+            Ok(each) => each,
             Err(error) => {
                 self.error = Some(error);
-                None
+                return None;
             }
+        };
+        let mut total = Sample::default();
+        for (s, max) in each.iter().zip(self.max_rss_each_kb.iter_mut()) {
+            total.rss_kb += s.rss_kb;
+            total.cpu_s += s.cpu_s;
+            *max = (*max).max(s.rss_kb);
         }
+        self.max_rss_kb = self.max_rss_kb.max(total.rss_kb);
+        Some(Samples { total, each })
     }
 }
 
@@ -99,5 +123,12 @@ mod tests {
     fn samples_this_process() {
         let me = sample(std::process::id()).ok();
         assert!(me.is_some_and(|s| s.rss_kb > 0));
+        // Twice the same process: the total is the sum of the two.
+        let pid = std::process::id();
+        let mut sampler = Sampler::new(&[pid, pid]);
+        let both = sampler.sample();
+        assert_eq!(both.as_ref().map(|b| b.each.len()), Some(2));
+        assert!(both.is_some_and(|b| b.total.rss_kb == b.each[0].rss_kb + b.each[1].rss_kb));
+        assert!(Sampler::new(&[]).sample().is_none());
     }
 }

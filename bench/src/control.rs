@@ -66,7 +66,7 @@ pub fn run(options: Options) -> Result<Report> {
 }
 
 async fn local(options: Arc<Options>, executor: Arc<Executor<'static>>) -> Result<Report> {
-    let mut sampler = Sampler::new(options.broker_pid);
+    let mut sampler = Sampler::new(&options.broker_pids);
     let mut broker = BrokerStats {
         before: sampler.sample(),
         ..BrokerStats::default()
@@ -87,7 +87,7 @@ async fn local(options: Arc<Options>, executor: Arc<Executor<'static>>) -> Resul
     let setup = shard.setup;
     let mut go_ns = 0;
     let mut reason = None;
-    if setup.failures == 0 {
+    if setup.ready() {
         if options.scenario == Scenario::Conn {
             Timer::after(options.hold).await;
             broker.ready = sampler.sample();
@@ -119,6 +119,7 @@ async fn local(options: Arc<Options>, executor: Arc<Executor<'static>>) -> Resul
     let report = shard.stop().await;
     display.finish();
     broker.max_rss_kb = sampler.max_rss_kb;
+    broker.max_rss_each_kb = sampler.max_rss_each_kb;
     broker.error = sampler.error.map(|e| e.to_string());
     Ok(Report {
         options: (*options).clone(),
@@ -277,7 +278,7 @@ fn handle(workers: &mut Workers, errors: &mut Vec<String>, event: Event) {
 }
 
 fn parent(options: Options) -> Result<Report> {
-    let mut sampler = Sampler::new(options.broker_pid);
+    let mut sampler = Sampler::new(&options.broker_pids);
     let mut broker = BrokerStats {
         before: sampler.sample(),
         ..BrokerStats::default()
@@ -360,7 +361,7 @@ fn parent(options: Options) -> Result<Report> {
     }
     let mut go_ns = 0;
     let mut reason = None;
-    if all_ready && setup.failures == 0 {
+    if all_ready && setup.ready() {
         if options.scenario == Scenario::Conn {
             std::thread::sleep(options.hold);
             broker.ready = sampler.sample();
@@ -436,6 +437,7 @@ fn parent(options: Options) -> Result<Report> {
     }
     drop(workers);
     broker.max_rss_kb = sampler.max_rss_kb;
+    broker.max_rss_each_kb = sampler.max_rss_each_kb;
     broker.error = sampler.error.map(|e| e.to_string());
     Ok(Report {
         options,

@@ -16,6 +16,7 @@ pub mod control;
 pub mod error;
 pub mod hist;
 pub mod payload;
+pub mod probe;
 pub mod report;
 pub mod run;
 

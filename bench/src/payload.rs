@@ -7,6 +7,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const MAGIC: [u8; 4] = *b"EMQB";
+/// A probe publication (before the timed phase): `EMQP`, then the index of
+/// the broker it was published to (u32), padded like a stamp.
+pub const PROBE_MAGIC: [u8; 4] = *b"EMQP";
 /// The smallest payload that can carry the header.
 pub const HEADER_LEN: usize = 20;
 
@@ -45,6 +48,23 @@ pub fn decode(payload: &[u8]) -> Option<Stamp> {
     })
 }
 
+/// A probe payload from the `broker`-th publishers' broker.
+pub fn probe(broker: u32) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN);
+    buf.put_slice(&PROBE_MAGIC);
+    buf.put_u32(broker);
+    buf.resize(HEADER_LEN, 0);
+    buf.freeze()
+}
+
+/// The broker index of a probe payload; `None` for anything else.
+pub fn decode_probe(payload: &[u8]) -> Option<u32> {
+    if payload.get(..4)? != PROBE_MAGIC {
+        return None;
+    }
+    Some(u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +82,8 @@ mod tests {
         assert_eq!(encode(stamp, 3).len(), HEADER_LEN);
         assert_eq!(decode(b"not a benchmark payload"), None);
         assert_eq!(decode(&payload[..10]), None);
+        assert_eq!(decode_probe(&probe(3)), Some(3));
+        assert_eq!(decode(&probe(3)), None);
+        assert_eq!(decode_probe(&payload), None);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use easy_mqtt_core::packet::QoS;
 
 use crate::args::{Options, Scenario};
-use crate::broker::Sample;
+use crate::broker::Samples;
 use crate::clock::secs_between;
 use crate::run::{Progress, ShardReport, StopReason};
 
@@ -23,14 +23,16 @@ pub fn key_values(text: &str) -> HashMap<&str, &str> {
 #[derive(Debug, Default, Clone)]
 pub struct BrokerStats {
     /// Before any client connected.
-    pub before: Option<Sample>,
+    pub before: Option<Samples>,
     /// All clients connected (conn: after --hold).
-    pub ready: Option<Sample>,
+    pub ready: Option<Samples>,
     /// When the publishers were released.
-    pub go: Option<Sample>,
+    pub go: Option<Samples>,
     /// When the run was judged over (before the clients disconnect).
-    pub end: Option<Sample>,
+    pub end: Option<Samples>,
+    /// Largest sum of the brokers' RSS, and of each.
     pub max_rss_kb: u64,
+    pub max_rss_each_kb: Vec<u64>,
     pub error: Option<String>,
 }
 
@@ -93,17 +95,35 @@ impl Report {
         count as f64 / secs
     }
 
+    /// The samples the broker CPU of the measured phase is taken between.
+    fn cpu_window(&self) -> Option<(&Samples, &Samples)> {
+        let b = &self.broker;
+        match self.options.scenario {
+            Scenario::Conn => Some((b.before.as_ref()?, b.ready.as_ref()?)),
+            _ => Some((b.go.as_ref()?, b.end.as_ref()?)),
+        }
+    }
+
     fn broker_cpu(&self) -> Option<f64> {
-        let (from, to) = match self.options.scenario {
-            Scenario::Conn => (self.broker.before?, self.broker.ready?),
-            _ => (self.broker.go?, self.broker.end?),
-        };
-        Some(to.cpu_s - from.cpu_s)
+        let (from, to) = self.cpu_window()?;
+        Some(to.total.cpu_s - from.total.cpu_s)
+    }
+
+    /// CPU seconds of each broker process in the measured phase.
+    fn node_cpu(&self) -> Option<Vec<f64>> {
+        let (from, to) = self.cpu_window()?;
+        Some(
+            from.each
+                .iter()
+                .zip(&to.each)
+                .map(|(a, b)| b.cpu_s - a.cpu_s)
+                .collect(),
+        )
     }
 
     pub fn bytes_per_conn(&self) -> Option<f64> {
-        let before = self.broker.before?;
-        let after = self.broker.ready?;
+        let before = self.broker.before.as_ref()?.total;
+        let after = self.broker.ready.as_ref()?.total;
         if self.shard.connected == 0 {
             return None;
         }
@@ -135,11 +155,11 @@ impl Report {
                 us(s.connect_latency.quantile(0.999)),
                 us(s.connect_latency.max()),
             );
-            if let (Some(before), Some(after)) = (self.broker.before, self.broker.ready) {
+            if let (Some(before), Some(after)) = (&self.broker.before, &self.broker.ready) {
                 let _ = write!(
                     w,
                     " rss_before_kb={} rss_after_kb={}",
-                    before.rss_kb, after.rss_kb
+                    before.total.rss_kb, after.total.rss_kb
                 );
             }
             if let Some(bytes) = self.bytes_per_conn() {
@@ -193,11 +213,14 @@ impl Report {
                     secs_between(s.first_connect_ns, s.last_connack_ns)
                 );
             }
-            if let Some(ready) = self.broker.ready {
-                let _ = write!(w, " broker_rss_ready_kb={}", ready.rss_kb);
+            if let Some(ready) = &self.broker.ready {
+                let _ = write!(w, " broker_rss_ready_kb={}", ready.total.rss_kb);
             }
-            if let Some(end) = self.broker.end {
-                let _ = write!(w, " broker_rss_kb={}", end.rss_kb);
+            if let Some(end) = &self.broker.end {
+                let _ = write!(w, " broker_rss_kb={}", end.total.rss_kb);
+            }
+            if s.probe_ns > 0 {
+                let _ = write!(w, " probe_secs={:.3}", s.probe_ns as f64 / 1e9);
             }
         }
         if self.broker.max_rss_kb > 0 {
@@ -205,6 +228,28 @@ impl Report {
         }
         if let Some(cpu) = self.broker_cpu() {
             let _ = write!(w, " broker_cpu_s={cpu:.2}");
+        }
+        // Several broker processes (a cluster): each, in --broker-pid order.
+        if self.broker.max_rss_each_kb.len() > 1 {
+            let join = |v: Vec<String>| v.join(",");
+            if let Some(cpu) = self.node_cpu() {
+                let _ = write!(
+                    w,
+                    " node_cpu_s={}",
+                    join(cpu.iter().map(|c| format!("{c:.2}")).collect())
+                );
+            }
+            let _ = write!(
+                w,
+                " node_rss_max_kb={}",
+                join(
+                    self.broker
+                        .max_rss_each_kb
+                        .iter()
+                        .map(u64::to_string)
+                        .collect()
+                )
+            );
         }
         if let Some(reason) = self.reason {
             let _ = write!(w, " stop={}", reason.name());

@@ -2,6 +2,7 @@
 //! subscriber and publisher loops with exact accounting, and stopping them.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,8 @@ pub struct Shared {
     pub connected: AtomicUsize,
     pub subs_done: AtomicUsize,
     pub pubs_done: AtomicUsize,
+    /// Subscribers that got a probe from every probing broker.
+    pub probed: AtomicUsize,
     pub first_send_ns: AtomicU64,
     pub last_send_ns: AtomicU64,
     pub last_delivery_ns: AtomicU64,
@@ -285,6 +288,8 @@ pub struct ShardReport {
     pub connect_latency: Histogram,
     /// CPU seconds the generator itself used from release to stop.
     pub cpu_s: f64,
+    /// The longest probe of the shards (0: none).
+    pub probe_ns: u64,
 }
 
 impl Default for ShardReport {
@@ -305,6 +310,7 @@ impl Default for ShardReport {
             latency: Histogram::new(),
             connect_latency: Histogram::new(),
             cpu_s: 0.0,
+            probe_ns: 0,
         }
     }
 }
@@ -326,6 +332,7 @@ impl ShardReport {
         self.latency.merge(&other.latency);
         self.connect_latency.merge(&other.connect_latency);
         self.cpu_s += other.cpu_s;
+        self.probe_ns = self.probe_ns.max(other.probe_ns);
     }
 
     pub fn to_wire(&self) -> String {
@@ -333,7 +340,7 @@ impl ShardReport {
             "clients={} connected={} conn_failures={} first_connect_ns={} last_connack_ns={} \
              {} expected={} unique={} dup={} unexpected={} unacked={} awaiting_rel={} errors={} \
              first_send_ns={} last_send_ns={} last_delivery_ns={} last_ack_ns={} \
-             cpu_s={:.3} latency={} connect_latency={}",
+             cpu_s={:.3} probe_ns={} latency={} connect_latency={}",
             self.clients,
             self.connected,
             self.conn_failures,
@@ -352,6 +359,7 @@ impl ShardReport {
             self.last_delivery_ns,
             self.last_ack_ns,
             self.cpu_s,
+            self.probe_ns,
             self.latency.to_wire(),
             self.connect_latency.to_wire(),
         )
@@ -392,6 +400,7 @@ impl ShardReport {
             latency: hist("latency")?,
             connect_latency: hist("connect_latency")?,
             cpu_s: kv.get("cpu_s").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            probe_ns: kv.get("probe_ns").and_then(|v| v.parse().ok()).unwrap_or(0),
         })
     }
 }
@@ -410,6 +419,14 @@ impl Role {
             Role::Idle(i) => format!("eb-{run_id}-c{i}"),
             Role::Subscriber(i) => format!("eb-{run_id}-s{i}"),
             Role::Publisher(i) => format!("eb-{run_id}-p{i}"),
+        }
+    }
+
+    /// The broker this client connects to.
+    fn target(self, options: &Options) -> SocketAddr {
+        match self {
+            Role::Idle(i) | Role::Subscriber(i) => options.sub_target(i),
+            Role::Publisher(i) => options.pub_target(i),
         }
     }
 
@@ -455,17 +472,30 @@ pub struct Setup {
     pub failures: u64,
     pub first_connect_ns: u64,
     pub last_connack_ns: u64,
+    /// How long the probe took (0: none was needed).
+    pub probe_ns: u64,
+    /// Shards whose probe did not reach every subscriber in time.
+    pub probe_failed: u64,
 }
 
 impl Setup {
+    /// Every client connected and, where needed, every subscription
+    /// proven effective: the timed phase may start.
+    pub fn ready(&self) -> bool {
+        self.failures == 0 && self.probe_failed == 0
+    }
+
     pub fn to_wire(&self) -> String {
         format!(
-            "clients={} connected={} conn_failures={} first_connect_ns={} last_connack_ns={}",
+            "clients={} connected={} conn_failures={} first_connect_ns={} last_connack_ns={} \
+             probe_ns={} probe_failed={}",
             self.clients,
             self.connected,
             self.failures,
             self.first_connect_ns,
-            self.last_connack_ns
+            self.last_connack_ns,
+            self.probe_ns,
+            self.probe_failed
         )
     }
 
@@ -478,6 +508,8 @@ impl Setup {
             failures: get("conn_failures"),
             first_connect_ns: get("first_connect_ns"),
             last_connack_ns: get("last_connack_ns"),
+            probe_ns: get("probe_ns"),
+            probe_failed: get("probe_failed"),
         }
     }
 
@@ -495,6 +527,8 @@ impl Setup {
         self.connected += other.connected;
         self.failures += other.failures;
         self.last_connack_ns = self.last_connack_ns.max(other.last_connack_ns);
+        self.probe_ns = self.probe_ns.max(other.probe_ns);
+        self.probe_failed += other.probe_failed;
     }
 }
 
@@ -596,6 +630,24 @@ impl Shard {
         if setup.connected == 0 {
             setup.first_connect_ns = 0;
         }
+        let brokers = options.probes();
+        let subscribers = roles
+            .iter()
+            .filter(|r| matches!(r, Role::Subscriber(_)))
+            .count();
+        if setup.failures == 0 && !brokers.is_empty() && subscribers > 0 {
+            let started = Instant::now();
+            match crate::probe::probe(&options, &shared, &brokers, subscribers).await {
+                Ok(()) => {
+                    setup.probe_ns =
+                        u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                }
+                Err(error) => {
+                    shared.error(&error);
+                    setup.probe_failed = 1;
+                }
+            }
+        }
         Shard {
             options,
             shared,
@@ -670,6 +722,7 @@ impl Shard {
             latency: s.latency.snapshot(),
             connect_latency: s.connect_latency.snapshot(),
             cpu_s,
+            probe_ns: self.setup.probe_ns,
         }
     }
 
@@ -724,10 +777,14 @@ async fn client_task(
     }
     let _ = ready.send(Some((started, connacked))).await;
     drop(ready);
-    // The channel never carries a message: it closes for "go" (or stop).
-    let _ = go.recv().await;
+    // Subscribers read from the start (the probe publications come before
+    // the release; nothing else does). The channel never carries a
+    // message: it closes for "go" (or stop).
+    if !matches!(role, Role::Subscriber(_)) {
+        let _ = go.recv().await;
+    }
     drop(go);
-    if shared.stopping() {
+    if shared.stopping() && !matches!(role, Role::Subscriber(_)) {
         client.disconnect().await;
         return Outcome::default();
     }
@@ -756,7 +813,7 @@ async fn client_task(
 
 async fn open(options: &Options, role: Role) -> Result<Client> {
     let stream = connect_tcp(
-        options.target,
+        role.target(options),
         options.source_addr(role.global_index(options)),
     )
     .await?;
@@ -798,13 +855,13 @@ async fn idle(shared: &Shared, client: &mut Client) -> std::result::Result<(), (
 
 /// Which publications a subscriber expects: `publishers` publishers from
 /// `first`, `messages` each.
-struct Expectation {
-    first: usize,
-    publishers: usize,
-    messages: u32,
+pub(crate) struct Expectation {
+    pub(crate) first: usize,
+    pub(crate) publishers: usize,
+    pub(crate) messages: u32,
 }
 
-fn expectation(options: &Options, subscriber: usize) -> Expectation {
+pub(crate) fn expectation(options: &Options, subscriber: usize) -> Expectation {
     match options.scenario {
         Scenario::Pairs => Expectation {
             first: subscriber,
@@ -837,6 +894,11 @@ async fn subscriber(
     // QoS 2 publications received and PUBREC'd, awaiting PUBREL.
     let mut awaiting_rel: HashSet<PacketId> = HashSet::new();
     let mut done = slots == 0;
+    // Probes seen, one bit per probing broker; reported once all are set.
+    let probing = options.probes().len();
+    let all_probes = u64::MAX >> (64 - probing.clamp(1, 64));
+    let mut probes_seen = 0u64;
+    let mut probed = probing == 0;
     loop {
         let mut batch = 0u64;
         let mut released = 0u64;
@@ -848,6 +910,17 @@ async fn subscriber(
                 Err(error) => return Err((outcome, error)),
             };
             let queued = match packet {
+                Packet::Publish(publish) if payload::decode_probe(&publish.payload).is_some() => {
+                    // Not part of the measurement: neither counted nor timed.
+                    if let Some(broker) = payload::decode_probe(&publish.payload) {
+                        probes_seen |= 1u64.checked_shl(broker).unwrap_or(0) & all_probes;
+                    }
+                    if !probed && probes_seen == all_probes {
+                        probed = true;
+                        shared.probed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    acknowledge(client, publish.qos_pid, &mut awaiting_rel)
+                }
                 Packet::Publish(publish) => {
                     let now = now_ns();
                     batch += 1;
@@ -873,14 +946,7 @@ async fn subscriber(
                         }
                         None => outcome.unexpected += 1,
                     }
-                    match publish.qos_pid {
-                        QosPid::AtMostOnce => Ok(()),
-                        QosPid::AtLeastOnce(id) => client.queue(&Packet::PubAck(id)),
-                        QosPid::ExactlyOnce(id) => {
-                            awaiting_rel.insert(id);
-                            client.queue(&Packet::PubRec(id))
-                        }
-                    }
+                    acknowledge(client, publish.qos_pid, &mut awaiting_rel)
                 }
                 Packet::PubRel(id) => {
                     if awaiting_rel.remove(&id) {
@@ -919,6 +985,23 @@ async fn subscriber(
             Ok(0) => return Err((outcome, Error::new("broker closed the connection"))),
             Ok(_) => {}
             Err(error) => return Err((outcome, error)),
+        }
+    }
+}
+
+/// Queues the acknowledgement of a delivery (QoS 2: PUBREC, and its
+/// PUBREL is awaited).
+fn acknowledge(
+    client: &mut Client,
+    qos_pid: QosPid,
+    awaiting_rel: &mut HashSet<PacketId>,
+) -> Result<()> {
+    match qos_pid {
+        QosPid::AtMostOnce => Ok(()),
+        QosPid::AtLeastOnce(id) => client.queue(&Packet::PubAck(id)),
+        QosPid::ExactlyOnce(id) => {
+            awaiting_rel.insert(id);
+            client.queue(&Packet::PubRec(id))
         }
     }
 }

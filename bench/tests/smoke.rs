@@ -4,82 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use easy_mqtt_bench::args::{Options, Scenario};
+use common::{InProcessBroker, options};
+use easy_mqtt_bench::args::Scenario;
 use easy_mqtt_bench::{parse_result, run};
 use easy_mqtt_core::packet::QoS;
-use easy_mqtt_server::broker::Broker;
-use easy_mqtt_server::config::Config;
-
-/// Our broker on 127.0.0.1, a free port, two executor threads.
-struct InProcessBroker {
-    broker: Option<Broker>,
-    addr: SocketAddr,
-    stop: Option<smol::channel::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl InProcessBroker {
-    fn start() -> InProcessBroker {
-        let mut config = Config::default();
-        config.mqtt.server.host = "127.0.0.1".parse().unwrap();
-        config.mqtt.server.tcp_port = 0;
-        config.mqtt.server.websocket_port = 0;
-        config.mqtt.server.api_port = 0;
-        config.mqtt.server.node_id = "benchsmoke".into();
-        config.mqtt.server.log_level = "warn".into();
-        config.validate().expect("valid configuration");
-        let executor = Arc::new(smol::Executor::<'static>::new());
-        let (stop, stopped) = smol::channel::bounded::<()>(1);
-        let threads = (0..2)
-            .map(|i| {
-                let executor = executor.clone();
-                let stopped = stopped.clone();
-                std::thread::Builder::new()
-                    .name(format!("smoke-broker-{i}"))
-                    .spawn(move || {
-                        smol::block_on(executor.run(async {
-                            let _ = stopped.recv().await;
-                        }))
-                    })
-                    .unwrap()
-            })
-            .collect();
-        let broker = smol::block_on(Broker::start(&config, executor)).expect("broker starts");
-        InProcessBroker {
-            addr: broker.tcp_addr(),
-            broker: Some(broker),
-            stop: Some(stop),
-            threads,
-        }
-    }
-}
-
-impl Drop for InProcessBroker {
-    fn drop(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            smol::block_on(broker.shutdown(Duration::from_secs(2)));
-        }
-        self.stop = None;
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn options(scenario: Scenario, addr: SocketAddr) -> Options {
-    let mut options = Options::new(scenario, addr);
-    options.progress = false;
-    options.threads = 2;
-    options.timeout = Duration::from_secs(20);
-    options.drain = Duration::from_secs(2);
-    options.hold = Duration::ZERO;
-    options.source_addrs = 4;
-    options
-}
 
 #[test]
 fn every_scenario_accounts_exactly() {
@@ -93,7 +26,7 @@ fn every_scenario_accounts_exactly() {
         o.publishers = 2;
         o.messages = 10;
         o.inflight = 4; // smaller than the messages: the window turns over
-        o.broker_pid = Some(pid);
+        o.broker_pids = vec![pid];
         let report = run(o).expect("fanout runs");
         let line = report.result_line();
         let result = parse_result(&line).expect("a RESULT line");
@@ -141,7 +74,7 @@ fn every_scenario_accounts_exactly() {
 
     let mut conn = options(Scenario::Conn, broker.addr);
     conn.connections = 20;
-    conn.broker_pid = Some(pid);
+    conn.broker_pids = vec![pid];
     let report = run(conn).expect("conn runs");
     let line = report.result_line();
     assert_eq!(report.shard.connected, 20, "{line}");
