@@ -259,9 +259,7 @@ where
             storage: std::collections::VecDeque::new(),
             retry_timer: None,
             detach_pending: false,
-            events: Vec::new(),
-            scratch: Vec::new(),
-            acks: Vec::new(),
+            work: None,
         };
         Serve::Running {
             driver,
@@ -304,9 +302,26 @@ struct Driver<S, R: Runtime> {
     retry_timer: Option<Box<R::Timer>>,
     /// Closed with storage writes still running: detach once they are done.
     detach_pending: bool,
+    /// Boxed, and dropped while the connection idles: most connections
+    /// idle most of the time, and should not pay ~70 bytes for these.
+    work: Option<Box<Work>>,
+}
+
+/// What a driver uses while it handles packets.
+#[derive(Default)]
+struct Work {
+    /// The state machine's events, handled outside its lock.
     events: Vec<Event>,
+    /// Reused by routing.
     scratch: Vec<(SessionKey, QoS)>,
+    /// Inbound QoS 1/2 publishes routed, to acknowledge.
     acks: Vec<PacketId>,
+}
+
+/// The driver's [`Work`], made when first needed. A function of the field
+/// rather than a method, so that the driver's other fields stay free.
+fn work(slot: &mut Option<Box<Work>>) -> &mut Work {
+    slot.get_or_insert_with(Box::default)
 }
 
 impl<S, R> Driver<S, R>
@@ -346,7 +361,7 @@ where
             let now = self.node.runtime().now();
             let timer_due = self.deadline.is_some_and(|d| d <= now);
             self.step(cx, got_input, timer_due, now);
-            if !self.events.is_empty() {
+            if self.work.as_ref().is_some_and(|w| !w.events.is_empty()) {
                 self.handle_events();
                 continue;
             }
@@ -435,8 +450,10 @@ where
     /// completions, events out, bytes out.
     fn step(&mut self, cx: &mut Context<'_>, got_input: bool, timer_due: bool, now: Instant) {
         let mut inner = lock(&self.cell.inner);
-        for id in self.acks.drain(..) {
-            inner.conn.complete_publish(id);
+        if let Some(work) = &mut self.work {
+            for id in work.acks.drain(..) {
+                inner.conn.complete_publish(id);
+            }
         }
         // Also when nothing new was read: bytes that arrived while input was
         // paused (packets sent right after CONNECT, before the CONNACK) are
@@ -451,7 +468,7 @@ where
             inner.conn.handle_timeout(now);
         }
         while let Some(event) = inner.conn.poll_event() {
-            self.events.push(event);
+            work(&mut self.work).events.push(event);
         }
         if self.wbuf.len() < WRITE_BATCH && inner.conn.has_transmit() {
             if self.wbuf.capacity() == 0 {
@@ -490,7 +507,9 @@ where
     }
 
     fn handle_events(&mut self) {
-        let mut events = std::mem::take(&mut self.events);
+        let Some(mut events) = self.work.as_mut().map(|w| std::mem::take(&mut w.events)) else {
+            return;
+        };
         for event in events.drain(..) {
             match event {
                 Event::Connect(connect) => match self.node.authenticator() {
@@ -515,10 +534,11 @@ where
                             self.route_durable(publish);
                             continue;
                         }
-                        self.node.publish(publish, &mut self.scratch);
+                        self.node
+                            .publish(publish, &mut work(&mut self.work).scratch);
                     }
                     if let Some(id) = packet_id {
-                        self.acks.push(id);
+                        work(&mut self.work).acks.push(id);
                     }
                 }
                 Event::Subscribe(subscribe) => {
@@ -588,7 +608,8 @@ where
                 Event::Closed { reason, will } => self.handle_closed(reason, will),
             }
         }
-        self.events = events;
+        // Its capacity is kept for the next packets.
+        work(&mut self.work).events = events;
     }
 
     fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
@@ -706,14 +727,15 @@ where
         if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             return_buffer(std::mem::take(&mut self.wbuf));
         }
-        if self.events.is_empty() && self.events.capacity() > 0 {
-            self.events = Vec::new();
-        }
-        if self.acks.is_empty() && self.acks.capacity() > 0 {
-            self.acks = Vec::new();
-        }
-        if self.scratch.capacity() * std::mem::size_of::<(SessionKey, QoS)>() > KEEP_BUFFER {
-            self.scratch = Vec::new();
+        let busy = std::mem::take(&mut self.busy);
+        if let Some(work) = &mut self.work {
+            if !busy && work.events.is_empty() && work.acks.is_empty() {
+                self.work = None;
+            } else if work.scratch.capacity() * std::mem::size_of::<(SessionKey, QoS)>()
+                > KEEP_BUFFER
+            {
+                work.scratch = Vec::new();
+            }
         }
         if self.storage.is_empty() {
             if self.storage.capacity() > 0 {
@@ -721,10 +743,10 @@ where
             }
             self.retry_timer = None;
         }
-        // The state machine's queues (the CONNACK's, the CONNECT event's),
-        // unless messages are flowing: a publisher or a subscriber would
-        // allocate them again for every burst.
-        if !std::mem::take(&mut self.busy) {
+        // The state machine's queues (the CONNACK's, the CONNECT event's)
+        // and the driver's work, unless messages are flowing: a publisher
+        // or a subscriber would allocate them again for every burst.
+        if !busy {
             lock(&self.cell.inner).conn.release_idle();
         }
     }

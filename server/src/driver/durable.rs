@@ -87,9 +87,11 @@ where
                 }
                 (prepared, ops)
             }
-            None => self
-                .node
-                .prepare_route(message, publisher, &mut self.scratch),
+            None => self.node.prepare_route(
+                message,
+                publisher,
+                &mut super::work(&mut self.work).scratch,
+            ),
         };
         self.push_storage(
             ops,
@@ -111,7 +113,10 @@ where
         });
         let (prepared, mut ops) = match self.node.direct_target(&message.topic) {
             Some(target) => self.node.prepare_direct(&target, message),
-            None => self.node.prepare_route(message, None, &mut self.scratch),
+            None => {
+                self.node
+                    .prepare_route(message, None, &mut super::work(&mut self.work).scratch)
+            }
         };
         if self.node.cluster().is_some()
             && let Some(attachment) = &self.attachment
@@ -263,7 +268,7 @@ where
             } => {
                 self.node.finish_route(prepared);
                 if let Some(id) = packet_id {
-                    self.acks.push(id);
+                    super::work(&mut self.work).acks.push(id);
                 }
             }
             After::Subscribe { subscribe, codes } => {
