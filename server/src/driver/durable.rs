@@ -204,17 +204,21 @@ where
                     }
                 }
                 front.retry_at = None;
-                let storage = self.node.storage().clone();
                 let ops = front.ops.clone();
                 // A cluster node without a lease writes nothing: it may have
                 // been declared dead, and its writes would be stale.
-                let allowed = self.node.may_write();
-                front.running = Some(Box::pin(async move {
-                    if !allowed {
-                        return Err(StorageError::Unavailable("no cluster lease".into()));
-                    }
-                    storage.apply(ops).await
-                }));
+                front.running = Some(if !self.node.may_write() {
+                    Box::pin(std::future::ready(Err(StorageError::Unavailable(
+                        "no cluster lease".into(),
+                    ))))
+                } else if ops.len() <= crate::journal::MERGE_MAX_OPS {
+                    // Small (a journal batch, a publish to a few sessions):
+                    // merged with other connections' (checked again there).
+                    self.node.journal_write(ops, front.incarnation)
+                } else {
+                    let storage = self.node.storage().clone();
+                    Box::pin(async move { storage.apply(ops).await })
+                });
             }
             let Some(running) = &mut front.running else {
                 return progress;
