@@ -1,16 +1,20 @@
-//! The node-wide journal writer: small storage batches of many connections
-//! merged into one `Storage::apply`.
+//! The node-wide journal writer: the storage batches of every connection
+//! merged into few `Storage::apply` calls.
 //!
 //! Every connection of a durable node writes its own batches one at a time,
 //! in order (see `driver/durable.rs`). A persistent subscriber's batches are
 //! tiny (a `SetInflight` for a PUBLISH sent, a `CompleteInflight` for a
 //! PUBACK), so written alone each costs the backend's round trips for one or
 //! two ops; 20,000 subscribers of one topic made ~4 round trips per
-//! delivery. Here they are queued node-wide and a task writes what is
-//! queued as one batch (up to [`WriterLimits::max_merged_ops`] ops), a few
-//! batches at a time: the round trips are shared, and the busier the node,
-//! the more each batch carries. Nothing waits for a batch to fill: a queue
-//! that holds one submission is written at once.
+//! delivery. A publisher's routing batch (one `Enqueue` per persistent
+//! subscriber) written alone reads and writes every subscriber once per
+//! message, and its deliveries reach each subscriber one message at a time.
+//! Here all batches are queued node-wide and a task writes what is queued
+//! as one batch (up to [`WriterLimits::max_merged_ops`] ops), a few batches
+//! at a time: the round trips are shared, a session touched by several
+//! routing batches is read and written once, and the busier the node, the
+//! more each batch carries. Nothing waits for a batch to fill: a queue that
+//! holds one submission is written at once.
 //!
 //! Why merging keeps every guarantee of a batch written alone:
 //!
@@ -46,11 +50,6 @@ use easy_mqtt_core::storage::{BoxFuture, Op, Storage, StorageError};
 
 use crate::sessions::lock;
 
-/// Batches of at most this many ops go through the writer; a larger one
-/// (a routing batch to many sessions) is a round trip's worth on its own
-/// and is written directly.
-pub const MERGE_MAX_OPS: usize = 256;
-
 /// Whether a submission's incarnation may be written now (see the module
 /// documentation, "Fencing").
 pub type Fence = Arc<dyn Fn(Option<u64>) -> Result<(), StorageError> + Send + Sync>;
@@ -71,11 +70,14 @@ pub struct WriterLimits {
 impl Default for WriterLimits {
     fn default() -> WriterLimits {
         WriterLimits {
-            // The Kvrocks backend sends up to 2,000 commands per round
-            // trip; a merged batch of this many small journal ops is a few
-            // round trips per phase, and needs no turn among big calls.
-            max_merged_ops: 2_000,
-            max_queued_ops: 65_536,
+            // Routing batches are merged too: a session enqueued to by
+            // several of them is read once and gets one `ZADD` (Kvrocks),
+            // and its deliveries arrive together (one wake-up, one socket
+            // write for several PUBLISH packets). A batch this big is tens
+            // of pipelines of 2,000 commands, and its commands take tens
+            // of MB while it runs; `concurrency` of them at most.
+            max_merged_ops: 100_000,
+            max_queued_ops: 200_000,
             concurrency: 4,
         }
     }

@@ -222,7 +222,7 @@ impl<R: Runtime> Node<R> {
         MessageId::new(self.node_tag, sequence)
     }
 
-    /// Writes a connection's small batch (made under `incarnation`) through
+    /// Writes a connection's batch (made under `incarnation`) through
     /// the node-wide journal writer, merged with other connections' (see
     /// `journal.rs`).
     pub(crate) fn journal_write(

@@ -211,13 +211,10 @@ where
                     Box::pin(std::future::ready(Err(StorageError::Unavailable(
                         "no cluster lease".into(),
                     ))))
-                } else if ops.len() <= crate::journal::MERGE_MAX_OPS {
-                    // Small (a journal batch, a publish to a few sessions):
-                    // merged with other connections' (checked again there).
-                    self.node.journal_write(ops, front.incarnation)
                 } else {
-                    let storage = self.node.storage().clone();
-                    Box::pin(async move { storage.apply(ops).await })
+                    // Merged with other connections' batches (checked
+                    // again there: see `journal.rs`).
+                    self.node.journal_write(ops, front.incarnation)
                 });
             }
             let Some(running) = &mut front.running else {
