@@ -115,10 +115,12 @@ struct Submission {
     done: Arc<Done>,
 }
 
+type WriteResult = Result<(), StorageError>;
+
 /// Where a submission's result is left for its writer.
 #[derive(Default)]
 struct Done {
-    slot: Mutex<(Option<Result<(), StorageError>>, Option<Waker>)>,
+    slot: Mutex<(Option<WriteResult>, Option<Waker>)>,
 }
 
 impl Done {

@@ -92,11 +92,12 @@ fn always() -> Fence {
 }
 
 type Write = BoxFuture<'static, Result<(), StorageError>>;
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A writer whose task is kept here, not run, until the test runs it.
 struct Harness {
     writer: JournalWriter,
-    task: Arc<Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>>,
+    task: Arc<Mutex<Option<Task>>>,
 }
 
 impl Harness {
