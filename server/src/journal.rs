@@ -179,7 +179,7 @@ impl JournalWriter {
 
     /// Writes `ops` (made under `incarnation`) in the next merged batch:
     /// ready once that batch is stored, or with its error. The first call
-    /// starts the writer's task with `spawn`, `fence` deciding whether an
+    /// starts the writer's task with `start`, `fence` deciding whether an
     /// incarnation may be written.
     pub fn write(
         &self,
