@@ -172,6 +172,25 @@ for backend in $BACKENDS; do
   result=$(timeout $((TIMEOUT + 300)) "$BENCH" $args --quiet -p "$port" --broker-pid "$BROKER_PID" \
     2>"$OUT/bench.$backend.log") || status=$?
   result=$(grep '^RESULT ' <<<"$result" | tail -1 || true)
+  if [ -n "$REDIS_PID" ]; then
+    # The journal of the last acknowledgements is written lazily: wait
+    # until Redis received no command for 2 s, then read the broker's CPU
+    # and the held ids left (queued or in flight) over all sessions.
+    t0=$(date +%s.%N); last=-1; still=0
+    while [ $still -lt 4 ]; do
+      now=$(redis-cli -p "$REDIS_PORT" info stats | sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p')
+      if [ "${now:-0}" -le $((last + 20)) ]; then still=$((still + 1)); else still=0; fi
+      last=${now:-0}
+      sleep 0.5
+    done
+    drain=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a - 2 }')
+    cpu=$(awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$BROKER_PID/stat" 2>/dev/null || echo '?')
+    held=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*}:q' | sed 's/^/ZCARD /' |
+      redis-cli -p "$REDIS_PORT" | awk '{ s += $1 } END { print s + 0 }')
+    echo "[$backend] journal drained $drain s after the bench; broker cpu then ${cpu} s; redis commands $last; held ids left $held" |
+      tee -a "$OUT/results.txt" >&2
+    redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/redis/commandstats.txt" 2>/dev/null || true
+  fi
   redis_rss=""
   if [ -n "$REDIS_PID" ]; then
     redis_rss=$(rss_kb "$REDIS_PID")

@@ -94,6 +94,8 @@ pub struct Node<R: Runtime> {
     pub(crate) routes_notice: event_listener::Event,
     /// Dead nodes' inboxes this node serves.
     pub(crate) adopted: Mutex<Vec<crate::cluster::Adopted>>,
+    /// Merges the connections' small storage batches (see `journal.rs`).
+    pub(crate) journal: crate::journal::JournalWriter,
 }
 
 /// The connection a [`Policy`] is asked about.
@@ -160,6 +162,10 @@ impl<R: Runtime> Node<R> {
             _ => None,
         };
         Arc::new(Node {
+            journal: crate::journal::JournalWriter::new(
+                storage.clone(),
+                crate::journal::WriterLimits::default(),
+            ),
             config,
             runtime,
             storage,

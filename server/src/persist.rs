@@ -222,6 +222,46 @@ impl<R: Runtime> Node<R> {
         MessageId::new(self.node_tag, sequence)
     }
 
+    /// Writes a connection's batch (made under `incarnation`) through
+    /// the node-wide journal writer, merged with other connections' (see
+    /// `journal.rs`).
+    pub(crate) fn journal_write(
+        self: &Arc<Self>,
+        ops: Vec<Op>,
+        incarnation: Option<u64>,
+    ) -> easy_mqtt_core::storage::BoxFuture<'static, Result<(), StorageError>> {
+        let runtime = self.runtime.clone();
+        let node = Arc::downgrade(self);
+        self.journal.write(
+            ops,
+            incarnation,
+            |task| runtime.spawn(task),
+            move || {
+                Arc::new(move |incarnation| match node.upgrade() {
+                    Some(node) => node.may_write_as(incarnation),
+                    None => Err(StorageError::Unavailable("node stopped".into())),
+                })
+            },
+        )
+    }
+
+    /// Whether a batch made under `incarnation` may be written now: not
+    /// once the node was fenced (a new incarnation), nor without a lease.
+    pub(crate) fn may_write_as(&self, incarnation: Option<u64>) -> Result<(), StorageError> {
+        if self.incarnation() != incarnation {
+            return Err(StorageError::Unavailable("stale incarnation".into()));
+        }
+        if !self.may_write() {
+            return Err(StorageError::Unavailable("no cluster lease".into()));
+        }
+        Ok(())
+    }
+
+    /// The node-wide journal writer's counts.
+    pub fn journal_stats(&self) -> crate::journal::WriterStats {
+        self.journal.stats()
+    }
+
     /// Counts a storage failure and logs it, at most once a second.
     pub fn storage_failed(&self, what: &str, error: &StorageError) {
         Metrics::inc(&self.metrics.storage_errors);

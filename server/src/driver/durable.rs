@@ -209,17 +209,18 @@ where
                     }
                 }
                 front.retry_at = None;
-                let storage = self.node.storage().clone();
                 let ops = front.ops.clone();
                 // A cluster node without a lease writes nothing: it may have
                 // been declared dead, and its writes would be stale.
-                let allowed = self.node.may_write();
-                front.running = Some(Box::pin(async move {
-                    if !allowed {
-                        return Err(StorageError::Unavailable("no cluster lease".into()));
-                    }
-                    storage.apply(ops).await
-                }));
+                front.running = Some(if !self.node.may_write() {
+                    Box::pin(std::future::ready(Err(StorageError::Unavailable(
+                        "no cluster lease".into(),
+                    ))))
+                } else {
+                    // Merged with other connections' batches (checked
+                    // again there: see `journal.rs`).
+                    self.node.journal_write(ops, front.incarnation)
+                });
             }
             let Some(running) = &mut front.running else {
                 return progress;
