@@ -489,6 +489,19 @@ impl<R: Runtime> Node<R> {
 /// Applies `ops`, retrying with back-off until storage takes them or the
 /// node stops; never gives up on its own (the callers' data is in them).
 pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    apply_retrying(node, ops, true).await
+}
+
+/// [`apply_until_stored`] for the cluster task's own writes (adoptions):
+/// false as soon as the lease is gone. Only that task's heartbeat brings
+/// the lease back, so waiting for it there would stop the node for good
+/// (never renewed, never told it was fenced); the adoption is taken up
+/// again next round instead, every step of it being idempotent.
+pub(crate) async fn apply_while_leased<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    apply_retrying(node, ops, false).await
+}
+
+async fn apply_retrying<R: Runtime>(node: &Node<R>, ops: Vec<Op>, wait_for_lease: bool) -> bool {
     let mut attempt = 0;
     let incarnation = node
         .cluster
@@ -499,6 +512,9 @@ pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>)
             // Fenced meanwhile: what this incarnation held is adopted.
             Some(c) if Some(c.incarnation.load(Ordering::Acquire)) != incarnation => return false,
             Some(c) if !c.lease_valid(node.runtime.now()) => {
+                if !wait_for_lease {
+                    return false;
+                }
                 Err(StorageError::Unavailable("no cluster lease".into()))
             }
             _ => node.storage.apply(ops.clone()).await,
