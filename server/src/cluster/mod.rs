@@ -150,6 +150,13 @@ pub struct ClusterState {
     pub(crate) dropped_bus: AtomicU64,
     /// Live nodes (this one included), from the last membership read.
     pub(crate) live: RwLock<Vec<ByteStr>>,
+    /// The other nodes a retained message goes to: the live ones, and those
+    /// whose heartbeat expired but that nobody adopted yet. Cut off from
+    /// storage for about a time to live, such a node may heartbeat again
+    /// without ever being fenced, and so without reading the retained
+    /// state again: what was not sent to its inbox meanwhile it would miss
+    /// for good.
+    pub(crate) retained_peers: RwLock<Vec<ByteStr>>,
     /// The retained index must be read again from storage (after joining,
     /// or after this node was fenced).
     pub(crate) retained_stale: AtomicBool,
@@ -274,6 +281,7 @@ impl ClusterState {
             outbox_event: event_listener::Event::new(),
             dropped_bus: AtomicU64::new(0),
             live: RwLock::new(Vec::new()),
+            retained_peers: RwLock::new(Vec::new()),
             retained_stale: AtomicBool::new(false),
             catching_up: AtomicBool::new(false),
             pending_releases: AtomicUsize::new(0),
@@ -625,12 +633,33 @@ async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant) {
             }
             match store.members().await {
                 Ok(members) => {
-                    let live = members
-                        .into_iter()
-                        .filter(|m| m.alive.is_some())
-                        .map(|m| m.node)
-                        .collect();
+                    let own = cluster.name();
+                    let mut live = Vec::new();
+                    let mut retained_peers = Vec::new();
+                    for member in members {
+                        if member.alive.is_some() {
+                            if member.node != own {
+                                retained_peers.push(member.node.clone());
+                            }
+                            live.push(member.node);
+                            continue;
+                        }
+                        if member.node == own {
+                            continue;
+                        }
+                        // Adopted: fenced, it reads the retained state again
+                        // when it comes back (see `retained_stale`).
+                        match store.adopter(&member.node, member.incarnation).await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => retained_peers.push(member.node),
+                            Err(error) => {
+                                node.storage_failed("adopter", &error);
+                                retained_peers.push(member.node);
+                            }
+                        }
+                    }
                     *crate::node::write(&cluster.live) = live;
+                    *crate::node::write(&cluster.retained_peers) = retained_peers;
                 }
                 Err(error) => node.storage_failed("members", &error),
             }
