@@ -776,9 +776,16 @@ impl<R: Runtime> Node<R> {
 
 impl<R: Runtime> Node<R> {
     /// Replaces the retained index with what storage holds (see
-    /// `run_membership`); false when storage failed.
+    /// `run_membership`); false when storage failed. A topic changed in
+    /// memory while storage was read (routed here, or read from the inbox)
+    /// keeps its value: the one read may be older, and installing it would
+    /// undo a change that no later message repairs.
     async fn catch_up_retained(&self) -> bool {
-        match self.storage.load_retained().await {
+        *lock(&self.retained_touched) = Some(std::collections::HashSet::new());
+        let loaded = self.storage.load_retained().await;
+        let mut retained = crate::node::write(&self.retained);
+        let touched = lock(&self.retained_touched).take().unwrap_or_default();
+        match loaded {
             Ok(stored) => {
                 let mut index = easy_mqtt_core::topic::RetainedIndex::new();
                 let count = stored.len();
@@ -786,7 +793,18 @@ impl<R: Runtime> Node<R> {
                     let topic = message.topic.clone();
                     index.insert(&topic, message);
                 }
-                *crate::node::write(&self.retained) = index;
+                for topic in &touched {
+                    match retained.get(topic) {
+                        Some(message) => {
+                            index.insert(topic, message.clone());
+                        }
+                        None => {
+                            index.remove(topic);
+                        }
+                    }
+                }
+                *retained = index;
+                drop(retained);
                 tracing::debug!(count, "retained messages read again from storage");
                 true
             }
