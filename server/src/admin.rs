@@ -273,7 +273,9 @@ impl<R: Runtime> Node<R> {
 
     /// Removes a retained message; whether there was one.
     pub fn delete_retained(&self, topic: &str) -> bool {
-        write(&self.retained).remove(topic).is_some()
+        let mut retained = write(&self.retained);
+        self.retained_touched(&ByteStr::from(topic));
+        retained.remove(topic).is_some()
     }
 
     /// Applies `ops`, retried with back-off while storage is unavailable

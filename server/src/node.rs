@@ -69,6 +69,10 @@ pub struct Node<R: Runtime> {
     pub(crate) registry: Mutex<HashMap<ByteStr, Arc<SessionEntry>>>,
     pub(crate) trie: RwLock<SubscriptionTrie<SessionKey>>,
     pub(crate) retained: RwLock<RetainedIndex<Arc<Message>>>,
+    /// While a cluster catch-up reads the retained messages from storage:
+    /// the topics changed in memory meanwhile (under `retained`'s write
+    /// lock), which keep their value rather than the one read.
+    pub(crate) retained_touched: Mutex<Option<std::collections::HashSet<ByteStr>>>,
     /// Every open connection, for shutdown (and the API later).
     pub(crate) connections: Mutex<HashMap<u64, Weak<ConnCell>>>,
     pub(crate) next_connection_id: AtomicU64,
@@ -172,6 +176,7 @@ impl<R: Runtime> Node<R> {
             registry: Mutex::new(HashMap::new()),
             trie: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedIndex::new()),
+            retained_touched: Mutex::new(None),
             connections: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             next_assigned_id: AtomicU64::new(1),
@@ -478,12 +483,21 @@ impl<R: Runtime> Node<R> {
             return;
         }
         let mut retained = write(&self.retained);
+        self.retained_touched(&message.topic);
         if message.payload.is_empty() {
             // [MQTT-3.3.1-10], [MQTT-3.3.1-11]
             retained.remove(&message.topic);
         } else {
             // [MQTT-3.3.1-5]
             retained.insert(&message.topic, message.clone());
+        }
+    }
+
+    /// Notes a change of `topic` for a catch-up in progress; called under
+    /// `retained`'s write lock.
+    pub(crate) fn retained_touched(&self, topic: &ByteStr) {
+        if let Some(touched) = lock(&self.retained_touched).as_mut() {
+            touched.insert(topic.clone());
         }
     }
 

@@ -65,6 +65,50 @@ fn cluster_seeds() {
     );
 }
 
+/// Seeds beyond the first 1,000 that once failed, with what they caught;
+/// run by CI like the range above.
+const REGRESSION_SEEDS: &[(u64, &str)] = &[
+    (
+        1309,
+        "retained clear missed by a node whose heartbeat expired, never fenced",
+    ),
+    (
+        1615,
+        "retained update missed by a node whose heartbeat expired, never fenced",
+    ),
+    (
+        5890,
+        "retained update missed by a node whose heartbeat expired, never fenced",
+    ),
+    (
+        2333,
+        "cluster task stuck waiting for a lease only it renews (adoption)",
+    ),
+    (
+        3105,
+        "cluster task stuck waiting for a lease only it renews (adoption)",
+    ),
+    (
+        2418,
+        "cluster task stuck waiting for a lease only it renews (adoption)",
+    ),
+];
+
+#[test]
+fn cluster_regression_seeds() {
+    let mut failures = Vec::new();
+    for (seed, what) in REGRESSION_SEEDS {
+        if let Err(report) = run_cluster(*seed).check() {
+            eprintln!("{what}:\n{report}");
+            failures.push(*seed);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing regression seeds {failures:?}; replay one with: cargo run -p easy-mqtt-sim --release -- --scenario cluster --seed <seed>"
+    );
+}
+
 #[test]
 fn cluster_same_seed_same_trace() {
     let seed = env_u64("SIM_SEED").unwrap_or(3);

@@ -31,7 +31,7 @@ use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::cluster::{ClusterOp, InboxId};
 use easy_mqtt_core::storage::{Op, StorageError};
 
-use super::apply_until_stored;
+use super::apply_while_leased;
 use super::takeover::kick;
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
@@ -253,8 +253,10 @@ impl<R: Runtime> Node<R> {
                     }
                 }
                 ops.extend(self.route_ops_for(route_filters, cluster));
-                if !ops.is_empty() {
-                    apply_until_stored(self, ops).await;
+                if !ops.is_empty() && !apply_while_leased(self, ops).await {
+                    return Err(StorageError::Unavailable(
+                        "the adopted sessions were not stored".into(),
+                    ));
                 }
             }
         }
@@ -277,7 +279,7 @@ impl<R: Runtime> Node<R> {
                 node: dead.clone(),
                 client_id: presence.client_id.clone(),
             }));
-            if !apply_until_stored(self, ops).await {
+            if !apply_while_leased(self, ops).await {
                 return Err(StorageError::Unavailable("storage refused the will".into()));
             }
             if let Some(route) = prepared {
@@ -302,7 +304,11 @@ impl<R: Runtime> Node<R> {
             };
             if !removals.is_empty() {
                 removals.extend(cluster.routes_changed_ops());
-                apply_until_stored(self, removals).await;
+                if !apply_while_leased(self, removals).await {
+                    return Err(StorageError::Unavailable(
+                        "the dead node's routes were not removed".into(),
+                    ));
+                }
             }
             let mut adopted = lock(&self.adopted);
             let sessions = Arc::new(adopted_sessions);
@@ -394,7 +400,13 @@ impl<R: Runtime> Node<R> {
                         .await?
                     {
                         tracing::info!(previous = %life.node, "adopting this node's previous incarnation");
-                        self.adopt(&life.node).await?;
+                        // Won for good: a failure half-way is taken up by
+                        // the cluster task, like any unfinished adoption
+                        // (claiming again would not win it back).
+                        if let Err(error) = self.adopt(&life.node).await {
+                            self.storage_failed("adopt", &error);
+                            lock(&cluster.unfinished_adoptions).push(life.node);
+                        }
                     }
                     // Otherwise another node adopts it.
                 }

@@ -150,6 +150,13 @@ pub struct ClusterState {
     pub(crate) dropped_bus: AtomicU64,
     /// Live nodes (this one included), from the last membership read.
     pub(crate) live: RwLock<Vec<ByteStr>>,
+    /// The other nodes a retained message goes to: the live ones, and those
+    /// whose heartbeat expired but that nobody adopted yet. Cut off from
+    /// storage for about a time to live, such a node may heartbeat again
+    /// without ever being fenced, and so without reading the retained
+    /// state again: what was not sent to its inbox meanwhile it would miss
+    /// for good.
+    pub(crate) retained_peers: RwLock<Vec<ByteStr>>,
     /// The retained index must be read again from storage (after joining,
     /// or after this node was fenced).
     pub(crate) retained_stale: AtomicBool,
@@ -274,6 +281,7 @@ impl ClusterState {
             outbox_event: event_listener::Event::new(),
             dropped_bus: AtomicU64::new(0),
             live: RwLock::new(Vec::new()),
+            retained_peers: RwLock::new(Vec::new()),
             retained_stale: AtomicBool::new(false),
             catching_up: AtomicBool::new(false),
             pending_releases: AtomicUsize::new(0),
@@ -489,6 +497,19 @@ impl<R: Runtime> Node<R> {
 /// Applies `ops`, retrying with back-off until storage takes them or the
 /// node stops; never gives up on its own (the callers' data is in them).
 pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    apply_retrying(node, ops, true).await
+}
+
+/// [`apply_until_stored`] for the cluster task's own writes (adoptions):
+/// false as soon as the lease is gone. Only that task's heartbeat brings
+/// the lease back, so waiting for it there would stop the node for good
+/// (never renewed, never told it was fenced); the adoption is taken up
+/// again next round instead, every step of it being idempotent.
+pub(crate) async fn apply_while_leased<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    apply_retrying(node, ops, false).await
+}
+
+async fn apply_retrying<R: Runtime>(node: &Node<R>, ops: Vec<Op>, wait_for_lease: bool) -> bool {
     let mut attempt = 0;
     let incarnation = node
         .cluster
@@ -499,6 +520,9 @@ pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>)
             // Fenced meanwhile: what this incarnation held is adopted.
             Some(c) if Some(c.incarnation.load(Ordering::Acquire)) != incarnation => return false,
             Some(c) if !c.lease_valid(node.runtime.now()) => {
+                if !wait_for_lease {
+                    return false;
+                }
                 Err(StorageError::Unavailable("no cluster lease".into()))
             }
             _ => node.storage.apply(ops.clone()).await,
@@ -609,12 +633,33 @@ async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant) {
             }
             match store.members().await {
                 Ok(members) => {
-                    let live = members
-                        .into_iter()
-                        .filter(|m| m.alive.is_some())
-                        .map(|m| m.node)
-                        .collect();
+                    let own = cluster.name();
+                    let mut live = Vec::new();
+                    let mut retained_peers = Vec::new();
+                    for member in members {
+                        if member.alive.is_some() {
+                            if member.node != own {
+                                retained_peers.push(member.node.clone());
+                            }
+                            live.push(member.node);
+                            continue;
+                        }
+                        if member.node == own {
+                            continue;
+                        }
+                        // Adopted: fenced, it reads the retained state again
+                        // when it comes back (see `retained_stale`).
+                        match store.adopter(&member.node, member.incarnation).await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => retained_peers.push(member.node),
+                            Err(error) => {
+                                node.storage_failed("adopter", &error);
+                                retained_peers.push(member.node);
+                            }
+                        }
+                    }
                     *crate::node::write(&cluster.live) = live;
+                    *crate::node::write(&cluster.retained_peers) = retained_peers;
                 }
                 Err(error) => node.storage_failed("members", &error),
             }
@@ -731,9 +776,16 @@ impl<R: Runtime> Node<R> {
 
 impl<R: Runtime> Node<R> {
     /// Replaces the retained index with what storage holds (see
-    /// `run_membership`); false when storage failed.
+    /// `run_membership`); false when storage failed. A topic changed in
+    /// memory while storage was read (routed here, or read from the inbox)
+    /// keeps its value: the one read may be older, and installing it would
+    /// undo a change that no later message repairs.
     async fn catch_up_retained(&self) -> bool {
-        match self.storage.load_retained().await {
+        *lock(&self.retained_touched) = Some(std::collections::HashSet::new());
+        let loaded = self.storage.load_retained().await;
+        let mut retained = crate::node::write(&self.retained);
+        let touched = lock(&self.retained_touched).take().unwrap_or_default();
+        match loaded {
             Ok(stored) => {
                 let mut index = easy_mqtt_core::topic::RetainedIndex::new();
                 let count = stored.len();
@@ -741,7 +793,18 @@ impl<R: Runtime> Node<R> {
                     let topic = message.topic.clone();
                     index.insert(&topic, message);
                 }
-                *crate::node::write(&self.retained) = index;
+                for topic in &touched {
+                    match retained.get(topic) {
+                        Some(message) => {
+                            index.insert(topic, message.clone());
+                        }
+                        None => {
+                            index.remove(topic);
+                        }
+                    }
+                }
+                *retained = index;
+                drop(retained);
                 tracing::debug!(count, "retained messages read again from storage");
                 true
             }

@@ -212,15 +212,16 @@ impl<R: Runtime> Node<R> {
     }
 
     /// The other nodes a message on `topic` must reach: those with a
-    /// matching route, or all live ones for a retained message (every node
-    /// keeps every retained message).
+    /// matching route, or for a retained message every node that may serve
+    /// again without reading the retained state anew (every node keeps every
+    /// retained message; see `ClusterState::retained_peers`).
     pub(crate) fn remote_nodes(&self, topic: &str, retain: bool, out: &mut Vec<ByteStr>) {
         out.clear();
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
         if retain {
-            out.extend(cluster.peers());
+            out.extend(read(&cluster.retained_peers).iter().cloned());
             return;
         }
         read(&cluster.routes).nodes_for(topic, out);
