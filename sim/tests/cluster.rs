@@ -65,6 +65,19 @@ fn cluster_seeds() {
     );
 }
 
+/// Seeds past the default range that once delivered a QoS 2 message twice
+/// (a retried publish batch's bus entries served again by an adopter).
+const DUPLICATE_QOS2_SEEDS: &[u64] = &[3718, 4527];
+
+#[test]
+fn cluster_duplicate_qos2_seeds() {
+    let failures: Vec<String> = DUPLICATE_QOS2_SEEDS
+        .iter()
+        .filter_map(|seed| run_cluster(*seed).check().err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn cluster_same_seed_same_trace() {
     let seed = env_u64("SIM_SEED").unwrap_or(3);
