@@ -65,9 +65,10 @@ fn cluster_seeds() {
     );
 }
 
-/// Seeds past the default range that once delivered a QoS 2 message twice
-/// (a retried publish batch's bus entries served again by an adopter).
-const DUPLICATE_QOS2_SEEDS: &[u64] = &[3718, 4527];
+/// Seeds past the default range that once delivered a QoS 2 message twice:
+/// a retried publish batch's bus entries served again by an adopter (3718,
+/// 4527); an old owner's forward taken after the hand-over's watch (6324).
+const DUPLICATE_QOS2_SEEDS: &[u64] = &[3718, 4527, 6324];
 
 #[test]
 fn cluster_duplicate_qos2_seeds() {

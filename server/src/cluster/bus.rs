@@ -434,6 +434,13 @@ impl<R: Runtime> Node<R> {
                     self.finish_route(prepared);
                 }
                 Then::Direct(key, delivery) => {
+                    // Like storage's `Enqueue`, a no-op for an id the session
+                    // holds: the old owner's forward of a message this node
+                    // also routed may come after the hand-over's watch ended
+                    // (held back by a storage outage).
+                    if delivery.id.is_some_and(|id| key.0.holds(id)) {
+                        continue;
+                    }
                     key.0.deliver(delivery, &self.metrics);
                 }
             }
