@@ -110,6 +110,20 @@ impl SessionEntry {
         }
     }
 
+    /// Whether the session's live state (its connection's, or its offline
+    /// one) holds the stored message `id`, queued or in flight.
+    pub(crate) fn holds(&self, id: easy_mqtt_core::storage::MessageId) -> bool {
+        let held = |state: &easy_mqtt_core::session::SessionState| {
+            state.queue().any(|d| d.id == Some(id))
+                || state.inflight().any(|m| m.delivery.id == Some(id))
+        };
+        let inner = lock(&self.inner);
+        if let Some(cell) = &inner.attached {
+            return lock(&cell.inner).conn.session().is_some_and(held);
+        }
+        inner.offline.as_deref().is_some_and(held)
+    }
+
     /// Hands one message to this session: to the live connection, or to the
     /// queue of a disconnected persistent session. QoS 0 messages are not
     /// kept for a disconnected client. Returns whether the session took it.

@@ -92,6 +92,18 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         2418,
         "cluster task stuck waiting for a lease only it renews (adoption)",
     ),
+    (
+        3718,
+        "QoS 2 twice: a retried publish batch's bus entry served again by an adopter",
+    ),
+    (
+        4527,
+        "QoS 2 twice: a retried publish batch's bus entry served again by an adopter",
+    ),
+    (
+        6324,
+        "QoS 2 twice: an old owner's forward taken after the hand-over's watch",
+    ),
 ];
 
 #[test]

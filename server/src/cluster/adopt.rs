@@ -93,6 +93,15 @@ impl<R: Runtime> Node<R> {
                 }
             }
             if finished && let Some(store) = self.storage.cluster() {
+                let forget_served = Op::Cluster(ClusterOp::PushLog {
+                    space: ByteStr::from(super::bus::SERVED_SPACE),
+                    key: dead.node.clone(),
+                    entry: bytes::Bytes::new(),
+                    keep: 0,
+                });
+                if let Err(error) = self.storage.apply(vec![forget_served]).await {
+                    self.storage_failed("forget served log", &error);
+                }
                 match store.forget_member(&dead.node).await {
                     Err(error) => self.storage_failed("forget node", &error),
                     Ok(()) => tracing::info!(node = %dead.node, "dead node forgotten"),
@@ -287,7 +296,20 @@ impl<R: Runtime> Node<R> {
             }
         }
         tracing::trace!(node = %dead, "adoption: sessions and wills done");
-        // 3. Its inbox.
+        // 3. Its inbox. What it (or an earlier adopter) already served of
+        // it first: a retried publish batch may have appended copies.
+        let keep = usize::try_from(super::bus::SERVED_KEEP).unwrap_or(usize::MAX);
+        let served = store.read_log(super::bus::SERVED_SPACE, dead, keep).await?;
+        {
+            let mut seen = lock(&cluster.seen);
+            let recent = seen.entry(dead.clone()).or_default();
+            // Oldest first, as they were served (the log is newest first).
+            for entry in served.iter().rev() {
+                for key in super::bus::decode_served(entry) {
+                    recent.insert(key);
+                }
+            }
+        }
         {
             let mut removals: Vec<Op> = {
                 let routes = crate::node::read(&cluster.routes);

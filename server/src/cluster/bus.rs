@@ -36,6 +36,46 @@ const INBOX_WAIT: Duration = Duration::from_millis(500);
 /// once.
 const INBOX_POLL: Duration = Duration::from_millis(5);
 
+/// The logs of the QoS 2 messages each inbox served, one log per inbox
+/// (keyed by the inbox's node name).
+///
+/// A retried publish batch whose first attempt timed out (unknown outcome,
+/// yet stored) appends its `Forward` entries again; the node serving the
+/// inbox drops the copies through `seen`, which lives in its memory only.
+/// When the copy is read by another process (the node died, or was fenced,
+/// and its adopter serves its inbox), the message would be stored and
+/// delivered again, though the first copy's delivery may have been
+/// completed and forgotten already: for QoS 2, a second delivery
+/// ([MQTT-4.3.3]). So every inbox batch that served QoS 2 messages pushes
+/// their keys to this log, in the batch that acknowledges them, and an
+/// adopter reads the log into `seen` before it serves the dead node's
+/// inbox. (QoS 1 may arrive twice, QoS 0 is never stored: neither is
+/// logged.)
+pub(crate) const SERVED_SPACE: &str = "cluster-served";
+/// Batches kept per log: each served at least one id, so the log covers at
+/// least as many ids as the in-memory `seen` set of one inbox.
+pub(crate) const SERVED_KEEP: u32 = 65_536;
+
+/// The encoded keys of one log entry: (client key, message id) pairs, 16
+/// bytes each, big-endian.
+fn encode_served(keys: &[(u64, MessageId)]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(keys.len() * 16);
+    for (client, id) in keys {
+        out.extend_from_slice(&client.to_be_bytes());
+        out.extend_from_slice(&id.0.to_be_bytes());
+    }
+    bytes::Bytes::from(out)
+}
+
+/// The keys of a log entry; a torn trailing pair is ignored.
+pub(crate) fn decode_served(entry: &[u8]) -> impl Iterator<Item = (u64, MessageId)> + '_ {
+    entry.chunks_exact(16).filter_map(|pair| {
+        let client = u64::from_be_bytes(pair.get(..8)?.try_into().ok()?);
+        let id = u64::from_be_bytes(pair.get(8..)?.try_into().ok()?);
+        Some((client, MessageId(id)))
+    })
+}
+
 /// A client id as a key of the recent-ids sets (never 0, which stands for
 /// "every session of the node").
 pub(crate) fn client_key(client_id: &ByteStr) -> u64 {
@@ -179,6 +219,7 @@ impl<R: Runtime> Node<R> {
         then: &mut Vec<Then>,
     ) {
         let only = dead.map(|(sessions, _)| sessions);
+        let mut served_qos2 = Vec::new();
         let mut departed_matches = Vec::new();
         let mut scratch = Vec::new();
         for (entry_id, entry) in entries {
@@ -207,6 +248,14 @@ impl<R: Runtime> Node<R> {
                     entry: entry_id,
                 }));
                 continue;
+            }
+            let qos2 = match &entry {
+                BusEntry::Publish { message, .. } => message.qos == QoS::ExactlyOnce,
+                BusEntry::Direct { qos, .. } => *qos == QoS::ExactlyOnce,
+                _ => false,
+            };
+            if let Some(key) = key.filter(|_| qos2) {
+                served_qos2.push(key);
             }
             match entry {
                 BusEntry::Publish { id, message } => {
@@ -268,6 +317,16 @@ impl<R: Runtime> Node<R> {
             ops.push(Op::Cluster(ClusterOp::InboxAck {
                 node: inbox.clone(),
                 entry: entry_id,
+            }));
+        }
+        if !served_qos2.is_empty() {
+            // After the acknowledgements: a backend that stops half-way
+            // through the batch never logs an entry it left unacknowledged.
+            ops.push(Op::Cluster(ClusterOp::PushLog {
+                space: ByteStr::from(SERVED_SPACE),
+                key: inbox.clone(),
+                entry: encode_served(&served_qos2),
+                keep: SERVED_KEEP,
             }));
         }
     }
@@ -375,6 +434,13 @@ impl<R: Runtime> Node<R> {
                     self.finish_route(prepared);
                 }
                 Then::Direct(key, delivery) => {
+                    // Like storage's `Enqueue`, a no-op for an id the session
+                    // holds: the old owner's forward of a message this node
+                    // also routed may come after the hand-over's watch ended
+                    // (held back by a storage outage).
+                    if delivery.id.is_some_and(|id| key.0.holds(id)) {
+                        continue;
+                    }
                     key.0.deliver(delivery, &self.metrics);
                 }
             }
