@@ -458,6 +458,11 @@ pub(super) async fn run_inbox<R: Runtime>(node: Arc<Node<R>>) {
             .map(|read| {
                 if read < cluster.config.inbox_batch {
                     cluster.inbox_caught_up.fetch_max(round, Ordering::AcqRel);
+                    let mut at = lock(&cluster.inbox_caught_up_at);
+                    if at.is_none_or(|at| at < started) {
+                        *at = Some(started);
+                    }
+                    drop(at);
                     cluster.inbox_event.notify(usize::MAX);
                 }
                 read > 0

@@ -539,6 +539,13 @@ impl<R: Runtime> Node<R> {
 
     /// Ends the forwarding of clients given up long enough ago: their
     /// subscriptions leave the trie and their entries the registry.
+    ///
+    /// The grace is about when a message reached this node's inbox, not
+    /// when this node got to read it: a forward ends only once a round of
+    /// inbox reading that started after its end has caught up. A node cut
+    /// off from storage (or slow to read) would otherwise drop what other
+    /// nodes, their route caches still naming it, appended for the client
+    /// within the grace.
     pub(crate) fn expire_forwards(&self, now: std::time::Instant) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
@@ -546,11 +553,15 @@ impl<R: Runtime> Node<R> {
         if cluster.forward_count.load(Ordering::Acquire) == 0 {
             return;
         }
+        let Some(read_through) = *lock(&cluster.inbox_caught_up_at) else {
+            return;
+        };
+        let horizon = now.min(read_through);
         let expired: Vec<ByteStr> = {
             let mut forwards = write(&cluster.forwards);
             let expired: Vec<ByteStr> = forwards
                 .iter()
-                .filter(|(_, f)| f.until <= now)
+                .filter(|(_, f)| f.until <= horizon)
                 .map(|(client, _)| client.clone())
                 .collect();
             for client in &expired {
