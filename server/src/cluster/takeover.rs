@@ -486,12 +486,18 @@ impl<R: Runtime> Node<R> {
         tracing::info!(client_id = %client_id, to = %to, epoch, for_node = %inbox, "session released to another node");
         let mut ops = answer(&inbox, to.clone(), &client_id);
         // Should this node die while it still forwards, its adopter
-        // forwards what its inbox held for the client instead.
+        // forwards what its inbox held for the client instead. The adopter
+        // comes only once the heartbeat expired (up to a node time to live
+        // after the death, plus its own heartbeat round): the record
+        // outlives the grace by that much, or a node dying within the grace
+        // would leave what its inbox holds for the client to nobody.
+        let config = cluster.config;
+        let ttl = config.forward_grace + config.node_ttl + config.heartbeat_interval * 2;
         ops.push(Op::Cluster(ClusterOp::PutRecord {
             space: super::forwards_space(&inbox),
             key: client_id.clone(),
             value: bytes::Bytes::copy_from_slice(to.as_bytes()),
-            ttl: Some(cluster.config.forward_grace),
+            ttl: Some(ttl),
         }));
         ops.push(ack);
         apply_until_stored(&self, ops).await;
