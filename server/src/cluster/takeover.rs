@@ -493,12 +493,21 @@ impl<R: Runtime> Node<R> {
         // would leave what its inbox holds for the client to nobody.
         let config = cluster.config;
         let ttl = config.forward_grace + config.node_ttl + config.heartbeat_interval * 2;
-        ops.push(Op::Cluster(ClusterOp::PutRecord {
-            space: super::forwards_space(&inbox),
-            key: client_id.clone(),
-            value: bytes::Bytes::copy_from_slice(to.as_bytes()),
-            ttl: Some(ttl),
-        }));
+        // Released on behalf of a dead node this one adopted: the session's
+        // routes were this node's, so messages for it also reach this
+        // node's own inbox, which its own adopter serves.
+        let mut spaces = vec![inbox.clone()];
+        if inbox != own {
+            spaces.push(own.clone());
+        }
+        for space in spaces {
+            ops.push(Op::Cluster(ClusterOp::PutRecord {
+                space: super::forwards_space(&space),
+                key: client_id.clone(),
+                value: bytes::Bytes::copy_from_slice(to.as_bytes()),
+                ttl: Some(ttl),
+            }));
+        }
         ops.push(ack);
         apply_until_stored(&self, ops).await;
     }
