@@ -247,6 +247,13 @@ impl<T: std::hash::Hash + Eq + Copy, const CAPACITY: usize> RecentIds<T, CAPACIT
         }
         true
     }
+
+    /// Forgets `id` (its slot in the arrival order is left to age out; it
+    /// only ever evicts an id early, which weakens no more than one
+    /// dedupe).
+    pub(crate) fn forget(&mut self, id: &T) {
+        self.set.remove(id);
+    }
 }
 
 /// A client recently taken over from another node.
