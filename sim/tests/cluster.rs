@@ -65,6 +65,44 @@ fn cluster_seeds() {
     );
 }
 
+/// Seeds beyond the default range that once lost acknowledged messages for
+/// a persistent subscriber, with the cause each found: CI runs them on top
+/// of the first 1,000.
+const LOST_MESSAGE_SEEDS: &[(u64, &str)] = &[
+    (
+        1240,
+        "forwards record expired before the dead node's adopter read it",
+    ),
+    (
+        1769,
+        "forwards expired while the node could not read its inbox",
+    ),
+    (
+        2485,
+        "record of a release made for an adopted node missing from its own space",
+    ),
+    (
+        3996,
+        "forwards record expired before the dead node's adopter read it",
+    ),
+    (
+        5189,
+        "a Direct entry passed on and coming back dropped as a replay",
+    ),
+];
+
+#[test]
+fn cluster_lost_message_regressions() {
+    let mut failures = Vec::new();
+    for (seed, cause) in LOST_MESSAGE_SEEDS {
+        if let Err(report) = run_cluster(*seed).check() {
+            eprintln!("{report}\n  (this seed once failed for: {cause})");
+            failures.push(*seed);
+        }
+    }
+    assert!(failures.is_empty(), "failing seeds {failures:?}");
+}
+
 #[test]
 fn cluster_same_seed_same_trace() {
     let seed = env_u64("SIM_SEED").unwrap_or(3);
