@@ -104,6 +104,26 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         6324,
         "QoS 2 twice: an old owner's forward taken after the hand-over's watch",
     ),
+    (
+        1240,
+        "forwards record expired before the dead node's adopter read it",
+    ),
+    (
+        1769,
+        "forwards expired while the node could not read its inbox",
+    ),
+    (
+        2485,
+        "record of a release made for an adopted node missing from its own space",
+    ),
+    (
+        3996,
+        "forwards record expired before the dead node's adopter read it",
+    ),
+    (
+        5189,
+        "a Direct entry passed on and coming back dropped as a replay",
+    ),
 ];
 
 #[test]

@@ -279,7 +279,23 @@ impl<R: Runtime> Node<R> {
                     id,
                     message,
                     qos,
-                } => self.take_direct(client_id, id, message, qos, owners, ops, then),
+                } => {
+                    let key = (client_key(&client_id), id);
+                    if !self.take_direct(client_id, id, message, qos, owners, ops, then) {
+                        // Passed on, not served: while the client moves
+                        // between nodes the same entry may come back here
+                        // once this node owns it, and is no replay then
+                        // (a real replay passed on twice is told apart by
+                        // the node that serves it). Nor is it logged as
+                        // served for an adopter.
+                        served_qos2.retain(|served| *served != key);
+                        if let Some(cluster) = self.cluster.as_ref()
+                            && let Some(recent) = lock(&cluster.seen).get_mut(inbox)
+                        {
+                            recent.forget(&key);
+                        }
+                    }
+                }
                 BusEntry::Kick {
                     client_id,
                     epoch,
@@ -333,7 +349,8 @@ impl<R: Runtime> Node<R> {
 
     /// A message for one client: delivered here if this node holds its
     /// session, forwarded if it gave it up, else stored in its queue (if it
-    /// has a persistent session: the op is ignored otherwise).
+    /// has a persistent session: the op is ignored otherwise). False when
+    /// it was passed on to another node.
     #[allow(clippy::too_many_arguments)]
     fn take_direct(
         &self,
@@ -344,11 +361,12 @@ impl<R: Runtime> Node<R> {
         owners: &HashMap<ByteStr, ByteStr>,
         ops: &mut Vec<Op>,
         then: &mut Vec<Then>,
-    ) {
-        if self.forward_if_given_up(&client_id, id, &message, qos, ops)
-            || self.delivered_in_handover(&client_id, id)
-        {
-            return;
+    ) -> bool {
+        if self.forward_if_given_up(&client_id, id, &message, qos, ops) {
+            return false;
+        }
+        if self.delivered_in_handover(&client_id, id) {
+            return true;
         }
         let entry = lock(&self.registry).get(&client_id).cloned();
         if entry.is_none()
@@ -365,7 +383,7 @@ impl<R: Runtime> Node<R> {
                     qos,
                 },
             }));
-            return;
+            return false;
         }
         let stored = entry.as_ref().is_none_or(|entry| {
             let inner = lock(&entry.inner);
@@ -392,6 +410,7 @@ impl<R: Runtime> Node<R> {
             }
             then.push(Then::Direct(SessionKey(entry), delivery));
         }
+        true
     }
 
     /// The owners (other than this node) of the clients that `Direct`
@@ -524,6 +543,11 @@ pub(super) async fn run_inbox<R: Runtime>(node: Arc<Node<R>>) {
             .map(|read| {
                 if read < cluster.config.inbox_batch {
                     cluster.inbox_caught_up.fetch_max(round, Ordering::AcqRel);
+                    let mut at = lock(&cluster.inbox_caught_up_at);
+                    if at.is_none_or(|at| at < started) {
+                        *at = Some(started);
+                    }
+                    drop(at);
                     cluster.inbox_event.notify(usize::MAX);
                 }
                 read > 0

@@ -188,6 +188,9 @@ pub struct ClusterState {
     /// started, and stored what that caused).
     pub(crate) inbox_round: AtomicU64,
     pub(crate) inbox_caught_up: AtomicU64,
+    /// When the last round that caught up started: every entry appended to
+    /// this node's inbox before then has been served.
+    pub(crate) inbox_caught_up_at: Mutex<Option<Instant>>,
     pub(crate) inbox_event: event_listener::Event,
     /// Takeovers waiting for the inbox to catch up.
     pub(crate) barrier_waiters: AtomicUsize,
@@ -251,6 +254,13 @@ impl<T: std::hash::Hash + Eq + Copy, const CAPACITY: usize> RecentIds<T, CAPACIT
         }
         true
     }
+
+    /// Forgets `id` (its slot in the arrival order is left to age out; it
+    /// only ever evicts an id early, which weakens no more than one
+    /// dedupe).
+    pub(crate) fn forget(&mut self, id: &T) {
+        self.set.remove(id);
+    }
 }
 
 /// A client recently taken over from another node.
@@ -294,6 +304,7 @@ impl ClusterState {
             ownership_busy: Arc::default(),
             inbox_round: AtomicU64::new(0),
             inbox_caught_up: AtomicU64::new(0),
+            inbox_caught_up_at: Mutex::new(None),
             inbox_event: event_listener::Event::new(),
             barrier_waiters: AtomicUsize::new(0),
             routes_in_flight: Arc::new(RouteTracker::default()),

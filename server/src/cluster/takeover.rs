@@ -486,13 +486,28 @@ impl<R: Runtime> Node<R> {
         tracing::info!(client_id = %client_id, to = %to, epoch, for_node = %inbox, "session released to another node");
         let mut ops = answer(&inbox, to.clone(), &client_id);
         // Should this node die while it still forwards, its adopter
-        // forwards what its inbox held for the client instead.
-        ops.push(Op::Cluster(ClusterOp::PutRecord {
-            space: super::forwards_space(&inbox),
-            key: client_id.clone(),
-            value: bytes::Bytes::copy_from_slice(to.as_bytes()),
-            ttl: Some(cluster.config.forward_grace),
-        }));
+        // forwards what its inbox held for the client instead. The adopter
+        // comes only once the heartbeat expired (up to a node time to live
+        // after the death, plus its own heartbeat round): the record
+        // outlives the grace by that much, or a node dying within the grace
+        // would leave what its inbox holds for the client to nobody.
+        let config = cluster.config;
+        let ttl = config.forward_grace + config.node_ttl + config.heartbeat_interval * 2;
+        // Released on behalf of a dead node this one adopted: the session's
+        // routes were this node's, so messages for it also reach this
+        // node's own inbox, which its own adopter serves.
+        let mut spaces = vec![inbox.clone()];
+        if inbox != own {
+            spaces.push(own.clone());
+        }
+        for space in spaces {
+            ops.push(Op::Cluster(ClusterOp::PutRecord {
+                space: super::forwards_space(&space),
+                key: client_id.clone(),
+                value: bytes::Bytes::copy_from_slice(to.as_bytes()),
+                ttl: Some(ttl),
+            }));
+        }
         ops.push(ack);
         apply_until_stored(&self, ops).await;
     }
@@ -539,6 +554,13 @@ impl<R: Runtime> Node<R> {
 
     /// Ends the forwarding of clients given up long enough ago: their
     /// subscriptions leave the trie and their entries the registry.
+    ///
+    /// The grace is about when a message reached this node's inbox, not
+    /// when this node got to read it: a forward ends only once a round of
+    /// inbox reading that started after its end has caught up. A node cut
+    /// off from storage (or slow to read) would otherwise drop what other
+    /// nodes, their route caches still naming it, appended for the client
+    /// within the grace.
     pub(crate) fn expire_forwards(&self, now: std::time::Instant) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
@@ -546,11 +568,15 @@ impl<R: Runtime> Node<R> {
         if cluster.forward_count.load(Ordering::Acquire) == 0 {
             return;
         }
+        let Some(read_through) = *lock(&cluster.inbox_caught_up_at) else {
+            return;
+        };
+        let horizon = now.min(read_through);
         let expired: Vec<ByteStr> = {
             let mut forwards = write(&cluster.forwards);
             let expired: Vec<ByteStr> = forwards
                 .iter()
-                .filter(|(_, f)| f.until <= now)
+                .filter(|(_, f)| f.until <= horizon)
                 .map(|(client, _)| client.clone())
                 .collect();
             for client in &expired {
