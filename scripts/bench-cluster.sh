@@ -42,6 +42,8 @@
 # is bounded (bench --timeout and `timeout`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
 PUBLISHERS=${PUBLISHERS:-10}
@@ -83,15 +85,6 @@ mkdir -p "$OUT"
 
 # --- processes ---------------------------------------------------------------
 PIDS=()
-stop_pid() { # stop_pid PID: SIGTERM, up to 10 s, then SIGKILL
-  local pid=$1
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() { # the nodes first (they leave the cluster through redis), then redis
   local i
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}"; done
@@ -100,21 +93,7 @@ cleanup() { # the nodes first (they leave the cluster through redis), then redis
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-wait_port() { # wait_port PORT PID
-  local port=$1 pid=$2
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
-value_of() { # value_of KEY LINE
-  sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"
-}
 
 REDIS_PORT=""
 REDIS_PID=""

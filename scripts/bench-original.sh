@@ -32,6 +32,8 @@
 # Loopback only; each round is bounded (bench --timeout, and `timeout`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 SUBSCRIBERS=${SUBSCRIBERS:-19500}
 PUBLISHERS=${PUBLISHERS:-300}
@@ -68,16 +70,6 @@ mkdir -p "$OUT"
 # --- processes ---------------------------------------------------------------
 BROKER_PID=""
 REDIS_PID=""
-stop_pid() { # stop_pid PID: SIGTERM, up to 10 s, then SIGKILL
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   stop_pid "$BROKER_PID"
   BROKER_PID=""
@@ -87,25 +79,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-wait_port() { # wait_port PORT PID
-  local port=$1 pid=$2
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 rss_kb() { # rss_kb PID: VmRSS in KiB
   sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status" 2>/dev/null || echo 0
 }
 
-value_of() { # value_of KEY LINE
-  sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"
-}
 
 start_redis() {
   local port

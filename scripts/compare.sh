@@ -34,6 +34,8 @@
 # bounded by the bench tool's --timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 ALL_SCENARIOS=(fanout-q1 fanout-q0 fanout-q2 fanin-q1 pairs-q1 original conn latency-q1)
 BROKERS=${BROKERS:-"easy-mqtt mosquitto rumqttd"}
@@ -137,19 +139,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-wait_port() {
-  local port=$1
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-      return 1
-    fi
-    sleep 0.1
-  done
-  return 1
-}
 
 # start_broker NAME PORT LOG: starts it, sets BROKER_PID.
 start_broker() {
@@ -213,7 +202,7 @@ EOF
       ;;
   esac
   BROKER_PID=$!
-  if ! wait_port "$port"; then
+  if ! wait_port "$port" "$BROKER_PID"; then
     echo "error: $name did not start on port $port; its log ($log):" >&2
     tail -20 "$log" >&2
     exit 1
@@ -223,10 +212,6 @@ EOF
 }
 
 # --- runs --------------------------------------------------------------------
-value_of() { # value_of KEY LINE
-  local key=$1 line=$2
-  sed -n "s/.* $key=\([^ ]*\).*/\1/p" <<<" $line"
-}
 
 # run_one SCENARIO BROKER ROUND: sets LAST_RESULT to the RESULT line (or a
 # "failed" one) with the exit status appended. Runs in this shell, so that
