@@ -17,11 +17,9 @@
 //!   leave the owned-by sets behind the owner record.
 //! - `Forward` is `XADD *`: applying its batch again (or a round trip sent
 //!   again after a dropped connection) may append the entry twice.
-//! - `read_inbox` with a `wait` reads with `XRANGE`, and when nothing is
-//!   there waits with `XREAD BLOCK` on a dedicated connection (a blocked
-//!   command would stall the shared, multiplexed ones), so an entry is
-//!   read one round trip after it is written; when every dedicated
-//!   connection is taken it polls with `XRANGE` every [`INBOX_POLL`].
+//! - `read_inbox` with a `wait` polls with `XRANGE` every
+//!   [`INBOX_POLL`] until an entry comes or `wait` passes (a blocking
+//!   `XREAD` would stall the shared, multiplexed connections).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -499,33 +497,6 @@ fn inbox_entries(key: &str, value: Value) -> Result<Vec<(InboxId, BusEntry)>, St
     Ok(entries)
 }
 
-/// A shorter block is not worth a round trip on a connection of its own.
-const MIN_BLOCK: Duration = Duration::from_millis(10);
-
-/// The entries of one stream in an `XREAD` answer (none: it timed out).
-fn xread_entries(key: &str, value: Value) -> Result<Vec<(InboxId, BusEntry)>, StorageError> {
-    let streams = match value {
-        Value::Nil => return Ok(Vec::new()),
-        // RESP3 answers a map of stream name to entries.
-        Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
-        other => reply::items(key, other)?
-            .into_iter()
-            .map(|stream| {
-                let mut parts = reply::items(key, stream)?.into_iter();
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(_name), Some(entries), None) => Ok(entries),
-                    _ => Err(corrupt(key, "XREAD stream is not [name, entries]")),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    };
-    let mut entries = Vec::new();
-    for stream in streams {
-        entries.extend(inbox_entries(key, stream)?);
-    }
-    Ok(entries)
-}
-
 pub(crate) async fn read_inbox(
     redis: &Redis,
     keys: &Keys,
@@ -540,7 +511,6 @@ pub(crate) async fn read_inbox(
     let key = keys.node(node).inbox;
     let start = after.map_or_else(|| "-".to_owned(), next_id);
     let until = std::time::Instant::now() + wait;
-    let mut block = true;
     loop {
         let range = Command::new("XRANGE", &key)
             .arg(&start)
@@ -552,27 +522,6 @@ pub(crate) async fn read_inbox(
         let left = until.saturating_duration_since(std::time::Instant::now());
         if !entries.is_empty() || left.is_zero() {
             return Ok(entries);
-        }
-        let block_for = left.min(redis.max_block());
-        if block && block_for >= MIN_BLOCK {
-            let mut read = redis::cmd("XREAD");
-            read.arg("COUNT").arg(max).arg("BLOCK");
-            read.arg(u64::try_from(block_for.as_millis()).unwrap_or(u64::MAX));
-            let from = after.map_or_else(|| "0-0".to_owned(), |id| format!("{}-{}", id.ms, id.seq));
-            read.arg("STREAMS").arg(&key).arg(from);
-            match redis.run_blocking(&read).await {
-                Some(result) => {
-                    let entries = xread_entries(&key, result?)?;
-                    if !entries.is_empty() {
-                        return Ok(entries);
-                    }
-                    // Timed out: read again once (an entry may have come
-                    // as the block ended), then answer.
-                    continue;
-                }
-                // Every dedicated connection is busy: poll.
-                None => block = false,
-            }
         }
         Timer::after(left.min(INBOX_POLL)).await;
     }

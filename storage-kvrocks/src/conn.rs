@@ -21,13 +21,6 @@
 //! The same holds for whole calls with more than [`PIPELINE_COMMANDS`] ops
 //! (`apply` of a big routing batch): at most [`BIG_CALLS`] prepare and run
 //! at once, which bounds the memory their commands and replies take.
-//!
-//! # Blocking reads
-//!
-//! A blocking command (`XREAD BLOCK`) holds the connection it is sent on
-//! until it answers, so it never goes on the shared, multiplexed ones:
-//! [`Redis::run_blocking`] takes one of at most [`BLOCKING_CONNECTIONS`]
-//! dedicated connections, made when first needed and kept while they work.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -84,41 +77,6 @@ const SMALL_PIPELINE: usize = 64;
 /// Calls with more than [`PIPELINE_COMMANDS`] ops running at once.
 const BIG_CALLS: usize = 4;
 
-/// Dedicated connections for blocking commands (a node waits on its own
-/// inbox, and on those of the dead nodes it adopted).
-const BLOCKING_CONNECTIONS: usize = 4;
-
-/// How to open a dedicated connection for a blocking command.
-enum BlockingSource {
-    Standalone {
-        client: Client,
-        config: ConnectionManagerConfig,
-    },
-    Cluster(ClusterClient),
-}
-
-enum BlockingConnection {
-    Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl BlockingConnection {
-    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
-        match self {
-            BlockingConnection::Standalone(manager) => cmd.query_async(manager).await,
-            BlockingConnection::Cluster(connection) => cmd.query_async(connection).await,
-        }
-    }
-}
-
-struct Blocking {
-    source: BlockingSource,
-    /// Connections that answered their last command, for the next one.
-    idle: std::sync::Mutex<Vec<BlockingConnection>>,
-    /// Turns: at most [`BLOCKING_CONNECTIONS`] blocking commands at once.
-    turns: Semaphore,
-}
-
 enum Connections {
     Standalone(Vec<ConnectionManager>),
     Cluster(Vec<ClusterConnection>),
@@ -126,7 +84,6 @@ enum Connections {
 
 pub(crate) struct Redis {
     connections: Connections,
-    blocking: Blocking,
     next: AtomicUsize,
     timeout: Duration,
     tryagain_attempts: u32,
@@ -255,12 +212,6 @@ async fn diagnose_cluster(
     error
 }
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Resolves to `None` when `deadline` passes first.
 pub(crate) async fn before<T>(deadline: Instant, work: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(work.await) }, async {
@@ -295,23 +246,18 @@ impl Redis {
             [info] => Some(Self::connect_standalone(settings, info, count, deadline).await?),
             _ => None,
         };
-        let (connections, source) = match standalone {
-            Some((managers, source)) if !is_cluster_node(&managers[0], deadline).await? => {
-                (Connections::Standalone(managers), source)
+        let connections = match standalone {
+            Some(managers) if !is_cluster_node(&managers[0], deadline).await? => {
+                Connections::Standalone(managers)
             }
             // Several nodes, or one seed node of a cluster.
             _ => match Self::connect_cluster(settings, &infos, password, count, deadline).await {
-                Ok((connections, client)) => (connections, BlockingSource::Cluster(client)),
+                Ok(connections) => connections,
                 Err(error) => return Err(diagnose_cluster(settings, &infos, error).await),
             },
         };
         Ok(Redis {
             connections,
-            blocking: Blocking {
-                source,
-                idle: std::sync::Mutex::new(Vec::new()),
-                turns: Semaphore::new(BLOCKING_CONNECTIONS),
-            },
             next: AtomicUsize::new(0),
             timeout: settings.timeout,
             tryagain_attempts: settings.tryagain_attempts,
@@ -329,7 +275,7 @@ impl Redis {
         info: &ConnectionInfo,
         count: usize,
         deadline: Instant,
-    ) -> Result<(Vec<ConnectionManager>, BlockingSource), StorageError> {
+    ) -> Result<Vec<ConnectionManager>, StorageError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.timeout))
@@ -356,11 +302,7 @@ impl Redis {
             })?;
             managers.push(manager);
         }
-        let source = BlockingSource::Standalone {
-            client: Client::open(info.clone()).map_err(unavailable)?,
-            config,
-        };
-        Ok((managers, source))
+        Ok(managers)
     }
 
     async fn connect_cluster(
@@ -369,7 +311,7 @@ impl Redis {
         password: Option<&str>,
         count: usize,
         deadline: Instant,
-    ) -> Result<(Connections, ClusterClient), StorageError> {
+    ) -> Result<Connections, StorageError> {
         let mut builder = ClusterClient::builder(infos.to_vec())
             .retries(settings.max_redirects)
             .min_retry_wait(10)
@@ -398,7 +340,7 @@ impl Redis {
                 })?;
             connections.push(connection);
         }
-        Ok((Connections::Cluster(connections), client))
+        Ok(Connections::Cluster(connections))
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -408,70 +350,6 @@ impl Redis {
     /// The deadline of a call starting now.
     pub fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
-    }
-
-    /// The longest a blocking command may block: well within the
-    /// connections' response timeout, which counts the block too.
-    pub fn max_block(&self) -> Duration {
-        self.timeout / 2
-    }
-
-    /// Sends one blocking command (blocking at most [`Redis::max_block`])
-    /// on a dedicated connection. `None` when every dedicated connection
-    /// is busy: the caller polls instead.
-    pub async fn run_blocking(&self, cmd: &redis::Cmd) -> Option<Result<Value, StorageError>> {
-        let _turn = self.blocking.turns.try_acquire()?;
-        let idle = lock(&self.blocking.idle).pop();
-        let mut connection = match idle {
-            Some(connection) => connection,
-            None => match self.connect_blocking().await {
-                Ok(connection) => connection,
-                Err(error) => return Some(Err(error)),
-            },
-        };
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        // The response timeout of the connection bounds it too.
-        let deadline = Instant::now() + self.max_block() + self.timeout;
-        let result = match before(deadline, connection.query(cmd)).await {
-            None => Err(unavailable(format_args!(
-                "no answer to a blocking read within {:?}",
-                self.max_block() + self.timeout
-            ))),
-            Some(Ok(value)) => {
-                self.answered();
-                // Only a connection that answered is used again.
-                lock(&self.blocking.idle).push(connection);
-                Ok(value)
-            }
-            Some(Err(error)) if is_auth_error(&error) => Err(auth_refused(error)),
-            Some(Err(error)) => Err(unavailable(error)),
-        };
-        Some(result)
-    }
-
-    async fn connect_blocking(&self) -> Result<BlockingConnection, StorageError> {
-        let deadline = self.deadline();
-        let connected = match &self.blocking.source {
-            BlockingSource::Standalone { client, config } => before(
-                deadline,
-                ConnectionManager::new_with_config(client.clone(), config.clone()),
-            )
-            .await
-            .map(|result| result.map(BlockingConnection::Standalone)),
-            BlockingSource::Cluster(client) => before(deadline, client.get_async_connection())
-                .await
-                .map(|result| result.map(BlockingConnection::Cluster)),
-        };
-        match connected {
-            None => Err(unavailable(
-                "opening a connection for a blocking read timed out",
-            )),
-            Some(Ok(connection)) => Ok(connection),
-            Some(Err(error)) if is_auth_error(&error) => Err(auth_refused(error)),
-            Some(Err(error)) => Err(unavailable(format_args!(
-                "opening a connection for a blocking read: {error}"
-            ))),
-        }
     }
 
     /// Round trips (pipelines) sent so far, retries included.

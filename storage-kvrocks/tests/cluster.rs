@@ -264,39 +264,3 @@ fn one_seed_node_finds_the_cluster() {
     smol::block_on(contract::session_lifecycle(&storage));
     assert_empty(name);
 }
-
-/// A read that waits on a cluster blocks on the node holding the inbox's
-/// slot (the cluster client routes `XREAD` by its stream) and answers when
-/// an entry comes, without polling.
-#[test]
-fn read_inbox_blocks_on_the_right_node() {
-    use easy_mqtt_core::cluster::{BusEntry, ClusterOp};
-    let test = "cluster_read_inbox_blocks";
-    let storage = Arc::new(storage(test));
-    let writer = Arc::clone(&storage);
-    let entry = BusEntry::RoutesChanged { node: "w".into() };
-    let sent = entry.clone();
-    let thread = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        let op = Op::Cluster(ClusterOp::Forward {
-            node: "r".into(),
-            entry: sent,
-        });
-        smol::block_on(writer.apply(vec![op])).unwrap();
-    });
-    let cluster = storage.cluster().unwrap();
-    let round_trips = storage.round_trips();
-    let started = Instant::now();
-    let read = smol::block_on(cluster.read_inbox("r", None, 10, Duration::from_secs(2))).unwrap();
-    let waited = started.elapsed();
-    thread.join().unwrap();
-    assert_eq!(read.len(), 1, "{read:?}");
-    assert_eq!(read[0].1, entry);
-    assert!(waited >= Duration::from_millis(150), "{waited:?}");
-    assert!(waited < Duration::from_millis(1500), "{waited:?}");
-    // XRANGE, XREAD, and the writer's batch.
-    let round_trips = storage.round_trips() - round_trips;
-    assert!(round_trips <= 4, "{round_trips} round trips: polled");
-    smol::block_on(cluster.forget_member("r")).unwrap();
-    assert_empty(test);
-}
