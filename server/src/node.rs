@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use easy_mqtt_core::packet::{Connect, LastWill, Publish, Subscribe, SubscribeReturnCode};
 use easy_mqtt_core::session::{
@@ -23,7 +23,7 @@ use crate::auth::Authenticator;
 use crate::driver::ConnectionInfo;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::sessions::{ConnCell, ConnectedInfo, SessionEntry, SessionKey, lock};
+use crate::sessions::{ConnCell, ConnectedInfo, SessionEntry, SessionInner, SessionKey, lock};
 
 /// Node-wide settings.
 #[derive(Debug, Clone)]
@@ -328,13 +328,7 @@ impl<R: Runtime> Node<R> {
             if inner.removed {
                 // The previous clean session is leaving the registry; let it go and look again.
                 drop(inner);
-                let mut registry = lock(&self.registry);
-                if registry
-                    .get(&client_id)
-                    .is_some_and(|current| Arc::ptr_eq(current, &entry))
-                {
-                    registry.remove(&client_id);
-                }
+                self.unregister(&client_id, &entry);
                 continue;
             }
             let previous = match inner.attached.take() {
@@ -622,8 +616,20 @@ impl<R: Runtime> Node<R> {
             inner.offline = state.map(Box::new);
             return;
         }
+        self.retire_entry(&attachment.client_id, &attachment.entry, inner);
+    }
+
+    /// Takes a session this node no longer holds out of the trie and the
+    /// registry. It is marked removed first, so that a CONNECT that already
+    /// found the entry looks again instead of reviving it.
+    pub(crate) fn retire_entry(
+        &self,
+        client_id: &ByteStr,
+        entry: &Arc<SessionEntry>,
+        mut inner: MutexGuard<'_, SessionInner>,
+    ) {
         if !inner.subscriptions.is_empty() {
-            let key = SessionKey(attachment.entry.clone());
+            let key = SessionKey(entry.clone());
             let mut trie = write(&self.trie);
             for filter in std::mem::take(&mut inner.subscriptions).into_keys() {
                 trie.remove(&filter, &key);
@@ -631,12 +637,19 @@ impl<R: Runtime> Node<R> {
         }
         inner.removed = true;
         drop(inner);
+        self.unregister(client_id, entry);
+    }
+
+    /// Removes `entry` from the registry if it is still the one registered
+    /// for `client_id` (a newer session may have replaced it). Whoever
+    /// removes it counts it out, so `sessions_current` moves once per entry.
+    pub(crate) fn unregister(&self, client_id: &ByteStr, entry: &Arc<SessionEntry>) {
         let mut registry = lock(&self.registry);
         if registry
-            .get(&attachment.client_id)
-            .is_some_and(|current| Arc::ptr_eq(current, &attachment.entry))
+            .get(client_id)
+            .is_some_and(|current| Arc::ptr_eq(current, entry))
         {
-            registry.remove(&attachment.client_id);
+            registry.remove(client_id);
             Metrics::dec(&self.metrics.sessions_current);
         }
     }

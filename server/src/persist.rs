@@ -427,16 +427,7 @@ impl<R: Runtime> Node<R> {
                 && inner.subscriptions.is_empty();
             if bare {
                 // Registered only for the load that failed.
-                inner.removed = true;
-                drop(inner);
-                let mut registry = lock(&self.registry);
-                if registry
-                    .get(client_id)
-                    .is_some_and(|current| Arc::ptr_eq(current, &entry))
-                {
-                    registry.remove(client_id);
-                    Metrics::dec(&self.metrics.sessions_current);
-                }
+                self.retire_entry(client_id, &entry, inner);
             }
         }
     }

@@ -598,26 +598,10 @@ impl<R: Runtime> Node<R> {
         let Some(entry) = lock(&self.registry).get(client_id).cloned() else {
             return;
         };
-        let mut inner = lock(&entry.inner);
+        let inner = lock(&entry.inner);
         if inner.attached.is_some() || inner.loading.is_some() || inner.offline.is_some() {
             return;
         }
-        if !inner.subscriptions.is_empty() {
-            let key = crate::sessions::SessionKey(entry.clone());
-            let mut trie = write(&self.trie);
-            for filter in std::mem::take(&mut inner.subscriptions).into_keys() {
-                trie.remove(&filter, &key);
-            }
-        }
-        inner.removed = true;
-        drop(inner);
-        let mut registry = lock(&self.registry);
-        if registry
-            .get(client_id)
-            .is_some_and(|current| Arc::ptr_eq(current, &entry))
-        {
-            registry.remove(client_id);
-            Metrics::dec(&self.metrics.sessions_current);
-        }
+        self.retire_entry(client_id, &entry, inner);
     }
 }
