@@ -534,7 +534,7 @@ impl<R: Runtime> Node<R> {
     ) {
         let qos = message.qos.min(granted);
         if self.forward_if_given_up(&key.0.client_id, id, message, qos, ops)
-            || self.delivered_in_handover(&key.0.client_id, id)
+            || self.delivered_in_handover(&key.0.client_id, id, qos, ops)
         {
             return;
         }

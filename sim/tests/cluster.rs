@@ -124,6 +124,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         5189,
         "a Direct entry passed on and coming back dropped as a replay",
     ),
+    (
+        6540,
+        "QoS 2 twice: a dead node's adopter forwarded a copy the dead new owner had delivered",
+    ),
 ];
 
 #[test]

@@ -51,9 +51,10 @@ pub(crate) struct Adopted {
     /// inbox is routed to them only.
     pub sessions: Arc<std::collections::HashSet<ByteStr>>,
     /// The persistent sessions it had just released (and still forwarded
-    /// for when it died), by subscription: what its inbox holds for them
-    /// goes to their owner of record.
-    pub departed: Arc<easy_mqtt_core::topic::SubscriptionTrie<ByteStr>>,
+    /// for when it died), by subscription, with the node each was released
+    /// to: what its inbox holds for them goes there, as the dead node would
+    /// have sent it.
+    pub departed: Arc<easy_mqtt_core::topic::SubscriptionTrie<(ByteStr, ByteStr)>>,
 }
 
 impl<R: Runtime> Node<R> {
@@ -196,19 +197,25 @@ impl<R: Runtime> Node<R> {
         {
             let owned: std::collections::HashSet<ByteStr> =
                 store.owned_by(dead).await?.into_iter().collect();
-            let forwarded: std::collections::HashSet<ByteStr> = store
+            let forwarded: std::collections::HashMap<ByteStr, ByteStr> = store
                 .scan_records(&super::forwards_space(dead))
                 .await?
                 .into_iter()
-                .map(|(client_id, _)| client_id)
-                .filter(|client_id| !owned.contains(client_id))
+                .filter(|(client_id, _)| !owned.contains(client_id))
+                .map(|(client_id, to)| {
+                    // A record not naming a node (never written so): this
+                    // node's inbox, which passes it to the owner of record.
+                    let to = ByteStr::from_utf8(to).unwrap_or_else(|_| cluster.name());
+                    (client_id, to)
+                })
                 .collect();
             if !owned.is_empty() || !forwarded.is_empty() {
                 let sessions = self.storage.load_subscriptions().await?;
                 for session in &sessions {
-                    if forwarded.contains(&session.record.client_id) {
+                    if let Some(to) = forwarded.get(&session.record.client_id) {
+                        let subscriber = (session.record.client_id.clone(), to.clone());
                         for (filter, qos) in &session.subscriptions {
-                            departed.insert(filter, session.record.client_id.clone(), *qos);
+                            departed.insert(filter, subscriber.clone(), *qos);
                         }
                     }
                 }

@@ -88,7 +88,7 @@ pub(crate) fn client_key(client_id: &ByteStr) -> u64 {
 /// those it had just released.
 pub(crate) type DeadInbox<'a> = (
     &'a std::collections::HashSet<ByteStr>,
-    &'a easy_mqtt_core::topic::SubscriptionTrie<ByteStr>,
+    &'a easy_mqtt_core::topic::SubscriptionTrie<(ByteStr, ByteStr)>,
 );
 
 /// What to do in memory once an inbox batch is stored.
@@ -98,11 +98,40 @@ enum Then {
 }
 
 impl<R: Runtime> Node<R> {
-    /// Whether `id` already reached `client_id` while it was handed over.
-    pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {
-        self.cluster
-            .as_ref()
-            .is_some_and(|c| c.delivered_in_handover(client_id, id))
+    /// Whether `id` already reached `client_id` while it was handed over
+    /// (or since it was adopted).
+    ///
+    /// The first QoS 2 delivery of a watched client is also logged as
+    /// served (in `ops`): copies forwarded by the node that let the client
+    /// go may still be on their way to this node's inbox, or be sent there
+    /// later by the adopter of that node. Should this node die before they
+    /// arrive, its adopter reads them with an empty memory, after the
+    /// client completed the first copy.
+    pub(crate) fn delivered_in_handover(
+        &self,
+        client_id: &ByteStr,
+        id: MessageId,
+        qos: QoS,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return false;
+        };
+        match cluster.delivered_in_handover(client_id, id) {
+            super::Watched::Again => true,
+            super::Watched::No => false,
+            super::Watched::First => {
+                if qos == QoS::ExactlyOnce {
+                    ops.push(Op::Cluster(ClusterOp::PushLog {
+                        space: ByteStr::from(SERVED_SPACE),
+                        key: cluster.name(),
+                        entry: encode_served(&[(client_key(client_id), id)]),
+                        keep: SERVED_KEEP,
+                    }));
+                }
+                false
+            }
+        }
     }
 
     /// When this node gave `client_id` up, adds the op that forwards the
@@ -131,25 +160,25 @@ impl<R: Runtime> Node<R> {
     }
 
     /// A message in a dead node's inbox for a client it had released: to
-    /// the client's owner of record, through this node's own inbox (which
-    /// forwards it on, or queues it if nobody holds the session).
+    /// the node it was released to, as the dead node would have forwarded
+    /// it (which forwards it on, or queues it if nobody holds the
+    /// session). Not to the owner of record directly: the node it was
+    /// released to may have got the message itself meanwhile, and only
+    /// that node (or, once it died, its served log) knows.
     fn forward_departed(
         &self,
-        client_id: ByteStr,
+        (client_id, to): (ByteStr, ByteStr),
         id: MessageId,
         message: &Arc<Message>,
         granted: QoS,
         ops: &mut Vec<Op>,
     ) {
-        let Some(cluster) = self.cluster.as_ref() else {
-            return;
-        };
         let qos = message.qos.min(granted);
         if qos == QoS::AtMostOnce {
             return;
         }
         ops.push(Op::Cluster(ClusterOp::Forward {
-            node: cluster.name(),
+            node: to,
             entry: BusEntry::Direct {
                 client_id,
                 id,
@@ -265,8 +294,8 @@ impl<R: Runtime> Node<R> {
                         // Released by the dead node shortly before it died:
                         // forwarded as it would have.
                         departed.matches_dedup(&message.topic, &mut departed_matches);
-                        for (client_id, granted) in departed_matches.drain(..) {
-                            self.forward_departed(client_id, id, &message, granted, ops);
+                        for (departed, granted) in departed_matches.drain(..) {
+                            self.forward_departed(departed, id, &message, granted, ops);
                         }
                     }
                     let (prepared, more) =
@@ -365,9 +394,6 @@ impl<R: Runtime> Node<R> {
         if self.forward_if_given_up(&client_id, id, &message, qos, ops) {
             return false;
         }
-        if self.delivered_in_handover(&client_id, id) {
-            return true;
-        }
         let entry = lock(&self.registry).get(&client_id).cloned();
         if entry.is_none()
             && let Some(owner) = owners.get(&client_id)
@@ -384,6 +410,11 @@ impl<R: Runtime> Node<R> {
                 },
             }));
             return false;
+        }
+        // Checked once it is known to be served here: one passed on is no
+        // delivery (it may come back once this node owns the client).
+        if self.delivered_in_handover(&client_id, id, qos, ops) {
+            return true;
         }
         let stored = entry.as_ref().is_none_or(|entry| {
             let inner = lock(&entry.inner);

@@ -263,6 +263,27 @@ impl<T: std::hash::Hash + Eq + Copy, const CAPACITY: usize> RecentIds<T, CAPACIT
     }
 }
 
+/// What a client's hand-over (or adoption) watch knows of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// The client is not watched.
+    No,
+    /// Watched, and the id reaches it for the first time.
+    First,
+    /// Watched, and the id reached it already.
+    Again,
+}
+
+impl Watched {
+    fn seen_before(again: bool) -> Watched {
+        if again {
+            Watched::Again
+        } else {
+            Watched::First
+        }
+    }
+}
+
 /// A client recently taken over from another node.
 #[derive(Debug)]
 pub(crate) struct Handover {
@@ -414,24 +435,24 @@ impl ClusterState {
         }
     }
 
-    /// Whether `id` already went to `client_id` during its handover (and
-    /// records it when not).
-    pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> bool {
+    /// Whether `id` already went to `client_id` during its handover, or
+    /// since it was adopted (and records it when not).
+    pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> Watched {
         {
             let mut handovers = lock(&self.handovers);
             if !handovers.is_empty()
                 && let Some(handover) = handovers.get_mut(client_id)
             {
-                return !handover.delivered.insert(id);
+                return Watched::seen_before(!handover.delivered.insert(id));
             }
         }
         if self.adopted_count.load(Ordering::Acquire) == 0
             || !lock(&self.adopted_sessions).contains_key(client_id)
         {
-            return false;
+            return Watched::No;
         }
         let key = (bus::client_key(client_id), id);
-        !lock(&self.adopted_delivered).insert(key)
+        Watched::seen_before(!lock(&self.adopted_delivered).insert(key))
     }
 
     /// Watches `client_id`, adopted from a dead node, for messages that
