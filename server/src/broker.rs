@@ -78,6 +78,11 @@ pub fn node_config(config: &Config) -> NodeConfig {
         cluster: (config.uses_kvrocks() && config.mqtt.cluster.enabled)
             .then(|| crate::cluster::ClusterConfig::from_config(&config.mqtt.cluster)),
         incarnation: crate::persist::sequence_seed() / 1000,
+        journal: crate::journal::WriterLimits {
+            max_merged_ops: config.mqtt.kvrocks.write_batch_ops as usize,
+            max_queued_ops: config.mqtt.kvrocks.write_queue_ops as usize,
+            ..crate::journal::WriterLimits::default()
+        },
         connection: ConnectionConfig {
             max_packet_size: server.max_packet_size as usize,
             connect_timeout: Duration::from_secs(u64::from(server.connect_timeout)),

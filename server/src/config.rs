@@ -340,6 +340,12 @@ section! {
     pub struct KvrocksConfig in RawKvrocks at "mqtt.kvrocks" {
         /// `password` (original): empty = none.
         pub password: String = String::new(),
+        /// `write-batch-ops`: storage writes (of every connection) merged
+        /// into one batch at most; at least 1.
+        pub write_batch_ops: u32 = 1_000_000,
+        /// `write-queue-ops`: storage writes waiting for a batch at most,
+        /// beyond which connections wait (and stop reading); at least 1.
+        pub write_queue_ops: u32 = 2_000_000,
     }
     sections {
         /// `mqtt.kvrocks.cluster`.

@@ -76,8 +76,8 @@ impl Default for WriterLimits {
             // write for several PUBLISH packets). A batch this big is tens
             // of pipelines of 2,000 commands, and its commands take tens
             // of MB while it runs; `concurrency` of them at most.
-            max_merged_ops: 100_000,
-            max_queued_ops: 200_000,
+            max_merged_ops: 1_000_000,
+            max_queued_ops: 2_000_000,
             concurrency: 4,
         }
     }

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     /// Distinguishes this process's life from earlier ones under the same
     /// node id (default: start time in milliseconds).
     pub incarnation: u64,
+    /// Bounds of the node-wide storage writer (durable storage only).
+    pub journal: crate::journal::WriterLimits,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +51,7 @@ impl Default for NodeConfig {
             max_connections: 0,
             cluster: None,
             incarnation: crate::persist::sequence_seed() / 1000,
+            journal: crate::journal::WriterLimits::default(),
         }
     }
 }
@@ -168,7 +171,7 @@ impl<R: Runtime> Node<R> {
         Arc::new(Node {
             journal: crate::journal::JournalWriter::new(
                 storage.clone(),
-                crate::journal::WriterLimits::default(),
+                config.journal,
             ),
             config,
             runtime,

@@ -579,6 +579,16 @@ fn rule_violations_name_key_and_line() {
         assert!(err.to_string().contains(message), "{yaml}: {err}");
     }
 
+    for key in ["write-batch-ops", "write-queue-ops"] {
+        let err = parse_err(&format!("mqtt:\n  kvrocks:\n    {key}: 0\n"));
+        assert_eq!(err.key(), Some(format!("mqtt.kvrocks.{key}").as_str()));
+        assert_eq!(err.position().map(|p| p.line), Some(3), "{err}");
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+    let c = parse("mqtt:\n  kvrocks:\n    write-batch-ops: 5000\n    write-queue-ops: 7000\n");
+    let limits = crate::broker::node_config(&c).journal;
+    assert_eq!((limits.max_merged_ops, limits.max_queued_ops), (5000, 7000));
+
     let err = parse_err("mqtt:\n  kvrocks:\n    pool:\n      max-active: 0\n");
     assert_eq!(err.key(), Some("mqtt.kvrocks.pool.max-active"));
     assert_eq!(err.position(), pos(4, 19));

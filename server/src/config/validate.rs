@@ -231,6 +231,18 @@ impl Config {
                 ));
             }
         }
+        if kvrocks.write_batch_ops == 0 {
+            return fail(
+                "mqtt.kvrocks.write-batch-ops",
+                "must be at least 1, got 0".to_owned(),
+            );
+        }
+        if kvrocks.write_queue_ops == 0 {
+            return fail(
+                "mqtt.kvrocks.write-queue-ops",
+                "must be at least 1, got 0".to_owned(),
+            );
+        }
         if kvrocks.pool.max_active == 0 {
             return fail(
                 "mqtt.kvrocks.pool.max-active",
