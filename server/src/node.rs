@@ -169,10 +169,7 @@ impl<R: Runtime> Node<R> {
             _ => None,
         };
         Arc::new(Node {
-            journal: crate::journal::JournalWriter::new(
-                storage.clone(),
-                config.journal,
-            ),
+            journal: crate::journal::JournalWriter::new(storage.clone(), config.journal),
             config,
             runtime,
             storage,

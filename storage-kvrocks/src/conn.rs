@@ -58,6 +58,11 @@ impl Command {
         self.cmd.arg(arg);
         self
     }
+
+    /// [`arg`](Command::arg) in place, for a command grown one item at a time.
+    pub fn push_arg<T: redis::ToRedisArgs>(&mut self, arg: T) {
+        self.cmd.arg(arg);
+    }
 }
 
 /// At most this many commands in one pipeline; a longer phase is split.
@@ -89,6 +94,7 @@ pub(crate) struct Redis {
     tryagain_attempts: u32,
     tryagain_backoff: Duration,
     round_trips: AtomicU64,
+    commands_sent: AtomicU64,
     /// Turns to send a pipeline ([`PIPELINES_IN_FLIGHT`]).
     pipelines: Semaphore,
     /// Turns to run a big call ([`BIG_CALLS`]).
@@ -263,6 +269,7 @@ impl Redis {
             tryagain_attempts: settings.tryagain_attempts,
             tryagain_backoff: settings.tryagain_backoff,
             round_trips: AtomicU64::new(0),
+            commands_sent: AtomicU64::new(0),
             pipelines: Semaphore::new(PIPELINES_IN_FLIGHT),
             big_calls: Semaphore::new(BIG_CALLS),
             last_answer: AtomicU64::new(0),
@@ -357,6 +364,11 @@ impl Redis {
         self.round_trips.load(Ordering::Relaxed)
     }
 
+    /// Commands sent so far in pipelines, retries included.
+    pub fn commands_sent(&self) -> u64 {
+        self.commands_sent.load(Ordering::Relaxed)
+    }
+
     fn millis_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
@@ -438,6 +450,8 @@ impl Redis {
         let prepared = self.prepare(commands);
         loop {
             self.round_trips.fetch_add(1, Ordering::Relaxed);
+            self.commands_sent
+                .fetch_add(commands.len() as u64, Ordering::Relaxed);
             let Some(result) = before(deadline, self.execute(&prepared, commands.len())).await
             else {
                 return Err(unavailable(format_args!(

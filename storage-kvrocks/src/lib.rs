@@ -240,6 +240,11 @@ impl KvrocksStorage {
     pub fn round_trips(&self) -> u64 {
         self.redis.round_trips()
     }
+
+    /// Commands sent in pipelines since connecting (retries count).
+    pub fn commands_sent(&self) -> u64 {
+        self.redis.commands_sent()
+    }
 }
 
 impl Storage for KvrocksStorage {
