@@ -11,7 +11,7 @@
 use std::num::NonZeroU16;
 
 use bytes::{Bytes, BytesMut};
-use easy_mqtt_core::codec::{DecodeError, Decoded, decode, encode, encoded_len};
+use easy_mqtt_core::codec::{DecodeError, Decoded, decode, encode, encode_publish, encoded_len};
 use easy_mqtt_core::topic::{validate_topic_filter, validate_topic_name};
 use easy_mqtt_core::{
     ByteStr, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketId, ProtocolVersion,
@@ -289,6 +289,25 @@ proptest! {
         );
         prop_assert_eq!(decode(&mut buf, len), Ok(Decoded::Packet(packet)));
         prop_assert!(buf.is_empty());
+    }
+
+    /// A PUBLISH encoded from borrowed parts (how deliveries are sent) is
+    /// byte for byte the encoding of the same `Publish` packet.
+    #[test]
+    fn publish_from_parts_encodes_like_the_packet(publish in publish()) {
+        let expected = encoded(&Packet::Publish(publish.clone()))?;
+        let mut buf = BytesMut::from(&b"before"[..]);
+        encode_publish(
+            &mut buf,
+            publish.dup,
+            publish.qos_pid,
+            publish.retain,
+            publish.topic.as_bytes(),
+            &publish.payload,
+        )
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&buf[..6], &b"before"[..]);
+        prop_assert_eq!(&buf[6..], &expected[..]);
     }
 
     /// Every proper prefix of an encoding is Incomplete (or, before the

@@ -30,6 +30,44 @@ pub fn encode(packet: &Packet, buf: &mut BytesMut) -> Result<(), EncodeError> {
     written
 }
 
+/// Appends a PUBLISH made of borrowed parts, exactly as [`encode`] would
+/// encode the same [`Publish`]. A delivery is encoded from the message all
+/// its subscribers share: building a `Publish` for it cloned the topic and
+/// the payload, two atomic reference-count updates per delivery (and two
+/// more to drop them) on counters every subscriber's thread touches. On
+/// error `buf` is unchanged.
+pub fn encode_publish(
+    buf: &mut BytesMut,
+    dup: bool,
+    qos_pid: QosPid,
+    retain: bool,
+    topic: &[u8],
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    if dup && qos_pid == QosPid::AtMostOnce {
+        return Err(EncodeError::DupWithQos0);
+    }
+    let packet_id = qos_pid.packet_id();
+    let remaining_length = prefixed_len("topic name", topic.len())?
+        .saturating_add(if packet_id.is_some() { 2 } else { 0 })
+        .saturating_add(payload.len());
+    if remaining_length > MAX_REMAINING_LENGTH {
+        return Err(EncodeError::PacketTooLarge { remaining_length });
+    }
+    buf.reserve(1 + remaining_length_len(remaining_length) + remaining_length);
+    buf.put_u8(3 << 4 | u8::from(dup) << 3 | (qos_pid.qos() as u8) << 1 | u8::from(retain));
+    put_remaining_length(buf, remaining_length);
+    // The topic's length was checked above: `prefixed_len` refused more
+    // than 65,535 bytes, so the cast is exact.
+    buf.put_u16(topic.len() as u16);
+    buf.extend_from_slice(topic);
+    if let Some(id) = packet_id {
+        buf.put_u16(id.get());
+    }
+    buf.extend_from_slice(payload);
+    Ok(())
+}
+
 /// Bytes a remaining length takes on the wire (minimal encoding).
 pub(super) fn remaining_length_len(remaining_length: usize) -> usize {
     match remaining_length {

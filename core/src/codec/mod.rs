@@ -31,7 +31,7 @@ use bytes::BytesMut;
 
 use crate::packet::Packet;
 
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_publish, encoded_len};
 pub use error::{DecodeError, EncodeError};
 
 /// The largest remaining length a four-byte variable byte integer can carry

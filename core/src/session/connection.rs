@@ -624,7 +624,20 @@ impl Connection {
                 break;
             };
             let sent = session.send_next(|delivery, packet_id| {
-                encode_into(&publish_packet(delivery, packet_id, false), buf)
+                let qos_pid = QosPid::new(delivery.qos, packet_id).unwrap_or(QosPid::AtMostOnce);
+                let message = &delivery.message;
+                let encoded = codec::encode_publish(
+                    buf,
+                    false,
+                    qos_pid,
+                    delivery.retain,
+                    message.topic.as_bytes(),
+                    &message.payload,
+                );
+                if let Err(error) = encoded {
+                    // As in `encode_into`.
+                    tracing::error!(%error, packet = "PUBLISH", "dropping a packet that cannot be encoded");
+                }
             });
             if sent.is_none() {
                 break;
