@@ -152,12 +152,17 @@ for backend in $BACKENDS; do
   result=$(grep '^RESULT ' <<<"$result" | tail -1 || true)
   if [ -n "$REDIS_PID" ]; then
     # The journal of the last acknowledgements is written lazily: wait
-    # until Redis received no command for 2 s, then read the broker's CPU
+    # until Redis received no more than the idle cluster's own traffic
+    # (the inbox poll, 20 XRANGEs/s, and the heartbeat's ~10 commands/s:
+    # at most ~20 per half second, so 200 is a clear line; a journal
+    # drains at 100,000s per second) for 2 s, then read the broker's CPU
     # and the held ids left (queued or in flight) over all sessions.
-    t0=$(date +%s.%N); last=-1; still=0
-    while [ $still -lt 4 ]; do
+    # Bounded: gives up after TIMEOUT seconds.
+    t0=$(date +%s.%N); last=-1; still=0; polls=0
+    while [ $still -lt 4 ] && [ $polls -lt $((TIMEOUT * 2)) ]; do
+      polls=$((polls + 1))
       now=$(redis-cli -p "$REDIS_PORT" info stats | sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p')
-      if [ "${now:-0}" -le $((last + 20)) ]; then still=$((still + 1)); else still=0; fi
+      if [ "${now:-0}" -le $((last + 200)) ]; then still=$((still + 1)); else still=0; fi
       last=${now:-0}
       sleep 0.5
     done
