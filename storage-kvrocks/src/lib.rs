@@ -69,7 +69,11 @@
 //!   single command. Replacing another message under the same packet id
 //!   removes that one from the held set first.
 //! - `CompleteInflight`: `ZREM q` then `HDEL w`: in between, the entry is
-//!   still in flight (not queued), and a replay completes it. A session
+//!   still in flight (not queued), and a replay completes it. An entry
+//!   that this batch's own `SetInflight` created is never written: its
+//!   `HSET` is dropped and the `ZREM` alone takes the id from queued to
+//!   gone (the journal lags behind the socket under load, so a PUBLISH
+//!   and its PUBACK often share a batch). A session
 //!   touched by nothing but `CompleteInflight`s in the batch reads the
 //!   window entries they name (`HMGET`), not the whole window.
 //! - Inbound QoS 2: `SADD`/`SREM`. Retained: `HSET`/`HDEL` in the shard.
