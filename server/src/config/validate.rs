@@ -231,23 +231,14 @@ impl Config {
                 ));
             }
         }
-        if kvrocks.write_batch_ops == 0 {
-            return fail(
-                "mqtt.kvrocks.write-batch-ops",
-                "must be at least 1, got 0".to_owned(),
-            );
-        }
-        if kvrocks.write_queue_ops == 0 {
-            return fail(
-                "mqtt.kvrocks.write-queue-ops",
-                "must be at least 1, got 0".to_owned(),
-            );
-        }
-        if kvrocks.pool.max_active == 0 {
-            return fail(
-                "mqtt.kvrocks.pool.max-active",
-                "must be at least 1, got 0".to_owned(),
-            );
+        for (key, value) in [
+            ("mqtt.kvrocks.write-batch-ops", kvrocks.write_batch_ops),
+            ("mqtt.kvrocks.write-queue-ops", kvrocks.write_queue_ops),
+            ("mqtt.kvrocks.pool.max-active", kvrocks.pool.max_active),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1, got 0".to_owned());
+            }
         }
         let cluster = &self.mqtt.cluster;
         if cluster.heartbeat_interval < 10 {
