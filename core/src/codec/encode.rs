@@ -44,24 +44,41 @@ pub fn encode_publish(
     topic: &[u8],
     payload: &[u8],
 ) -> Result<(), EncodeError> {
-    if dup && qos_pid == QosPid::AtMostOnce {
-        return Err(EncodeError::DupWithQos0);
-    }
-    let packet_id = qos_pid.packet_id();
-    let remaining_length = prefixed_len("topic name", topic.len())?
-        .saturating_add(if packet_id.is_some() { 2 } else { 0 })
-        .saturating_add(payload.len());
+    let remaining_length = publish_remaining_length(dup, qos_pid, topic.len(), payload.len())?;
     if remaining_length > MAX_REMAINING_LENGTH {
         return Err(EncodeError::PacketTooLarge { remaining_length });
     }
     buf.reserve(1 + remaining_length_len(remaining_length) + remaining_length);
     buf.put_u8(3 << 4 | u8::from(dup) << 3 | (qos_pid.qos() as u8) << 1 | u8::from(retain));
     put_remaining_length(buf, remaining_length);
-    // The topic's length was checked above: `prefixed_len` refused more
-    // than 65,535 bytes, so the cast is exact.
-    buf.put_u16(topic.len() as u16);
-    buf.extend_from_slice(topic);
-    if let Some(id) = packet_id {
+    put_publish_body(buf, topic, qos_pid, payload)
+}
+
+/// A PUBLISH's remaining length (checks shared by [`encode`] and
+/// [`encode_publish`]).
+fn publish_remaining_length(
+    dup: bool,
+    qos_pid: QosPid,
+    topic_len: usize,
+    payload_len: usize,
+) -> Result<usize, EncodeError> {
+    if dup && qos_pid == QosPid::AtMostOnce {
+        return Err(EncodeError::DupWithQos0);
+    }
+    let id_len = if qos_pid == QosPid::AtMostOnce { 0 } else { 2 };
+    Ok(prefixed_len("topic name", topic_len)?
+        .saturating_add(id_len)
+        .saturating_add(payload_len))
+}
+
+fn put_publish_body(
+    buf: &mut BytesMut,
+    topic: &[u8],
+    qos_pid: QosPid,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    put_prefixed(buf, "topic name", topic)?;
+    if let Some(id) = qos_pid.packet_id() {
         buf.put_u16(id.get());
     }
     buf.extend_from_slice(payload);
@@ -158,17 +175,12 @@ fn connect_len(connect: &Connect) -> Result<usize, EncodeError> {
 }
 
 fn publish_len(publish: &Publish) -> Result<usize, EncodeError> {
-    if publish.dup && publish.qos_pid == QosPid::AtMostOnce {
-        return Err(EncodeError::DupWithQos0);
-    }
-    let id_len = if publish.qos_pid == QosPid::AtMostOnce {
-        0
-    } else {
-        2
-    };
-    Ok(prefixed_len("topic name", publish.topic.len())?
-        .saturating_add(id_len)
-        .saturating_add(publish.payload.len()))
+    publish_remaining_length(
+        publish.dup,
+        publish.qos_pid,
+        publish.topic.len(),
+        publish.payload.len(),
+    )
 }
 
 fn subscribe_len(subscribe: &Subscribe) -> Result<usize, EncodeError> {
@@ -212,13 +224,12 @@ fn write_body(packet: &Packet, buf: &mut BytesMut) -> Result<(), EncodeError> {
             buf.put_u8(u8::from(connack.session_present));
             buf.put_u8(connack.code as u8);
         }
-        Packet::Publish(publish) => {
-            put_prefixed(buf, "topic name", publish.topic.as_bytes())?;
-            if let Some(id) = publish.packet_id() {
-                buf.put_u16(id.get());
-            }
-            buf.extend_from_slice(&publish.payload);
-        }
+        Packet::Publish(publish) => put_publish_body(
+            buf,
+            publish.topic.as_bytes(),
+            publish.qos_pid,
+            &publish.payload,
+        )?,
         Packet::PubAck(id)
         | Packet::PubRec(id)
         | Packet::PubRel(id)
