@@ -109,7 +109,10 @@ fn run(config: &Config) -> Result<(), String> {
         let worker = std::thread::Builder::new()
             .name(format!("easy-mqtt-{index}"))
             .spawn(move || {
-                futures_lite::future::block_on(executor.run(async {
+                // async-io's block_on: an idle worker polls the reactor itself,
+                // so a socket that becomes ready wakes its task on the thread
+                // that saw it, not via the "async-io" thread and a futex wake.
+                async_io::block_on(executor.run(async {
                     let _ = stopped.recv().await;
                 }))
             })
