@@ -751,3 +751,20 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::Serve;
+    use crate::runtime::SmolRuntime;
+    use easy_mqtt_transport::TcpConnection;
+
+    /// Every idle TCP connection is one task holding this future: a field
+    /// that grows it grows the broker's memory per connection (see
+    /// BENCHMARKS.md, "conn"). Raise the bound only knowingly.
+    #[test]
+    fn a_tcp_connections_task_stays_small() {
+        assert!(std::mem::size_of::<TcpConnection>() <= 24);
+        let task = std::mem::size_of::<Serve<TcpConnection, SmolRuntime>>();
+        assert!(task <= 400, "a TCP connection's future is {task} bytes");
+    }
+}
