@@ -43,7 +43,7 @@ INFLIGHT=${INFLIGHT:-100}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/bench-original}
 BENCH=$TARGET/release/easy-mqtt-bench
-OURS=$TARGET/release/easy-mqtt
+OURS=${OURS:-$TARGET/release/easy-mqtt}
 
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt 20000 ]; then
