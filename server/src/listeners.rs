@@ -312,7 +312,7 @@ async fn serve(
     let info = |client_cert_cn: Option<String>| ConnectionInfo {
         peer: Some(peer),
         transport,
-        client_cert_cn,
+        client_cert_cn: client_cert_cn.map(String::into_boxed_str),
     };
     let timeout = shared.handshake_timeout;
     let result = match transport {

@@ -131,8 +131,9 @@ pub trait Policy: Send + Sync + 'static {
 
 /// What a connection driver keeps between calls into the node.
 pub struct Attachment {
+    /// The session, which also holds the client id (kept once: a copy here
+    /// was 32 bytes in every connection's task).
     pub entry: Arc<SessionEntry>,
-    pub client_id: ByteStr,
 }
 
 impl<R: Runtime> Node<R> {
@@ -427,7 +428,7 @@ impl<R: Runtime> Node<R> {
                 session_present = present,
                 "client connected"
             );
-            return Some(Attachment { entry, client_id });
+            return Some(Attachment { entry });
         }
     }
 
@@ -519,7 +520,7 @@ impl<R: Runtime> Node<R> {
     ) -> Vec<SubscribeReturnCode> {
         let max_levels = self.config.connection.max_topic_levels;
         let ctx = ClientCtx {
-            client_id: &attachment.client_id,
+            client_id: &attachment.entry.client_id,
             connection_id: cell.id,
         };
         let allowed: Vec<bool> = (subscribe.filters.iter())
@@ -610,13 +611,13 @@ impl<R: Runtime> Node<R> {
         let state = lock(&cell.inner).conn.take_session();
         if let Some(cluster) = self.cluster.as_ref() {
             // Stored with the will, when there was one (see `route_will`).
-            cluster.send_later(self.clear_presence_op(&attachment.client_id), true);
+            cluster.send_later(self.clear_presence_op(&attachment.entry.client_id), true);
         }
         if !inner.clean {
             inner.offline = state.map(Box::new);
             return;
         }
-        self.retire_entry(&attachment.client_id, &attachment.entry, inner);
+        self.retire_entry(&attachment.entry.client_id, &attachment.entry, inner);
     }
 
     /// Takes a session this node no longer holds out of the trie and the

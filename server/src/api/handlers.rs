@@ -259,7 +259,7 @@ fn client_json<R: Runtime>(node: &Node<R>, client: &ClientInfo, with_subscriptio
         "protocolLevel": connection.map(|c| c.protocol.level()),
         "cleanSession": client.clean_session,
         "keepAlive": connection.map(|c| c.keep_alive),
-        "clientCertCn": connection.and_then(|c| c.info.client_cert_cn.clone()),
+        "clientCertCn": connection.and_then(|c| c.info.client_cert_cn.as_deref()),
         "subscriptionCount": client.subscriptions.len(),
         "inflight": client.inflight,
         "queued": client.queued,

@@ -38,8 +38,10 @@ where
             .connect_loaded(&self.cell, connect, &self.info, loaded)
         {
             // The connection's span is the current one (see `Serve::poll`).
-            tracing::Span::current()
-                .record("client_id", tracing::field::display(&attachment.client_id));
+            tracing::Span::current().record(
+                "client_id",
+                tracing::field::display(&attachment.entry.client_id),
+            );
             if let (Some(policy), Some(connect)) = (policy, copy) {
                 policy.on_connected(&self.ctx(&attachment), &connect, &self.info);
             }
@@ -49,7 +51,7 @@ where
 
     pub(super) fn ctx<'a>(&self, attachment: &'a Attachment) -> ClientCtx<'a> {
         ClientCtx {
-            client_id: &attachment.client_id,
+            client_id: &attachment.entry.client_id,
             connection_id: self.cell.id,
         }
     }
@@ -72,7 +74,7 @@ where
             remote_address: self.info.peer,
             protocol: connect.protocol,
             transport: self.info.transport,
-            client_cert_cn: self.info.client_cert_cn.clone(),
+            client_cert_cn: self.info.client_cert_cn.as_deref().map(str::to_owned),
         }
     }
 
