@@ -304,7 +304,7 @@ where
 /// only the one in progress (a TLS handshake's state is kilobytes).
 async fn serve(
     shared: Arc<Shared>,
-    stream: easy_mqtt_transport::TcpConnection,
+    stream: async_net::TcpStream,
     peer: SocketAddr,
     transport: Transport,
 ) {

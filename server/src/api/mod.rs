@@ -204,10 +204,7 @@ impl Drop for ApiServer {
     }
 }
 
-async fn serve_connection<R: Runtime>(
-    state: Arc<State<R>>,
-    stream: easy_mqtt_transport::TcpConnection,
-) {
+async fn serve_connection<R: Runtime>(state: Arc<State<R>>, stream: async_net::TcpStream) {
     let timeout = state.config.request_timeout;
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
