@@ -87,7 +87,9 @@ impl TestBroker {
                 std::thread::Builder::new()
                     .name(format!("test-broker-{i}"))
                     .spawn(move || {
-                        futures_lite::future::block_on(executor.run(async {
+                        // As the binary's workers (main.rs): they drive the
+                        // reactor when idle, so tests run the same schedule.
+                        async_io::block_on(executor.run(async {
                             let _ = stopped.recv().await;
                         }))
                     })
