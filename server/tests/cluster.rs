@@ -108,6 +108,34 @@ fn publishes_reach_subscribers_on_other_nodes_redis_cluster() {
     routing_across_nodes(cluster.nodes());
 }
 
+/// A subscription made before its node knew the other one (so no notice
+/// reaches it) is still seen within the bound, through the other node's
+/// periodic route refresh. That refresh once skipped every second interval
+/// (it measured from the end of the previous one), which doubled the bound;
+/// the window is narrow, so the test takes several fresh pairs of nodes.
+#[test]
+fn a_subscription_unknown_to_a_newly_joined_node_is_seen_within_the_bound() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let rt = runtime();
+    for round in 0..4 {
+        let n1 = node_on(&nodes, &format!("j1-{round}"));
+        let n2 = node_on(&nodes, &format!("j2-{round}"));
+        rt.block_on(async {
+            // n1 heartbeated before n2 joined: it does not know n2 yet.
+            let mut sub = Client::connect(n1.addr(), &format!("j-sub-{round}")).await;
+            sub.subscribe("j/#", QoS::AtLeastOnce).await;
+            route_bound().await;
+            let mut publisher = Client::connect(n2.addr(), &format!("j-pub-{round}")).await;
+            publisher
+                .publish("j/t", QoS::AtLeastOnce, false, format!("r{round}"))
+                .await;
+            let got = sub.recv().await;
+            assert_eq!(&got.payload[..], format!("r{round}").as_bytes(), "round {round}");
+        });
+    }
+}
+
 /// Order per publisher is kept across nodes, for each QoS: MQTT asks a
 /// server to keep a client's order "for the same Topic and QoS"
 /// ([MQTT-4.6.0-6]). Across nodes QoS 0 and QoS 1 take different paths

@@ -611,11 +611,19 @@ async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
             node.adopt_dead_nodes().await;
         }
         let now = node.runtime.now();
+        // Listening before the dirty flag is read: a notice that arrives
+        // while the routes are being read must still cut the sleep below
+        // short, or it would wait a whole interval (a lost wake-up).
+        let listener = node.routes_notice.listen();
         if cluster.routes_dirty.swap(false, Ordering::AcqRel)
             || last_refresh.is_none_or(|at| now.duration_since(at) >= config.route_refresh)
         {
             if node.refresh_routes().await {
-                last_refresh = Some(now);
+                // The iteration's start, not `now`: the next timed iteration
+                // starts one interval later, and measured from `now` it
+                // would find slightly less than `route_refresh` elapsed and
+                // skip its refresh, doubling the documented bound.
+                last_refresh = Some(started);
             } else {
                 cluster.routes_dirty.store(true, Ordering::Release);
             }
@@ -626,7 +634,6 @@ async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
         node.prune_routes();
         let next = started + config.heartbeat_interval.min(config.route_refresh);
         // Woken early by a route change notice.
-        let listener = node.routes_notice.listen();
         futures_lite::future::or(
             async {
                 sleep_until(&node.runtime, next).await;
