@@ -776,16 +776,18 @@ where
 mod size_tests {
     use super::Serve;
     use crate::runtime::SmolRuntime;
+    use easy_mqtt_transport::TcpConnection;
 
     /// Every idle TCP connection is one task holding this future: a field
     /// that grows it grows the broker's memory per connection (see
     /// BENCHMARKS.md, "conn"). With async-task's header (40 bytes),
-    /// async-executor's scheduler (8) and its wrapper (16), 416 fills
-    /// jemalloc's 512-byte size class; one byte more costs 128. Raise the
+    /// async-executor's scheduler (8) and its wrapper (16), 320 fills
+    /// jemalloc's 384-byte size class; one byte more costs 64. Raise the
     /// bound only knowingly.
     #[test]
     fn a_tcp_connections_task_stays_small() {
-        let task = std::mem::size_of::<Serve<async_net::TcpStream, SmolRuntime>>();
-        assert!(task <= 416, "a TCP connection's future is {task} bytes");
+        assert!(std::mem::size_of::<TcpConnection>() <= 24);
+        let task = std::mem::size_of::<Serve<TcpConnection, SmolRuntime>>();
+        assert!(task <= 320, "a TCP connection's future is {task} bytes");
     }
 }

@@ -304,7 +304,7 @@ where
 /// only the one in progress (a TLS handshake's state is kilobytes).
 async fn serve(
     shared: Arc<Shared>,
-    stream: async_net::TcpStream,
+    stream: easy_mqtt_transport::TcpConnection,
     peer: SocketAddr,
     transport: Transport,
 ) {

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use async_net::TcpStream;
+use async_io::{Async, Timer};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::stream::TcpConnection;
 
 /// The listen backlog: connections the kernel completes before we accept them.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -27,7 +28,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// A TCP listener whose [`accept`](TcpListener::accept) never fails.
 #[derive(Debug)]
 pub struct TcpListener {
-    inner: async_net::TcpListener,
+    inner: Async<std::net::TcpListener>,
     counters: Counters,
     /// When a resource-exhaustion warning was last logged.
     last_warning: Mutex<Option<Instant>>,
@@ -71,7 +72,7 @@ enum AcceptError {
 
 impl TcpListener {
     /// Binds with `SO_REUSEADDR` and a large backlog ([`LISTEN_BACKLOG`]) via
-    /// socket2, then wraps the socket in `async_net`.
+    /// socket2, then registers the socket with the reactor.
     pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         // On Windows SO_REUSEADDR would let another process take the port.
@@ -80,7 +81,7 @@ impl TcpListener {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
-        let listener = async_net::TcpListener::try_from(std::net::TcpListener::from(socket))?;
+        let listener = Async::new(std::net::TcpListener::from(socket))?;
         Ok(TcpListener {
             inner: listener,
             counters: Counters::default(),
@@ -91,7 +92,7 @@ impl TcpListener {
     /// The address the listener is bound to (with the actual port when bound
     /// to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.inner.get_ref().local_addr()
     }
 
     /// Waits for the next connection and sets `TCP_NODELAY` on it.
@@ -105,11 +106,12 @@ impl TcpListener {
     /// Unexpected errors are handled like resource exhaustion.
     ///
     /// Cancel-safe: dropping the future loses no connection.
-    pub async fn accept(&self) -> (TcpStream, SocketAddr) {
+    pub async fn accept(&self) -> (TcpConnection, SocketAddr) {
         let mut backoff: Option<Duration> = None;
         loop {
             match self.inner.accept().await {
                 Ok((stream, peer)) => {
+                    let stream = TcpConnection::from_async(stream);
                     self.counters.accepted.fetch_add(1, Ordering::Relaxed);
                     if let Err(err) = stream.set_nodelay(true) {
                         // The peer may already be gone; reading will tell.

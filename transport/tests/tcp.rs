@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use async_net::TcpStream;
 use easy_mqtt_transport::TcpListener;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 /// Set in the child process of `survives_running_out_of_file_descriptors`.
 const CHILD_ENV: &str = "EASY_MQTT_TRANSPORT_EMFILE_CHILD";
@@ -33,14 +33,21 @@ async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 /// Echoes everything read on `stream` back to it.
-async fn echo(stream: TcpStream) {
-    let reader = stream.clone();
-    let mut writer = stream;
-    let _ = futures_lite::io::copy(reader, &mut writer).await;
+async fn echo(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
+    let mut buf = [0; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        if stream.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Writes `message` from `from`, reads it on `to`.
-async fn send_and_receive(from: &mut TcpStream, to: &mut TcpStream, message: &[u8]) {
+async fn send_and_receive(
+    from: &mut (impl AsyncWrite + Unpin),
+    to: &mut (impl AsyncRead + Unpin),
+    message: &[u8],
+) {
     from.write_all(message).await.expect("write");
     let mut got = vec![0; message.len()];
     to.read_exact(&mut got).await.expect("read");
@@ -264,5 +271,48 @@ fn emfile_child() {
             println!("{CHILD_DONE} {stats:?}");
         }))
         .await;
+    });
+}
+
+/// An accepted connection skips the read that would fail after a short
+/// one and waits for readability instead; data that comes after it (at
+/// once, or later) must still wake the reader.
+#[test]
+fn reads_wake_for_data_that_follows_a_short_read() {
+    smol::block_on(async {
+        let listener = TcpListener::bind(loopback()).await.expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = within(5, "accept", listener.accept()).await;
+        let mut buf = [0; 256];
+        for round in 0..300_u32 {
+            let len = 1 + (round as usize * 37) % 200;
+            let message: Vec<u8> = (0..len).map(|i| (i as u32 + round) as u8).collect();
+            client.write_all(&message).await.expect("write");
+            // A buffer larger than what was sent: every read is short.
+            let mut got = Vec::new();
+            while got.len() < len {
+                let n = within(5, "read after a short read", server.read(&mut buf))
+                    .await
+                    .expect("read");
+                assert!(n > 0, "unexpected end of stream in round {round}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, message, "round {round}");
+            // Every other round the next bytes come only after the reader is
+            // waiting again.
+            if round % 2 == 1 {
+                let pending = server.read(&mut buf);
+                let late = async {
+                    Timer::after(Duration::from_millis(2)).await;
+                    client.write_all(b"late").await.expect("write late");
+                };
+                let (n, ()) = within(5, "late data", future::zip(pending, late)).await;
+                let n = n.expect("read late");
+                assert_eq!(&buf[..n], b"late"[..n].as_ref());
+                let mut rest = vec![0; 4 - n];
+                server.read_exact(&mut rest).await.expect("rest of late");
+            }
+        }
     });
 }

@@ -204,7 +204,10 @@ impl Drop for ApiServer {
     }
 }
 
-async fn serve_connection<R: Runtime>(state: Arc<State<R>>, stream: async_net::TcpStream) {
+async fn serve_connection<R: Runtime>(
+    state: Arc<State<R>>,
+    stream: easy_mqtt_transport::TcpConnection,
+) {
     let timeout = state.config.request_timeout;
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
