@@ -131,7 +131,11 @@ fn a_subscription_unknown_to_a_newly_joined_node_is_seen_within_the_bound() {
                 .publish("j/t", QoS::AtLeastOnce, false, format!("r{round}"))
                 .await;
             let got = sub.recv().await;
-            assert_eq!(&got.payload[..], format!("r{round}").as_bytes(), "round {round}");
+            assert_eq!(
+                &got.payload[..],
+                format!("r{round}").as_bytes(),
+                "round {round}"
+            );
         });
     }
 }

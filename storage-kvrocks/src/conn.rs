@@ -40,18 +40,46 @@ use crate::settings::KvrocksSettings;
 /// One command and the key that routes it (its first key).
 #[derive(Debug)]
 pub(crate) struct Command {
+    pub name: &'static str,
     pub key: String,
     pub cmd: redis::Cmd,
 }
 
 impl Command {
-    pub fn new(name: &str, key: &str) -> Command {
+    pub fn new(name: &'static str, key: &str) -> Command {
         let mut cmd = redis::cmd(name);
         cmd.arg(key);
         Command {
+            name,
             key: key.to_owned(),
             cmd,
         }
+    }
+
+    /// Appends `next`'s members to this command when both remove members
+    /// of the same key (`ZREM`, `HDEL`, `SREM`) and the result stays within
+    /// [`MAX_MERGED_ARGS`]: one command then does what the two did, in the
+    /// same order. False (and nothing changed) otherwise.
+    pub fn absorb(&mut self, next: &Command) -> bool {
+        if self.name != next.name
+            || !matches!(self.name, "ZREM" | "HDEL" | "SREM")
+            || self.key != next.key
+            || self.cmd.args_iter().len() + next.cmd.args_iter().len() > MAX_MERGED_ARGS + 4
+        {
+            return false;
+        }
+        // Cursors and the like are never built by this crate for these
+        // commands; checked first so that nothing is half appended.
+        let members = || next.cmd.args_iter().skip(2);
+        if !members().all(|arg| matches!(arg, redis::Arg::Simple(_))) {
+            return false;
+        }
+        for arg in members() {
+            if let redis::Arg::Simple(bytes) = arg {
+                self.cmd.arg(bytes);
+            }
+        }
+        true
     }
 
     pub fn arg<T: redis::ToRedisArgs>(mut self, arg: T) -> Command {
@@ -64,6 +92,11 @@ impl Command {
         self.cmd.arg(arg);
     }
 }
+
+/// At most this many members in a command merged by [`Command::absorb`]:
+/// Redis runs a command to its end, so one huge removal would stall every
+/// other client of the server meanwhile.
+pub(crate) const MAX_MERGED_ARGS: usize = 512;
 
 /// At most this many commands in one pipeline; a longer phase is split.
 pub(crate) const PIPELINE_COMMANDS: usize = 2_000;
@@ -720,4 +753,48 @@ fn check_values(commands: &[Command], values: Vec<Value>) -> Result<Checked, Sto
         Some(detail) => Checked::TryAgain(detail),
         None => Checked::Values(values),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Command, MAX_MERGED_ARGS};
+
+    fn args(command: &Command) -> Vec<Vec<u8>> {
+        command
+            .cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"?".to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn removals_from_one_key_merge_in_order() {
+        let mut first = Command::new("ZREM", "k").arg("a");
+        assert!(first.absorb(&Command::new("ZREM", "k").arg("b").arg("c")));
+        let expected: Vec<Vec<u8>> = ["ZREM", "k", "a", "b", "c"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert_eq!(args(&first), expected);
+    }
+
+    #[test]
+    fn other_commands_keys_or_oversized_removals_do_not_merge() {
+        let mut zrem = Command::new("ZREM", "k").arg("a");
+        assert!(!zrem.absorb(&Command::new("ZREM", "other").arg("b")));
+        assert!(!zrem.absorb(&Command::new("HDEL", "k").arg("b")));
+        let mut hset = Command::new("HSET", "k").arg("f").arg("1");
+        assert!(!hset.absorb(&Command::new("HSET", "k").arg("g").arg("2")));
+        assert_eq!(args(&zrem).len(), 3);
+
+        let mut big = Command::new("HDEL", "k");
+        for n in 0..MAX_MERGED_ARGS {
+            big.push_arg(n);
+        }
+        assert!(!big.absorb(&Command::new("HDEL", "k").arg("x").arg("y").arg("z")));
+        assert_eq!(args(&big).len(), MAX_MERGED_ARGS + 2);
+    }
 }

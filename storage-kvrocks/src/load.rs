@@ -244,7 +244,7 @@ async fn load_bodies(
 /// round trip per page of all shards at once.
 async fn scan_shards(
     redis: &Redis,
-    command: &str,
+    command: &'static str,
     key: impl Fn(u16) -> String,
 ) -> Result<Vec<(String, Value)>, StorageError> {
     let mut cursors: Vec<(String, Vec<u8>)> = (0..SHARDS)
