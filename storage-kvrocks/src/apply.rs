@@ -20,7 +20,9 @@
 //!    reference backend does, and emit for each effective op its single-key
 //!    writes, in batch order per client (all keys of a client share one
 //!    slot, so they run in that order on one node; different clients touch
-//!    different keys). Consecutive enqueues of a client share one `ZADD NX`.
+//!    different keys). Consecutive enqueues of a client share one `ZADD NX`,
+//!    and removals from one key that end up next to each other (once the
+//!    writes a later op made useless are dropped) share one `ZREM`/`HDEL`.
 //! 3. **Release** (after the writes): remove the holder fields of every
 //!    (client, message) pair the batch touched that the client no longer
 //!    holds, read `HLEN`/`HEXISTS` of the bodies that may have lost their
