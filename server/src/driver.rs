@@ -790,4 +790,15 @@ mod size_tests {
         let task = std::mem::size_of::<Serve<TcpConnection, SmolRuntime>>();
         assert!(task <= 320, "a TCP connection's future is {task} bytes");
     }
+
+    /// Every connection's state machine lives in one `Arc<ConnCell>`: with
+    /// the `Arc`'s two counts (16 bytes), 240 fills jemalloc's 256-byte
+    /// class; one byte more costs 64. The limits are shared
+    /// (`Connection::shared`), the CONNECT deadline is derived and the
+    /// inbound QoS 2 set is boxed to stay there.
+    #[test]
+    fn a_connections_state_stays_small() {
+        let cell = std::mem::size_of::<crate::sessions::ConnCell>();
+        assert!(cell <= 240, "a connection's cell is {cell} bytes");
+    }
 }

@@ -99,6 +99,8 @@ pub struct Node<R: Runtime> {
     pub(crate) cluster: Option<crate::cluster::ClusterState>,
     /// Wakes the cluster task when another node's routes changed.
     pub(crate) routes_notice: event_listener::Event,
+    /// `config.connection`, shared by every connection's state machine.
+    connection_config: Arc<easy_mqtt_core::session::ConnectionConfig>,
     /// Dead nodes' inboxes this node serves.
     pub(crate) adopted: Mutex<Vec<crate::cluster::Adopted>>,
     /// Merges the connections' small storage batches (see `journal.rs`).
@@ -163,6 +165,7 @@ impl<R: Runtime> Node<R> {
         let durable = storage.is_durable();
         let runtime_seed = runtime.unix_time();
         let node_tag = crate::persist::node_tag(&config.node_id);
+        let connection_config = Arc::new(config.connection);
         let cluster = match config.cluster {
             Some(cluster) if durable && storage.cluster().is_some() => Some(
                 crate::cluster::ClusterState::new(cluster, &config.node_id, config.incarnation),
@@ -192,6 +195,7 @@ impl<R: Runtime> Node<R> {
             storage_error_logged: AtomicU64::new(0),
             cluster,
             routes_notice: event_listener::Event::new(),
+            connection_config,
             adopted: Mutex::new(Vec::new()),
         })
     }
@@ -259,7 +263,7 @@ impl<R: Runtime> Node<R> {
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let cell = Arc::new(ConnCell::new(
             id,
-            Connection::new(self.config.connection, self.runtime.now()),
+            Connection::shared(self.connection_config.clone(), self.runtime.now()),
         ));
         lock(&self.connections).insert(id, Arc::downgrade(&cell));
         Some(cell)

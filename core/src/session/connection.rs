@@ -8,6 +8,7 @@
 //! by calling back into the connection.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -149,9 +150,9 @@ pub enum Event {
 
 #[derive(Debug)]
 enum State {
-    AwaitingConnect {
-        deadline: Instant,
-    },
+    /// Until `last_received + connect_timeout` (no packet was received yet,
+    /// so `last_received` is when the connection began).
+    AwaitingConnect,
     /// CONNECT handed to the server; input paused until it decides.
     AwaitingDecision,
     Connected,
@@ -180,20 +181,11 @@ impl Queues {
     }
 }
 
-/// What a connection keeps of its [`ConnectionConfig`] after it started
-/// (the connect timeout is spent on the first deadline).
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    max_packet_size: usize,
-    max_topic_levels: usize,
-    min_keep_alive: u16,
-    max_keep_alive: u16,
-    session: SessionLimits,
-}
-
 #[derive(Debug)]
 pub struct Connection {
-    config: Limits,
+    /// Shared by every connection of a listener ([`Connection::shared`]):
+    /// a copy in each would be 40 bytes of every idle connection.
+    config: Arc<ConnectionConfig>,
     state: State,
     protocol: Option<ProtocolVersion>,
     session: Option<SessionState>,
@@ -202,6 +194,8 @@ pub struct Connection {
     will: Option<Box<LastWill>>,
     /// Effective keep-alive in seconds (after the configured bounds); 0: none.
     keep_alive: u16,
+    /// When the last packet was received; before the first, when the
+    /// connection began (the CONNECT deadline counts from it).
     last_received: Instant,
     /// Boxed, and dropped while all are empty: an idle connection (most
     /// of them, most of the time) should not pay ~100 bytes for them.
@@ -214,17 +208,15 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
+        Connection::shared(Arc::new(config), now)
+    }
+
+    /// A connection whose limits are shared with others (a server makes
+    /// one `Arc` for all its connections).
+    pub fn shared(config: Arc<ConnectionConfig>, now: Instant) -> Connection {
         Connection {
-            config: Limits {
-                max_packet_size: config.max_packet_size,
-                max_topic_levels: config.max_topic_levels,
-                min_keep_alive: config.min_keep_alive,
-                max_keep_alive: config.max_keep_alive,
-                session: config.session,
-            },
-            state: State::AwaitingConnect {
-                deadline: now + config.connect_timeout,
-            },
+            state: State::AwaitingConnect,
+            config,
             protocol: None,
             session: None,
             will: None,
@@ -254,7 +246,7 @@ impl Connection {
 
     /// Whether the driver should read and feed more input now.
     pub fn wants_input(&self) -> bool {
-        matches!(self.state, State::AwaitingConnect { .. } | State::Connected)
+        matches!(self.state, State::AwaitingConnect | State::Connected)
             && self
                 .queues
                 .as_ref()
@@ -264,7 +256,7 @@ impl Connection {
     /// A packet the decoder refused. An unsupported protocol level in CONNECT
     /// is answered with CONNACK 1 ([MQTT-3.1.2-2]); anything else closes.
     pub fn handle_decode_error(&mut self, error: DecodeError, now: Instant) {
-        if let (DecodeError::UnsupportedProtocolLevel(_), State::AwaitingConnect { .. }) =
+        if let (DecodeError::UnsupportedProtocolLevel(_), State::AwaitingConnect) =
             (&error, &self.state)
         {
             self.refuse(ConnectReturnCode::UnacceptableProtocolVersion, now);
@@ -279,7 +271,7 @@ impl Connection {
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
         self.last_received = now;
         match self.state {
-            State::AwaitingConnect { .. } => match packet {
+            State::AwaitingConnect => match packet {
                 Packet::Connect(connect) => self.handle_connect(connect, now),
                 other => self.close(
                     CloseReason::ProtocolError(ProtocolError::FirstPacketNotConnect(other.name())),
@@ -359,10 +351,7 @@ impl Connection {
     /// Refuses the pending CONNECT with a non-zero return code; the CONNACK
     /// is sent and the connection closes ([MQTT-3.2.2-5]).
     pub fn refuse(&mut self, code: ConnectReturnCode, now: Instant) {
-        if !matches!(
-            self.state,
-            State::AwaitingConnect { .. } | State::AwaitingDecision
-        ) {
+        if !matches!(self.state, State::AwaitingConnect | State::AwaitingDecision) {
             return;
         }
         self.queues_mut()
@@ -562,7 +551,7 @@ impl Connection {
     /// Checks the deadlines against `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
-            State::AwaitingConnect { deadline } if now >= deadline => {
+            State::AwaitingConnect if now >= self.connect_deadline() => {
                 self.close(CloseReason::ConnectTimeout, now)
             }
             State::Connected if self.keep_alive_deadline().is_some_and(|d| now >= d) => {
@@ -575,10 +564,14 @@ impl Connection {
     /// When [`Connection::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::AwaitingConnect { deadline } => Some(deadline),
+            State::AwaitingConnect => Some(self.connect_deadline()),
             State::Connected => self.keep_alive_deadline(),
             State::AwaitingDecision | State::Closed => None,
         }
+    }
+
+    fn connect_deadline(&self) -> Instant {
+        self.last_received + self.config.connect_timeout
     }
 
     fn keep_alive_deadline(&self) -> Option<Instant> {

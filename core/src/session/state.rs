@@ -2,7 +2,7 @@
 //! window, the queue behind it, the inbound QoS 2 packet ids awaiting PUBREL,
 //! and the packet-id allocator.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -169,7 +169,7 @@ pub struct SessionState {
     queue: VecDeque<Queued>,
     /// Client packet ids of QoS 2 messages received and acknowledged with
     /// PUBREC, kept until PUBREL so a resent PUBLISH is not routed twice.
-    inbound_qos2: BTreeMap<u16, ()>,
+    inbound_qos2: InboundQos2,
     last_packet_id: u16,
     dropped: u64,
     /// Changes to write to storage, when journaling is on.
@@ -186,7 +186,7 @@ impl SessionState {
             inflight: VecDeque::new(),
             inflight_ids: HashSet::default(),
             queue: VecDeque::new(),
-            inbound_qos2: BTreeMap::new(),
+            inbound_qos2: InboundQos2::default(),
             last_packet_id: 0,
             dropped: 0,
             journal: None,
@@ -480,12 +480,12 @@ impl SessionState {
     /// Records an inbound QoS 2 packet id; false if it was already recorded
     /// (a retransmission that must not be routed again).
     pub(crate) fn record_inbound_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.inbound_qos2.insert(packet_id.get(), ()).is_none()
+        self.inbound_qos2.insert(packet_id.get())
     }
 
     /// PUBREL: forgets an inbound QoS 2 packet id.
     pub(crate) fn release_inbound_qos2(&mut self, packet_id: PacketId) -> bool {
-        let known = self.inbound_qos2.remove(&packet_id.get()).is_some();
+        let known = self.inbound_qos2.remove(packet_id.get());
         if known {
             self.record(|| Some(SessionChange::RemoveInboundQos2(packet_id)));
         }
@@ -496,7 +496,7 @@ impl SessionState {
     /// that its retransmission is routed; nothing is journaled (storage
     /// never got the id).
     pub(crate) fn forget_inbound_qos2(&mut self, packet_id: PacketId) {
-        self.inbound_qos2.remove(&packet_id.get());
+        self.inbound_qos2.remove(packet_id.get());
     }
 
     /// Drops every queued message and in-flight state (clean session).
@@ -504,7 +504,7 @@ impl SessionState {
         self.inflight.clear();
         self.inflight_ids.clear();
         self.queue.clear();
-        self.inbound_qos2.clear();
+        self.inbound_qos2 = InboundQos2::default();
     }
 
     /// Restores a session from storage: in-flight messages in send order,
@@ -528,11 +528,48 @@ impl SessionState {
             inflight: inflight.into(),
             inflight_ids,
             queue,
-            inbound_qos2: inbound_qos2.into_iter().map(|id| (id.get(), ())).collect(),
+            inbound_qos2: InboundQos2::from_ids(inbound_qos2.into_iter().map(PacketId::get)),
             last_packet_id,
             dropped: 0,
             journal: None,
         }
+    }
+}
+
+/// Client packet ids of inbound QoS 2 messages awaiting PUBREL. Boxed and
+/// dropped while empty: almost every session has none almost always, and
+/// an empty set inline would be 24 bytes of every idle connection.
+// The box is the point: an empty `BTreeSet` inline is 24 bytes, the
+// `Option<Box<..>>` 8.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Clone, Default)]
+struct InboundQos2(Option<Box<BTreeSet<u16>>>);
+
+impl InboundQos2 {
+    fn from_ids(ids: impl Iterator<Item = u16>) -> InboundQos2 {
+        let ids: BTreeSet<u16> = ids.collect();
+        InboundQos2((!ids.is_empty()).then(|| Box::new(ids)))
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |ids| ids.len())
+    }
+
+    /// False if it was there already.
+    fn insert(&mut self, id: u16) -> bool {
+        self.0.get_or_insert_with(Box::default).insert(id)
+    }
+
+    /// False if it was not there.
+    fn remove(&mut self, id: u16) -> bool {
+        let Some(ids) = self.0.as_mut() else {
+            return false;
+        };
+        let removed = ids.remove(&id);
+        if ids.is_empty() {
+            self.0 = None;
+        }
+        removed
     }
 }
 
