@@ -121,16 +121,7 @@ fn a_subscription_unknown_to_a_newly_joined_node_is_seen_within_the_bound() {
     const INTERVAL_MS: u32 = 400;
     let redis = Server::standalone();
     let nodes = vec![redis.node()];
-    let node = |node_id: String| {
-        let nodes = nodes.clone();
-        common::TestBroker::with(move |config| {
-            config.mqtt.kvrocks.cluster.nodes = nodes;
-            config.mqtt.server.node_id = node_id;
-            config.mqtt.cluster.heartbeat_interval = INTERVAL_MS;
-            config.mqtt.cluster.node_timeout = INTERVAL_MS * 10;
-            config.mqtt.cluster.takeover_timeout = INTERVAL_MS * 15;
-        })
-    };
+    let node = |node_id: String| common::cluster_node_with_heartbeat(&nodes, &node_id, INTERVAL_MS);
     let rt = runtime();
     for round in 0..4 {
         let n1 = node(format!("j1-{round}"));

@@ -603,17 +603,17 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
     let mut score_seen: HashSet<(usize, MessageId)> = HashSet::default();
     // The client of each op, looked up once (hashing the client id was a
     // sixth of a routing batch's CPU when done again in phase 2).
-    let mut op_clients: Vec<usize> = Vec::with_capacity(ops.len());
+    let mut op_clients: Vec<Option<usize>> = Vec::with_capacity(ops.len());
     for op in &ops {
         let Some(client_id) = session_id(op) else {
-            op_clients.push(usize::MAX);
+            op_clients.push(None);
             if let Op::PutMessage { id, .. } = op {
                 push_unique(&mut put_ids, &mut put_seen, *id);
             }
             continue;
         };
         let index = batch.client(client_id);
-        op_clients.push(index);
+        op_clients.push(Some(index));
         let client = &mut batch.clients[index];
         let mut score = |client: &mut Client, id: MessageId| {
             if score_seen.insert((index, id)) {
@@ -870,9 +870,9 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
             put_so_far.insert(*id);
             continue;
         }
-        if index == usize::MAX {
+        let Some(index) = index else {
             continue;
-        }
+        };
         let stored = |id: &MessageId| body_before.contains(id) || put_so_far.contains(id);
         let mut lost = Vec::new();
         batch.clients[index].simulate(op, &stored, &mut lost)?;

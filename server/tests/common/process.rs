@@ -13,20 +13,35 @@ pub fn free_port() -> u16 {
 
 /// Cluster timings for tests: a node is dead after one second of silence.
 pub fn fast_cluster(config: &mut Config) {
-    config.mqtt.cluster.heartbeat_interval = 100;
-    config.mqtt.cluster.node_timeout = 1000;
-    config.mqtt.cluster.takeover_timeout = 3000;
+    cluster_timings(config, 100);
+}
+
+/// Cluster timings scaled from a heartbeat of `heartbeat_ms`: a node is
+/// dead after ten heartbeats, a takeover waits up to thirty.
+pub fn cluster_timings(config: &mut Config, heartbeat_ms: u32) {
+    config.mqtt.cluster.heartbeat_interval = heartbeat_ms;
+    config.mqtt.cluster.node_timeout = heartbeat_ms * 10;
+    config.mqtt.cluster.takeover_timeout = heartbeat_ms * 30;
 }
 
 /// A cluster node named `node_id` on the Kvrocks (or Redis) `nodes`, with
 /// [`fast_cluster`] timings.
 pub fn cluster_node(nodes: &[String], node_id: &str) -> TestBroker {
+    cluster_node_with_heartbeat(nodes, node_id, 100)
+}
+
+/// [`cluster_node`] with [`cluster_timings`] of a heartbeat of `heartbeat_ms`.
+pub fn cluster_node_with_heartbeat(
+    nodes: &[String],
+    node_id: &str,
+    heartbeat_ms: u32,
+) -> TestBroker {
     let nodes = nodes.to_vec();
     let node_id = node_id.to_owned();
     TestBroker::with(move |config| {
         config.mqtt.kvrocks.cluster.nodes = nodes;
         config.mqtt.server.node_id = node_id;
-        fast_cluster(config);
+        cluster_timings(config, heartbeat_ms);
     })
 }
 
