@@ -332,6 +332,21 @@ fn move_deadline(slot: &mut Option<Instant>, moved: &mut bool, deadline: Option<
     }
 }
 
+/// Arms a driver's deadline for the state machine's `wanted` one, unless an
+/// earlier one is armed already. The keep-alive deadline moves with every
+/// packet received, and re-arming an `async-io` timer wakes its reactor (an
+/// eventfd write and a waker clone): so the timer only ever moves earlier.
+/// One armed too early fires, `handle_timeout` finds nothing due, and the
+/// timer is armed again for the deadline of then (see `step`): at most one
+/// spurious wake per keep-alive period instead of a re-arm per packet.
+fn arm_deadline(slot: &mut Option<Instant>, moved: &mut bool, wanted: Option<Instant>) {
+    match (*slot, wanted) {
+        (Some(armed), Some(wanted)) if armed <= wanted => {}
+        (Some(_), None) => {}
+        (_, wanted) => move_deadline(slot, moved, wanted),
+    }
+}
+
 /// The driver's [`Work`], made when first needed. A function of the field
 /// rather than a method, so that the driver's other fields stay free.
 fn work(slot: &mut Option<Box<Work>>) -> &mut Work {
@@ -480,6 +495,8 @@ where
         }
         if timer_due {
             inner.conn.handle_timeout(now);
+            // Armed anew below, for what is due next.
+            self.deadline = None;
         }
         while let Some(event) = inner.conn.poll_event() {
             work(&mut self.work).events.push(event);
@@ -501,7 +518,7 @@ where
         };
         let backlog: usize = self.storage.iter().map(|b| b.routes).sum();
         self.wants_input = inner.conn.wants_input() && backlog < MAX_STORAGE_BACKLOG;
-        move_deadline(
+        arm_deadline(
             &mut self.deadline,
             &mut self.deadline_moved,
             inner.conn.poll_timeout(),
