@@ -74,6 +74,8 @@ pub fn node_config(config: &Config) -> NodeConfig {
     NodeConfig {
         node_id,
         max_connections: server.max_connections as usize,
+        hibernate_after: (server.hibernate_after > 0)
+            .then(|| Duration::from_secs(u64::from(server.hibernate_after))),
         // Every node on one Kvrocks is part of its cluster.
         cluster: (config.uses_kvrocks() && config.mqtt.cluster.enabled)
             .then(|| crate::cluster::ClusterConfig::from_config(&config.mqtt.cluster)),

@@ -295,6 +295,11 @@ section! {
         /// `connect-timeout`: seconds allowed between TCP accept and CONNECT.
         /// At least 1.
         pub connect_timeout: u32 = 10,
+        /// `hibernate-after`: seconds a plain TCP connection may be idle
+        /// (no byte in or out) before it hibernates: its task and its reactor
+        /// registration are freed until its socket turns readable, a message
+        /// comes for it or its keep-alive runs out. 0 = never.
+        pub hibernate_after: u32 = 10,
         /// `authentication-timeout`: milliseconds one CONNECT's
         /// authentication may take (waiting for a pooled connection,
         /// connecting, request and answer); past it the CONNECT is refused

@@ -8,6 +8,7 @@
 //! awaiting-decision state (input paused) meanwhile, other connections are
 //! not held up, and a connection that closes before the answer drops it.
 
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use crate::sessions::{ConnCell, SessionKey, lock};
 
 mod connect;
 mod durable;
+mod hibernation;
 
 use connect::{PendingAuth, PendingConnect};
 use durable::{After, MAX_STORAGE_BACKLOG, StorageQueue};
@@ -160,6 +162,17 @@ enum Serve<S, R: Runtime> {
         stream: S,
         info: ConnectionInfo,
     },
+    /// A hibernated connection woken (see `hibernation`), not polled yet:
+    /// its driver is rebuilt on the first poll, where no lock is held.
+    Resume {
+        node: Arc<Node<R>>,
+        cell: Arc<ConnCell>,
+        stream: S,
+        attachment: Option<Attachment>,
+        span: Option<Box<tracing::Span>>,
+        /// What the socket said, should the session not know.
+        peer: Option<SocketAddr>,
+    },
     /// Over the connection limit: closing the stream.
     Refusing(S),
     /// Driving the connection, then (`lingering`) closing its stream, for
@@ -176,7 +189,7 @@ enum Serve<S, R: Runtime> {
 
 impl<S, R> Future for Serve<S, R>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     R: Runtime,
 {
     type Output = ();
@@ -192,6 +205,31 @@ where
                     };
                     *this = Serve::open(node, stream, info);
                 }
+                Serve::Resume { .. } => {
+                    let Serve::Resume {
+                        node,
+                        cell,
+                        stream,
+                        attachment,
+                        span,
+                        peer,
+                    } = std::mem::replace(this, Serve::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    let info = ConnectionInfo {
+                        peer: hibernation::recorded_peer(attachment.as_ref(), &cell).or(peer),
+                        transport: Transport::Tcp,
+                        client_cert_cn: None,
+                    };
+                    let mut driver = Driver::new(node, cell, stream, info);
+                    driver.attachment = attachment;
+                    *this = Serve::Running {
+                        driver,
+                        span,
+                        lingering: false,
+                    };
+                }
                 Serve::Refusing(stream) => {
                     if Pin::new(stream).poll_close(cx).is_pending() {
                         return Poll::Pending;
@@ -204,16 +242,28 @@ where
                     span,
                     lingering,
                 } => {
-                    let done = {
+                    let outcome = {
                         let _entered = span.as_deref().map(tracing::Span::enter);
                         driver.poll_run(cx, lingering)
                     };
-                    if done.is_pending() {
-                        return Poll::Pending;
+                    match outcome {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Outcome::Closed) => {
+                            driver.node.close_connection(&driver.cell);
+                            *this = Serve::Done;
+                            return Poll::Ready(());
+                        }
+                        Poll::Ready(Outcome::Idle) => {
+                            if hibernate(this) {
+                                // The task ends; the connection lives on.
+                                return Poll::Ready(());
+                            }
+                            // Its waker may have been the sleeper's for a
+                            // moment: look again for work.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                     }
-                    driver.node.close_connection(&driver.cell);
-                    *this = Serve::Done;
-                    return Poll::Ready(());
                 }
                 Serve::Done => return Poll::Ready(()),
             }
@@ -223,7 +273,7 @@ where
 
 impl<S, R> Serve<S, R>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     R: Runtime,
 {
     fn open(node: Arc<Node<R>>, stream: S, info: ConnectionInfo) -> Serve<S, R> {
@@ -239,36 +289,45 @@ where
             peer = ?info.peer,
             client_id = tracing::field::Empty
         );
-        let driver = Driver {
-            node,
-            cell,
-            stream,
-            info,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            read_closed: false,
-            flush_pending: false,
-            wants_input: true,
-            closed: false,
-            busy: false,
-            timer: None,
-            deadline: None,
-            deadline_moved: false,
-            close_deadline: None,
-            attachment: None,
-            pending_auth: None,
-            pending_connect: None,
-            storage: StorageQueue::default(),
-            retry_timer: None,
-            detach_pending: false,
-            work: None,
-        };
         Serve::Running {
-            driver,
+            driver: Driver::new(node, cell, stream, info),
             span: (!span.is_disabled()).then(|| Box::new(span)),
             lingering: false,
         }
     }
+}
+
+/// How a driver stopped.
+enum Outcome {
+    /// The connection is over.
+    Closed,
+    /// Idle past `hibernate-after` with nothing in progress: it may
+    /// hibernate (see [`hibernate`]).
+    Idle,
+}
+
+/// Hibernates a running task's idle connection if its stream can (a plain
+/// TCP connection: the others keep state of their own in user space): true
+/// when it did, the task is then `Done`; false leaves the task as it was.
+/// The stream is told at run time rather than through a bound on every
+/// stream type, so that the TLS, WebSocket and simulated streams need
+/// nothing: the check is a comparison of type ids.
+fn hibernate<S, R>(serve: &mut Serve<S, R>) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    R: Runtime,
+{
+    let mut slot = Some(std::mem::replace(serve, Serve::Done));
+    let hibernated = match (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<Serve<easy_mqtt_transport::TcpConnection, R>>>()
+    {
+        Some(tcp) => hibernation::hibernate(tcp),
+        None => false,
+    };
+    if let Some(back) = slot {
+        *serve = back;
+    }
+    hibernated
 }
 
 struct Driver<S, R: Runtime> {
@@ -293,8 +352,13 @@ struct Driver<S, R: Runtime> {
     /// `deadline` changed since the timer was armed. A flag rather than
     /// the armed instant: 16 bytes less in every connection's task.
     deadline_moved: bool,
-    /// Once closed: when to give up flushing to a peer that reads nothing.
-    close_deadline: Option<Instant>,
+    /// When the connection is still quiet by then, the driver acts: an
+    /// open one that stayed idle hibernates (see `tend_quiet`), a closed
+    /// one gives up flushing to a peer that reads nothing. One field for
+    /// both: a connection is only ever in one of the two phases.
+    quiet_until: Option<Instant>,
+    /// What the open phase's current quiet period saw.
+    quiet: Quiet,
     attachment: Option<Attachment>,
     /// Boxed, like `pending_connect`: a connection spends a moment in
     /// its CONNECT and the rest of its life without one.
@@ -321,6 +385,19 @@ struct Work {
     scratch: Vec<(SessionKey, QoS)>,
     /// Inbound QoS 1/2 publishes routed, to acknowledge.
     acks: Vec<PacketId>,
+}
+
+/// What a driver saw during its current quiet period (see
+/// `Driver::tend_quiet`). One byte: it shares the driver's padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// No byte in or out yet.
+    Watching,
+    /// Bytes came in or went out.
+    Active,
+    /// The last whole period went by without a byte: hibernate once
+    /// nothing else is left to do.
+    Drowsy,
 }
 
 /// Sets a driver's deadline, noting whether it moved. A function of the
@@ -355,27 +432,57 @@ fn work(slot: &mut Option<Box<Work>>) -> &mut Work {
 
 impl<S, R> Driver<S, R>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     R: Runtime,
 {
+    fn new(node: Arc<Node<R>>, cell: Arc<ConnCell>, stream: S, info: ConnectionInfo) -> Self {
+        Driver {
+            node,
+            cell,
+            stream,
+            info,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            read_closed: false,
+            flush_pending: false,
+            wants_input: true,
+            closed: false,
+            busy: false,
+            timer: None,
+            deadline: None,
+            deadline_moved: false,
+            quiet_until: None,
+            quiet: Quiet::Watching,
+            attachment: None,
+            pending_auth: None,
+            pending_connect: None,
+            storage: StorageQueue::default(),
+            retry_timer: None,
+            detach_pending: false,
+            work: None,
+        }
+    }
+
     /// Drives the connection until it is over, then closes the stream:
     /// closing flushes what a TLS or WebSocket stream still holds, and a
     /// peer that reads nothing gets [`CLOSE_LINGER`], not forever.
-    fn poll_run(&mut self, cx: &mut Context<'_>, lingering: &mut bool) -> Poll<()> {
+    fn poll_run(&mut self, cx: &mut Context<'_>, lingering: &mut bool) -> Poll<Outcome> {
         if !*lingering {
-            if self.poll_drive(cx).is_pending() {
-                return Poll::Pending;
+            match self.poll_drive(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Outcome::Idle) => return Poll::Ready(Outcome::Idle),
+                Poll::Ready(Outcome::Closed) => {}
             }
             *lingering = true;
             self.set_deadline(Some(self.node.runtime().now() + CLOSE_LINGER));
         }
         if Pin::new(&mut self.stream).poll_close(cx).is_ready() || self.poll_timer(cx) {
-            return Poll::Ready(());
+            return Poll::Ready(Outcome::Closed);
         }
         Poll::Pending
     }
 
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         for _ in 0..BUDGET {
             let mut progress = self.poll_auth(cx);
             progress |= self.poll_connect(cx);
@@ -409,21 +516,30 @@ where
                     continue;
                 }
                 if self.wbuf.is_empty() {
-                    return Poll::Ready(());
+                    return Poll::Ready(Outcome::Closed);
                 }
-                if self.close_deadline.is_none() || self.wbuf.len() < unsent {
-                    self.close_deadline = Some(now + CLOSE_LINGER);
+                if self.quiet_until.is_none() || self.wbuf.len() < unsent {
+                    self.quiet_until = Some(now + CLOSE_LINGER);
                 }
-                match self.close_deadline {
-                    Some(linger) if linger <= now => return Poll::Ready(()),
+                match self.quiet_until {
+                    Some(linger) if linger <= now => return Poll::Ready(Outcome::Closed),
                     linger => self.set_deadline(linger),
                 }
+            } else {
+                self.tend_quiet(now);
             }
             if self.poll_timer(cx) {
                 progress = true;
             }
             if !progress {
                 self.release_idle_buffers();
+                if self.quiet == Quiet::Drowsy {
+                    // One attempt per period.
+                    self.quiet = Quiet::Watching;
+                    if self.can_hibernate() {
+                        return Poll::Ready(Outcome::Idle);
+                    }
+                }
                 return Poll::Pending;
             }
         }
@@ -456,6 +572,7 @@ where
             Poll::Ready(Ok(n)) => {
                 self.rbuf.truncate(len + n);
                 *progress = true;
+                self.mark_active();
                 if n == 0 {
                     self.read_closed = true;
                 }
@@ -523,7 +640,12 @@ where
             &mut self.deadline_moved,
             inner.conn.poll_timeout(),
         );
-        self.closed = inner.conn.is_closed();
+        let closed = inner.conn.is_closed();
+        if closed && !self.closed {
+            // The open phase's quiet deadline is no linger deadline.
+            self.quiet_until = None;
+        }
+        self.closed = closed;
         let register = match &inner.waker {
             Some(waker) => !waker.will_wake(cx.waker()),
             None => true,
@@ -713,6 +835,7 @@ where
                     self.wbuf.advance(n);
                     wrote = true;
                     *progress = true;
+                    self.mark_active();
                 }
                 Poll::Pending => break,
             }
@@ -754,6 +877,67 @@ where
 
     fn set_deadline(&mut self, deadline: Option<Instant>) {
         move_deadline(&mut self.deadline, &mut self.deadline_moved, deadline);
+    }
+
+    /// `hibernate-after`, for a stream that can hibernate (see [`hibernate`]).
+    fn hibernate_after(&self) -> Option<std::time::Duration> {
+        if TypeId::of::<S>() == TypeId::of::<easy_mqtt_transport::TcpConnection>() {
+            self.node.config().hibernate_after
+        } else {
+            None
+        }
+    }
+
+    /// Keeps the open phase's quiet deadline: `hibernate-after` from when
+    /// the driver first runs, then moved on by a period each time it
+    /// passes; a period without a byte in or out makes the driver drowsy.
+    /// So a connection hibernates one to two periods after its last byte,
+    /// and a busy one pays a timer wake per period, not a re-arm per packet.
+    fn tend_quiet(&mut self, now: Instant) {
+        let Some(after) = self.hibernate_after() else {
+            return;
+        };
+        match self.quiet_until {
+            Some(quiet) if quiet > now => {}
+            Some(_) => {
+                self.quiet = match self.quiet {
+                    Quiet::Active => Quiet::Watching,
+                    Quiet::Watching | Quiet::Drowsy => Quiet::Drowsy,
+                };
+                self.quiet_until = Some(now + after);
+            }
+            None => {
+                self.quiet = Quiet::Watching;
+                self.quiet_until = Some(now + after);
+            }
+        }
+        arm_deadline(
+            &mut self.deadline,
+            &mut self.deadline_moved,
+            self.quiet_until,
+        );
+    }
+
+    fn mark_active(&mut self) {
+        self.quiet = Quiet::Active;
+    }
+
+    /// Nothing in progress but waiting for the peer: what the driver holds
+    /// can be let go and rebuilt (the state machine's own check is made
+    /// under its lock, see `hibernation::hibernate`).
+    fn can_hibernate(&self) -> bool {
+        !self.closed
+            && !self.read_closed
+            && !self.flush_pending
+            && self.wants_input
+            && self.attachment.is_some()
+            && self.pending_auth.is_none()
+            && self.pending_connect.is_none()
+            && self.storage.is_empty()
+            && !self.detach_pending
+            && self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.work.is_none()
     }
 
     /// Waiting for the socket, a connection keeps no empty buffer: they go
@@ -817,5 +1001,30 @@ mod size_tests {
     fn a_connections_state_stays_small() {
         let cell = std::mem::size_of::<crate::sessions::ConnCell>();
         assert!(cell <= 240, "a connection's cell is {cell} bytes");
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::arm_deadline;
+    use std::time::{Duration, Instant};
+
+    /// The armed deadline moves earlier, never later: a later one waits
+    /// for the early timer to fire (see `step`).
+    #[test]
+    fn the_armed_deadline_only_moves_earlier() {
+        let now = Instant::now();
+        let (early, late) = (now + Duration::from_secs(1), now + Duration::from_secs(2));
+        let (mut armed, mut moved) = (None, false);
+        arm_deadline(&mut armed, &mut moved, Some(late));
+        assert_eq!((armed, moved), (Some(late), true));
+
+        moved = false;
+        arm_deadline(&mut armed, &mut moved, Some(late + Duration::from_secs(1)));
+        arm_deadline(&mut armed, &mut moved, None);
+        assert_eq!((armed, moved), (Some(late), false), "kept");
+
+        arm_deadline(&mut armed, &mut moved, Some(early));
+        assert_eq!((armed, moved), (Some(early), true), "moved earlier");
     }
 }

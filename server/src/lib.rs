@@ -12,6 +12,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod driver;
+mod hibernate;
 pub mod journal;
 pub mod listeners;
 pub mod metrics;

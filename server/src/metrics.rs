@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub connections_current: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Open connections hibernating now (included in `connections_current`).
+    pub connections_hibernated: AtomicU64,
     /// Connections closed at once because `max-connections` was reached.
     pub connections_refused_limit: AtomicU64,
     pub sessions_current: AtomicU64,

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub connection: ConnectionConfig,
     /// Open connections allowed (0: no limit).
     pub max_connections: usize,
+    /// Idle time after which a plain TCP connection hibernates (see
+    /// `crate::hibernate`); `None`: never.
+    pub hibernate_after: Option<std::time::Duration>,
     /// Cluster timings; `None`: this node is alone (also when the storage
     /// backend cannot share state between nodes).
     pub cluster: Option<crate::cluster::ClusterConfig>,
@@ -49,6 +52,7 @@ impl Default for NodeConfig {
             node_id: "node-1".into(),
             connection: ConnectionConfig::default(),
             max_connections: 0,
+            hibernate_after: Some(std::time::Duration::from_secs(10)),
             cluster: None,
             incarnation: crate::persist::sequence_seed() / 1000,
             journal: crate::journal::WriterLimits::default(),

@@ -28,6 +28,16 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Runs a task to completion in the background.
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
 
+    /// [`Runtime::spawn`] without the box where the runtime allows it: a
+    /// connection's task is spawned this way, and the box would be one more
+    /// allocation for every connection.
+    fn spawn_unboxed<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn(Box::pin(task));
+    }
+
     /// Time since the Unix epoch (message id sequences, stored timestamps).
     /// The simulator answers with its own clock, so runs repeat exactly.
     fn unix_time(&self) -> std::time::Duration {
@@ -69,6 +79,13 @@ impl Runtime for SmolRuntime {
     }
 
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
+        self.executor.spawn(task).detach();
+    }
+
+    fn spawn_unboxed<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         self.executor.spawn(task).detach();
     }
 }

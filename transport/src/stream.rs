@@ -37,6 +37,19 @@ impl TcpConnection {
         TcpConnection { io, drained: false }
     }
 
+    /// Leaves the reactor, keeping the connection open: the socket is
+    /// duplicated before `async-io`'s registration (and its descriptor) is
+    /// dropped, so that a failure to deregister, which `Async::into_inner`
+    /// answers by closing the socket, cannot end the connection. On error
+    /// (no descriptor left to duplicate) the connection is given back as it
+    /// was.
+    pub fn into_socket(self) -> Result<TcpStream, (TcpConnection, io::Error)> {
+        match self.io.get_ref().try_clone() {
+            Ok(socket) => Ok(socket),
+            Err(error) => Err((self, error)),
+        }
+    }
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.io.get_ref().peer_addr()
     }

@@ -664,6 +664,20 @@ impl Connection {
         matches!(self.state, State::Closed)
     }
 
+    /// Connected, with nothing to do until the peer sends something, a
+    /// deadline passes or a delivery comes: no event, packet or journaled
+    /// change waiting. A driver may then let go of what it holds for the
+    /// connection (hibernate it) without losing anything.
+    pub fn is_quiet(&self) -> bool {
+        self.is_connected()
+            && self.queues.as_ref().is_none_or(|q| q.is_empty())
+            && !self.has_transmit()
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|s| !s.has_journal_changes())
+    }
+
     pub fn is_connected(&self) -> bool {
         matches!(self.state, State::Connected)
     }
@@ -779,6 +793,48 @@ mod tests {
         send(&mut conn, &Packet::PingReq, now);
         conn.release_idle();
         assert_eq!(received(&mut conn), vec![Packet::PingResp]);
+    }
+
+    /// Quiet only while connected with nothing waiting: no event for the
+    /// driver, no packet to send, no message queued (what a driver checks
+    /// before it lets go of the connection's resources).
+    #[test]
+    fn quiet_only_while_nothing_waits() {
+        let config = ConnectionConfig::default();
+        let now = Instant::now();
+        let mut conn = Connection::new(config, now);
+        assert!(!conn.is_quiet(), "awaiting CONNECT");
+        send(&mut conn, &connect(), now);
+        assert!(!conn.is_quiet(), "the CONNECT event waits");
+        assert!(matches!(conn.poll_event(), Some(Event::Connect(_))));
+        conn.accept(SessionState::new(config.session), false, None, now);
+        assert!(!conn.is_quiet(), "the CONNACK waits");
+        received(&mut conn);
+        assert!(conn.is_quiet());
+
+        send(&mut conn, &Packet::PingReq, now);
+        assert!(!conn.is_quiet(), "the PINGRESP waits");
+        received(&mut conn);
+        assert!(conn.is_quiet());
+
+        let message = Arc::new(crate::session::Message {
+            topic: ByteStr::from("t"),
+            payload: Bytes::from_static(b"m"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        conn.deliver(Delivery {
+            message,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            id: None,
+        });
+        assert!(!conn.is_quiet(), "a message waits");
+        assert_eq!(received(&mut conn).len(), 1);
+        assert!(conn.is_quiet());
+
+        conn.close(CloseReason::TransportClosed, now);
+        assert!(!conn.is_quiet(), "closed");
     }
 
     /// A will is kept (boxed) until the connection closes without DISCONNECT.

@@ -206,6 +206,13 @@ impl SessionState {
         self.journal.is_some()
     }
 
+    /// Whether changes were recorded since the last [`Self::take_journal`].
+    pub fn has_journal_changes(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|journal| !journal.is_empty())
+    }
+
     /// Takes the changes recorded since the last call.
     pub fn take_journal(&mut self) -> Vec<SessionChange> {
         match &mut self.journal {

@@ -109,6 +109,7 @@ pub fn stats_json(
         "droppedExpired": Metrics::get(&metrics.dropped_expired),
         "aliyunStatusLost": Metrics::get(&metrics.aliyun_status_lost),
         "connectionsTotal": Metrics::get(&metrics.connections_total),
+        "connectionsHibernated": Metrics::get(&metrics.connections_hibernated),
         "storageErrors": Metrics::get(&metrics.storage_errors),
         "storagePublishesFailed": Metrics::get(&metrics.storage_publishes_failed),
         "clusterNodes": cluster.live_nodes,
@@ -150,6 +151,12 @@ pub fn prometheus(
         "counter",
         "Client connections accepted since start.",
         &[("", n(get(&metrics.connections_total)))],
+    );
+    metric(
+        "connections_hibernated",
+        "gauge",
+        "Open connections hibernating now (idle past hibernate-after).",
+        &[("", n(get(&metrics.connections_hibernated)))],
     );
     metric(
         "connections_refused_limit_total",

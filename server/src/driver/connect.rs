@@ -27,7 +27,7 @@ pub(super) struct Prepared {
 
 impl<S, R> Driver<S, R>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     R: Runtime,
 {
     pub(super) fn accept(&mut self, connect: Connect, loaded: Option<Option<StoredSession>>) {

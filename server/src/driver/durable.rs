@@ -91,7 +91,7 @@ pub(super) struct StorageBatch {
 
 impl<S, R> Driver<S, R>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     R: Runtime,
 {
     /// The client id of this connection's session when storage holds it.
