@@ -12,7 +12,10 @@
 #   pairs-q1                          500 publisher->subscriber pairs x 100 messages
 #   original                          19,500 subscribers, 300 publishers x 1 message (2 processes)
 #   conn                              19,500 idle connections (2 processes): memory per
-#                                     connection and connection rate
+#                                     connection and connection rate, 3 s after connecting
+#   conn-idle                         the same, 45 s after connecting: past our
+#                                     hibernate-after (10 s: asleep within 20 s) and
+#                                     jemalloc's purge of the freed pages (10 s)
 #   latency-q1                        fanout-q1 paced at half of our saturating rate
 #                                     (measured first if fanout-q1 is not in the same run)
 #
@@ -37,7 +40,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 
-ALL_SCENARIOS=(fanout-q1 fanout-q0 fanout-q2 fanin-q1 pairs-q1 original conn latency-q1)
+ALL_SCENARIOS=(fanout-q1 fanout-q0 fanout-q2 fanin-q1 pairs-q1 original conn conn-idle latency-q1)
 BROKERS=${BROKERS:-"easy-mqtt mosquitto rumqttd"}
 REPEAT=${REPEAT:-1}
 INFLIGHT=${INFLIGHT:-100}
@@ -58,6 +61,7 @@ scenario_args() {
     # 20,000 open files.
     original) echo "fanout --qos 1 --subscribers 19500 --publishers 300 --messages 1 --processes 2 --timeout 300" ;;
     conn) echo "conn --connections 19500 --processes 2 --conn-concurrency 100 --hold 3" ;;
+    conn-idle) echo "conn --connections 19500 --processes 2 --conn-concurrency 100 --hold 45" ;;
     latency-q1) echo "fanout --qos 1 --subscribers 1000 --publishers 10 --messages 300 --rate $LATENCY_RATE" ;;
     *) return 1 ;;
   esac
@@ -66,7 +70,7 @@ scenario_args() {
 # The metric a scenario is compared on, and whether higher is better.
 scenario_metric() {
   case "$1" in
-    conn) echo "bytes_per_conn" ;;
+    conn | conn-idle) echo "bytes_per_conn" ;;
     latency-q1) echo "p99_us" ;;
     *) echo "rate" ;;
   esac

@@ -1002,6 +1002,15 @@ mod size_tests {
         let cell = std::mem::size_of::<crate::sessions::ConnCell>();
         assert!(cell <= 240, "a connection's cell is {cell} bytes");
     }
+
+    /// Every client id has one `Arc<SessionEntry>`: with the `Arc`'s counts,
+    /// 176 fills jemalloc's 192-byte class. What only a durable node's
+    /// loads and recoveries use is boxed to stay there.
+    #[test]
+    fn a_session_entry_stays_small() {
+        let entry = std::mem::size_of::<crate::sessions::SessionEntry>();
+        assert!(entry <= 176, "a session entry is {entry} bytes");
+    }
 }
 
 #[cfg(test)]

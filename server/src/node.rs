@@ -352,7 +352,7 @@ impl<R: Runtime> Node<R> {
                 None => inner.offline.take().map(|state| *state),
             };
             let resumable = !connect.clean_session && !inner.clean;
-            let buffered = inner.loading.take();
+            let buffered = inner.take_loading();
             let restored = match loaded.take() {
                 Some(Some(stored)) if !connect.clean_session => Some(stored),
                 _ => None,

@@ -318,7 +318,7 @@ impl<R: Runtime> Node<R> {
             inner.clean = false;
             inner.stored = true;
             if inner.attached.is_none() && inner.offline.is_none() {
-                inner.stored_queue = Some(StoredQueue::new(queued));
+                inner.set_stored_queue(Some(StoredQueue::new(queued)));
             }
             let key = SessionKey(entry.clone());
             let mut trie = write(&self.trie);
@@ -349,7 +349,7 @@ impl<R: Runtime> Node<R> {
                     // it meanwhile (a forward from the node it left) is
                     // kept aside rather than missed.
                     let entry = Arc::new(SessionEntry::new(client_id.clone()));
-                    lock(&entry.inner).loading = Some(Vec::new());
+                    lock(&entry.inner).start_loading();
                     registry.insert(client_id.clone(), entry);
                     Metrics::inc(&self.metrics.sessions_current);
                     return ConnectPlan::Load;
@@ -368,9 +368,7 @@ impl<R: Runtime> Node<R> {
             // The live state in memory is the newest.
             return ConnectPlan::Direct;
         }
-        if inner.loading.is_none() {
-            inner.loading = Some(Vec::new());
-        }
+        inner.start_loading();
         ConnectPlan::Load
     }
 
@@ -420,7 +418,7 @@ impl<R: Runtime> Node<R> {
         let entry = lock(&self.registry).get(client_id).cloned();
         if let Some(entry) = entry {
             let mut inner = lock(&entry.inner);
-            inner.loading = None;
+            inner.take_loading();
             let bare = inner.attached.is_none()
                 && inner.offline.is_none()
                 && !inner.stored
@@ -587,11 +585,11 @@ impl<R: Runtime> Node<R> {
     /// A session whose live state is in memory bounds its queue itself.
     fn admit_stored(&self, inner: &mut SessionInner, id: MessageId) -> Admit {
         if inner.attached.is_some() || inner.offline.is_some() {
-            inner.stored_queue = None;
+            inner.set_stored_queue(None);
             return Admit::Enqueue(None);
         }
-        let loading = inner.loading.is_some();
-        let Some(queue) = &mut inner.stored_queue else {
+        let loading = inner.is_loading();
+        let Some(queue) = inner.stored_queue_mut() else {
             return Admit::Enqueue(None);
         };
         let limits = self.config.connection.session;

@@ -419,7 +419,7 @@ impl<R: Runtime> Node<R> {
         let stored = entry.as_ref().is_none_or(|entry| {
             let inner = lock(&entry.inner);
             // A session loading for a persistent CONNECT is stored too.
-            (inner.stored || inner.loading.is_some()) && !inner.clean && !inner.removed
+            (inner.stored || inner.is_loading()) && !inner.clean && !inner.removed
         }) && qos != QoS::AtMostOnce;
         if stored {
             ops.push(Op::PutMessage {

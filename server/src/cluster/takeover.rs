@@ -300,7 +300,7 @@ impl<R: Runtime> Node<R> {
         lock(&cluster.releases).remove(&client_id);
         let busy = lock(&self.registry).get(&client_id).is_some_and(|entry| {
             let inner = lock(&entry.inner);
-            inner.attached.is_some() || inner.loading.is_some() || inner.stored
+            inner.attached.is_some() || inner.is_loading() || inner.stored
         });
         if busy {
             return;
@@ -481,7 +481,7 @@ impl<R: Runtime> Node<R> {
             let mut inner = lock(&entry.inner);
             // Storage holds the session now; the new owner loads it.
             inner.offline = None;
-            inner.stored_queue = None;
+            inner.set_stored_queue(None);
         }
         tracing::info!(client_id = %client_id, to = %to, epoch, for_node = %inbox, "session released to another node");
         let mut ops = answer(&inbox, to.clone(), &client_id);
@@ -599,7 +599,7 @@ impl<R: Runtime> Node<R> {
             return;
         };
         let inner = lock(&entry.inner);
-        if inner.attached.is_some() || inner.loading.is_some() || inner.offline.is_some() {
+        if inner.attached.is_some() || inner.is_loading() || inner.offline.is_some() {
             return;
         }
         self.retire_entry(client_id, &entry, inner);
