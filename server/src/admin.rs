@@ -180,8 +180,11 @@ impl<R: Runtime> Node<R> {
     ) -> (Vec<ClientInfo>, bool) {
         let mut page: Vec<(ByteStr, Arc<SessionEntry>)> = lock(&self.registry)
             .iter()
-            .filter(|(id, _)| id.starts_with(prefix) && after.is_none_or(|a| id.as_str() > a))
-            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .filter(|entry| {
+                let id = entry.client_id.as_str();
+                id.starts_with(prefix) && after.is_none_or(|a| id > a)
+            })
+            .map(|entry| (entry.client_id.clone(), entry.clone()))
             .collect();
         let more = page.len() > limit;
         if more {

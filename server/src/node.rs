@@ -73,7 +73,7 @@ pub struct Node<R: Runtime> {
     pub(crate) config: NodeConfig,
     pub(crate) runtime: R,
     pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) registry: Mutex<HashMap<ByteStr, Arc<SessionEntry>>>,
+    pub(crate) registry: Mutex<crate::sessions::Registry>,
     pub(crate) trie: RwLock<SubscriptionTrie<SessionKey>>,
     pub(crate) retained: RwLock<RetainedIndex<Arc<Message>>>,
     /// While a cluster catch-up reads the retained messages from storage:
@@ -181,7 +181,7 @@ impl<R: Runtime> Node<R> {
             config,
             runtime,
             storage,
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(crate::sessions::Registry::default()),
             trie: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedIndex::new()),
             retained_touched: Mutex::new(None),
@@ -325,13 +325,10 @@ impl<R: Runtime> Node<R> {
         loop {
             let entry = {
                 let mut registry = lock(&self.registry);
-                registry
-                    .entry(client_id.clone())
-                    .or_insert_with(|| {
-                        Metrics::inc(&self.metrics.sessions_current);
-                        Arc::new(SessionEntry::new(client_id.clone()))
-                    })
-                    .clone()
+                registry.get_or_insert_with(&client_id, || {
+                    Metrics::inc(&self.metrics.sessions_current);
+                    Arc::new(SessionEntry::new(client_id.clone()))
+                })
             };
             let mut inner = lock(&entry.inner);
             if inner.removed {

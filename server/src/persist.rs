@@ -306,13 +306,10 @@ impl<R: Runtime> Node<R> {
             } = listed;
             let entry = {
                 let mut registry = lock(&self.registry);
-                registry
-                    .entry(record.client_id.clone())
-                    .or_insert_with(|| {
-                        Metrics::inc(&self.metrics.sessions_current);
-                        Arc::new(SessionEntry::new(record.client_id.clone()))
-                    })
-                    .clone()
+                registry.get_or_insert_with(&record.client_id, || {
+                    Metrics::inc(&self.metrics.sessions_current);
+                    Arc::new(SessionEntry::new(record.client_id.clone()))
+                })
             };
             let mut inner = lock(&entry.inner);
             inner.clean = false;
@@ -350,7 +347,7 @@ impl<R: Runtime> Node<R> {
                     // kept aside rather than missed.
                     let entry = Arc::new(SessionEntry::new(client_id.clone()));
                     lock(&entry.inner).start_loading();
-                    registry.insert(client_id.clone(), entry);
+                    registry.insert(entry);
                     Metrics::inc(&self.metrics.sessions_current);
                     return ConnectPlan::Load;
                 }

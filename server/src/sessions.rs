@@ -5,7 +5,8 @@
 //! connection cell, then the subscription trie. Nothing takes an earlier lock
 //! while holding a later one.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -55,6 +56,91 @@ impl ConnCell {
             id,
             inner: Mutex::new(ConnInner { conn, waker: None }),
         }
+    }
+}
+
+/// The session entries by client id. A set of the entries, looked up by
+/// the client id each holds, rather than a map from a copy of it: the key's
+/// 32 bytes, with their share of the table's slack, were paid for every
+/// session.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: HashSet<Registered>,
+}
+
+/// An entry in the [`Registry`]: hashed, compared and looked up by its
+/// client id.
+#[derive(Debug)]
+struct Registered(Arc<SessionEntry>);
+
+impl Hash for Registered {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it (`Borrow`).
+        self.0.client_id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Registered) -> bool {
+        self.0.client_id.as_str() == other.0.client_id.as_str()
+    }
+}
+
+impl Eq for Registered {}
+
+impl Borrow<str> for Registered {
+    fn borrow(&self) -> &str {
+        self.0.client_id.as_str()
+    }
+}
+
+impl Registry {
+    pub fn get(&self, client_id: &str) -> Option<&Arc<SessionEntry>> {
+        self.entries.get(client_id).map(|registered| &registered.0)
+    }
+
+    pub fn contains_key(&self, client_id: &str) -> bool {
+        self.entries.contains(client_id)
+    }
+
+    /// The entry of `client_id`; one made by `make` (for this client id)
+    /// and registered when there is none.
+    pub fn get_or_insert_with(
+        &mut self,
+        client_id: &str,
+        make: impl FnOnce() -> Arc<SessionEntry>,
+    ) -> Arc<SessionEntry> {
+        if let Some(registered) = self.entries.get(client_id) {
+            return registered.0.clone();
+        }
+        let entry = make();
+        self.entries.replace(Registered(entry.clone()));
+        entry
+    }
+
+    /// Registers `entry` under its client id, in place of any other.
+    pub fn insert(&mut self, entry: Arc<SessionEntry>) {
+        self.entries.replace(Registered(entry));
+    }
+
+    pub fn remove(&mut self, client_id: &str) -> Option<Arc<SessionEntry>> {
+        self.entries.take(client_id).map(|registered| registered.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<SessionEntry>> {
+        self.entries.iter().map(|registered| &registered.0)
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = Arc<SessionEntry>> + '_ {
+        self.entries.drain().map(|registered| registered.0)
     }
 }
 
@@ -286,5 +372,46 @@ impl Eq for SessionKey {}
 impl Hash for SessionKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Registry, SessionEntry};
+    use easy_mqtt_core::ByteStr;
+    use std::sync::Arc;
+
+    /// Entries are found by the client id they hold, made once, replaced
+    /// and removed by it.
+    #[test]
+    fn entries_are_keyed_by_their_client_id() {
+        let mut registry = Registry::default();
+        let mut made = 0;
+        let mut make = |id: &str| {
+            made += 1;
+            Arc::new(SessionEntry::new(ByteStr::from(id)))
+        };
+        let a = registry.get_or_insert_with("a", || make("a"));
+        let again = registry.get_or_insert_with("a", || make("a"));
+        assert!(Arc::ptr_eq(&a, &again));
+        registry.get_or_insert_with("b", || make("b"));
+        assert_eq!((made, registry.len()), (2, 2));
+        assert!(Arc::ptr_eq(registry.get("a").unwrap(), &a));
+        assert!(registry.contains_key("b") && !registry.contains_key("c"));
+
+        let newer = Arc::new(SessionEntry::new(ByteStr::from("a")));
+        registry.insert(newer.clone());
+        assert!(Arc::ptr_eq(registry.get("a").unwrap(), &newer));
+        assert_eq!(registry.len(), 2);
+
+        assert!(Arc::ptr_eq(&registry.remove("a").unwrap(), &newer));
+        assert!(registry.remove("a").is_none());
+        let mut ids: Vec<String> = registry.iter().map(|e| e.client_id.to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, ["b"]);
+        assert_eq!(registry.drain().count(), 1);
+        assert!(registry.is_empty());
     }
 }

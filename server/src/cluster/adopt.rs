@@ -373,13 +373,10 @@ impl<R: Runtime> Node<R> {
     ) {
         let entry = {
             let mut registry = lock(&self.registry);
-            registry
-                .entry(client_id.clone())
-                .or_insert_with(|| {
-                    Metrics::inc(&self.metrics.sessions_current);
-                    Arc::new(SessionEntry::new(client_id.clone()))
-                })
-                .clone()
+            registry.get_or_insert_with(client_id, || {
+                Metrics::inc(&self.metrics.sessions_current);
+                Arc::new(SessionEntry::new(client_id.clone()))
+            })
         };
         let mut inner = lock(&entry.inner);
         inner.clean = false;

@@ -766,7 +766,7 @@ impl<R: Runtime> Node<R> {
     /// them now), closing their connections.
     pub(crate) fn drop_all_sessions(&self, reason: easy_mqtt_core::session::CloseReason) {
         self.close_all_connections(reason);
-        let mut entries: Vec<_> = lock(&self.registry).drain().map(|(_, e)| e).collect();
+        let mut entries: Vec<_> = lock(&self.registry).drain().collect();
         entries.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         for entry in &entries {
             let mut inner = lock(&entry.inner);
