@@ -28,7 +28,6 @@ const RESUME_RETRY: Duration = Duration::from_secs(1);
 
 /// A hibernating connection, and its waker.
 pub(super) struct Sleeping<R: Runtime> {
-    key: usize,
     state: Mutex<Sleep<R>>,
 }
 
@@ -62,9 +61,7 @@ pub(super) fn hibernate<R: Runtime>(slot: &mut Option<Serve<TcpConnection, R>>) 
     let Some(hibernator) = Hibernator::get() else {
         return false;
     };
-    let key = hibernator.next_key();
     let sleeping = Arc::new(Sleeping {
-        key,
         state: Mutex::new(Sleep::Falling),
     });
     // Under the state machine's lock, which whoever gives it work takes
@@ -150,11 +147,11 @@ fn watch<R: Runtime>(
     deadline: Option<Instant>,
 ) -> Watched {
     let sleeper: Arc<dyn Sleeper> = sleeping.clone();
-    match hibernator.watch(sleeping.key, sleeper.clone(), socket, deadline) {
+    match hibernator.watch(sleeper.clone(), socket, deadline) {
         Ok(watched) => watched,
         Err((socket, error)) => {
             tracing::warn!(%error, "cannot watch a hibernating connection; resuming it");
-            hibernator.wake_at(sleeping.key, sleeper, socket, Instant::now())
+            hibernator.wake_at(sleeper, socket, Instant::now())
         }
     }
 }
@@ -213,12 +210,9 @@ impl<R: Runtime> Parked<R> {
                 );
                 *lock(&sleeping.state) = Sleep::Falling;
                 let watched = match Hibernator::get() {
-                    Some(hibernator) => hibernator.wake_at(
-                        sleeping.key,
-                        sleeping.clone(),
-                        socket,
-                        Instant::now() + RESUME_RETRY,
-                    ),
+                    Some(hibernator) => {
+                        hibernator.wake_at(sleeping.clone(), socket, Instant::now() + RESUME_RETRY)
+                    }
                     // Not reachable: a parked connection went through it.
                     None => return,
                 };
