@@ -129,16 +129,16 @@ pub(crate) struct Watched {
 
 impl Watched {
     /// Stops watching: the sleeper is forgotten, the socket deleted from
-    /// the poller and given back.
-    pub(crate) fn release(mut self) -> Option<TcpStream> {
-        self.forget();
-        self.socket.take()
+    /// the poller and given back, with the hibernator (to watch it again).
+    /// `None` only if the socket was already taken, which only this does.
+    pub(crate) fn release(mut self) -> Option<(TcpStream, &'static Hibernator)> {
+        let hibernator = self.forget()?;
+        Some((self.socket.take()?, hibernator))
     }
 
-    fn forget(&mut self) {
-        let Some(hibernator) = HIBERNATOR.get().copied().flatten() else {
-            return;
-        };
+    /// `None` when no hibernator runs (then nothing was watched).
+    fn forget(&mut self) -> Option<&'static Hibernator> {
+        let hibernator = HIBERNATOR.get().copied().flatten()?;
         if let Some(socket) = &self.socket
             && self.registered
         {
@@ -151,13 +151,14 @@ impl Watched {
             let _ = hibernator.poller.delete(socket);
         }
         lock(&hibernator.table).remove(self.key);
+        Some(hibernator)
     }
 }
 
 impl Drop for Watched {
     fn drop(&mut self) {
         if self.socket.is_some() {
-            self.forget();
+            let _ = self.forget();
         }
     }
 }

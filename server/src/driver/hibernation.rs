@@ -180,7 +180,10 @@ impl<R: Runtime> Parked<R> {
             span,
             watched,
         } = self;
-        let Some(socket) = watched.release() else {
+        let Some((socket, hibernator)) = watched.release() else {
+            // Not reachable: only `release` takes the socket, and it
+            // consumes the record.
+            tracing::error!("a hibernating connection lost its socket");
             return;
         };
         // The reactor gets a duplicate: when it refuses one, it drops it,
@@ -209,13 +212,8 @@ impl<R: Runtime> Parked<R> {
                     || tracing::warn!(%error, "cannot resume a hibernating connection; retrying in 1 s"),
                 );
                 *lock(&sleeping.state) = Sleep::Falling;
-                let watched = match Hibernator::get() {
-                    Some(hibernator) => {
-                        hibernator.wake_at(sleeping.clone(), socket, Instant::now() + RESUME_RETRY)
-                    }
-                    // Not reachable: a parked connection went through it.
-                    None => return,
-                };
+                let watched =
+                    hibernator.wake_at(sleeping.clone(), socket, Instant::now() + RESUME_RETRY);
                 sleeping.lie_down(Parked {
                     node,
                     cell,
