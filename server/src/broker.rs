@@ -93,7 +93,7 @@ pub fn node_config(config: &Config) -> NodeConfig {
             max_topic_levels: server.max_topic_levels as usize,
             session: SessionLimits {
                 max_inflight: server.max_inflight,
-                max_queued: server.max_queued_messages as usize,
+                max_queued: server.max_queued_messages,
                 overflow: match server.queue_overflow {
                     config::QueueOverflow::DropOldest => QueueOverflow::DropOldest,
                     config::QueueOverflow::DropNewest => QueueOverflow::DropNewest,

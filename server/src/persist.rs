@@ -591,7 +591,7 @@ impl<R: Runtime> Node<R> {
         };
         let limits = self.config.connection.session;
         let mut dropped = None;
-        if !loading && queue.len() >= limits.max_queued.max(1) {
+        if !loading && queue.len() >= limits.max_queued.max(1) as usize {
             Metrics::inc(&self.metrics.dropped_queue_full);
             match limits.overflow {
                 QueueOverflow::DropNewest => return Admit::Refuse,

@@ -584,12 +584,16 @@ impl Connection {
     }
 
     /// Frees the memory of the queues that are empty now (the CONNACK's
-    /// and the CONNECT event's would otherwise stay allocated for the whole
-    /// life of an idle connection). For the driver, once it has nothing to
+    /// and the CONNECT event's, the session's outbound window and queue
+    /// would otherwise stay allocated for the whole life of an idle
+    /// connection). For the driver, once it has nothing to
     /// do; a queue used again allocates again.
     pub fn release_idle(&mut self) {
         if self.queues.as_ref().is_some_and(|q| q.is_empty()) {
             self.queues = None;
+        }
+        if let Some(session) = &mut self.session {
+            session.release_idle();
         }
     }
 
@@ -709,7 +713,11 @@ impl Connection {
         if !matches!(self.state, State::Closed) {
             return None;
         }
-        self.session.take()
+        let mut session = self.session.take()?;
+        // A persistent session may wait long for its client: without the
+        // window's and queue's empty allocations.
+        session.release_idle();
+        Some(session)
     }
 }
 

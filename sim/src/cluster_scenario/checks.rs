@@ -253,7 +253,7 @@ impl End<'_> {
                 violations.push(format!("{host} holds {} sessions", clients.len()));
             }
             for client in &clients {
-                if client.inflight > max_inflight || client.queued > MAX_QUEUED {
+                if client.inflight > max_inflight || client.queued > MAX_QUEUED as usize {
                     violations.push(format!(
                         "{host}: session {} holds {} in flight and {} queued",
                         client.client_id, client.inflight, client.queued

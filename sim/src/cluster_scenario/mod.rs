@@ -75,7 +75,7 @@ pub const STORAGE: &str = "storage";
 pub const CLIENTS: [&str; 5] = ["s1", "s2", "p1", "p2", "w1"];
 /// Queue limit of every session (no message is dropped for a full queue in
 /// this scenario).
-pub const MAX_QUEUED: usize = 200;
+pub const MAX_QUEUED: u32 = 200;
 /// The simulation's time step (also the granularity of link latency).
 pub const TICK: Duration = Duration::from_millis(10);
 
