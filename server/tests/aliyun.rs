@@ -154,6 +154,13 @@ fn status_events_reach_a_back_end_and_the_api() {
     run("status", |_| {});
 }
 
+/// A device whose connection hibernated (`hibernate-after: 1`) and then
+/// ends, dropped or with DISCONNECT: its status events carry its address.
+#[test]
+fn status_events_of_a_hibernated_connection() {
+    run("status_hibernated", |c| c.mqtt.server.hibernate_after = 1);
+}
+
 #[test]
 fn send_message_api() {
     run("send", |_| {});

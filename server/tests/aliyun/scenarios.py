@@ -342,6 +342,38 @@ def scenario_status():
     backend.close()
 
 
+def hibernated():
+    with urllib.request.urlopen(f"http://{HOST}:{API_PORT}/api/v1/stats", timeout=WAIT) as reply:
+        return json.loads(reply.read())["connectionsHibernated"]
+
+
+def scenario_status_hibernated():
+    # Run against a broker whose idle connections hibernate after 1 s: the
+    # events of a connection that ends while hibernated carry its address,
+    # which the resumed connection takes from its session, not its socket.
+    backend = signed("backend-h")
+    check("back end", backend.connect(), 0)
+    check("back end subscribes the status topic", backend.subscribe("$SYS/aliyun/status"), 1)
+    did = f"{GROUP}@@@status-h"
+
+    def next_event(kind):
+        while True:
+            event = json.loads(backend.recv_topic("$SYS/aliyun/status").payload)
+            if event["clientId"] == did and event["eventType"] == kind:
+                return event
+
+    for ending, kind in [("drop", "tcpclean"), ("close", "disconnect")]:
+        d = signed("status-h")
+        check("device", d.connect(), 0)
+        address = next_event("connect")["clientIp"]
+        check("clientIp is the device's", address.startswith("127.0.0.1:"), True)
+        eventually("device and back end hibernate", hibernated, 2)
+        getattr(d, ending)()
+        check(f"{kind} of a hibernated connection: its clientIp", next_event(kind)["clientIp"], address)
+        eventually(f"status API after {kind}", lambda: client_status(did), (False, kind))
+    backend.close()
+
+
 def scenario_send():
     rx = signed("send-rx")
     check("receiver", rx.connect(), 0)
