@@ -37,6 +37,7 @@
 #   INFLIGHT     outbound QoS 1/2 window per client (max-inflight)    [100]
 #   TIMEOUT      limit of each timed phase, seconds                    [60]
 #   OUT          results, configs, logs        [<target dir>/bench-cluster]
+#   OURS         the broker binary         [<target dir>/release/easy-mqtt]
 #
 # Needs redis-server (Debian package redis-server). Loopback only; each run
 # is bounded (bench --timeout and `timeout`).
@@ -58,7 +59,7 @@ TIMEOUT=${TIMEOUT:-60}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/bench-cluster}
 BENCH=$TARGET/release/easy-mqtt-bench
-OURS=$TARGET/release/easy-mqtt
+OURS=${OURS:-$TARGET/release/easy-mqtt}
 
 for placement in $PLACEMENTS; do
   case "$placement" in

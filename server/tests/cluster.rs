@@ -30,7 +30,8 @@ fn binary_node(nodes: &str, node_id: &str) -> (TempFile, BrokerProcess) {
 }
 
 /// The time within which a new subscription is seen by publishes on other
-/// nodes: one heartbeat interval (100 ms here) plus an inbox poll (50 ms).
+/// nodes: one heartbeat interval (100 ms here), plus 50 ms for an inbox
+/// read (a poll's period, on a backend that cannot block).
 async fn route_bound() {
     tokio::time::sleep(Duration::from_millis(150)).await;
 }
@@ -66,7 +67,7 @@ fn routing_across_nodes(nodes: Vec<String>) {
         sub.subscribe("x/#", QoS::ExactlyOnce).await;
         // The route is stored before the SUBACK and announced; publishes on
         // other nodes see it within the documented bound (README: one
-        // heartbeat interval plus an inbox poll).
+        // heartbeat interval plus an inbox read).
         route_bound().await;
         for (i, qos) in ["0", "1", "2"].iter().enumerate() {
             mosquitto_pub_ok(

@@ -27,7 +27,7 @@ fn two_nodes() -> (Server, TestBroker, TestBroker) {
 }
 
 /// The time within which a new subscription is seen by publishes on other
-/// nodes (README: one heartbeat interval plus an inbox poll).
+/// nodes (README: one heartbeat interval, plus an inbox read).
 async fn route_bound() {
     tokio::time::sleep(Duration::from_millis(150)).await;
 }

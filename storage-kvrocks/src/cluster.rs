@@ -17,9 +17,11 @@
 //!   leave the owned-by sets behind the owner record.
 //! - `Forward` is `XADD *`: applying its batch again (or a round trip sent
 //!   again after a dropped connection) may append the entry twice.
-//! - `read_inbox` with a `wait` polls with `XRANGE` every
-//!   [`INBOX_POLL`] until an entry comes or `wait` passes (a blocking
-//!   `XREAD` would stall the shared, multiplexed connections).
+//! - `read_inbox` with a `wait` blocks in `XREAD ... BLOCK` on a
+//!   connection of its own (a blocked command would stall the shared,
+//!   multiplexed ones), so an entry is read as soon as it is appended. It
+//!   polls with `XRANGE` every [`INBOX_POLL`] instead while another read
+//!   holds that connection, or after the server refused `BLOCK`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -477,6 +479,28 @@ fn next_id(after: InboxId) -> String {
     }
 }
 
+/// The entries of the one stream an `XREAD` named: nil when none came,
+/// `[[key, entries]]` (RESP2) or `{key: entries}` (RESP3) otherwise.
+fn stream_of_read(key: &str, value: Value) -> Result<Value, StorageError> {
+    match value {
+        Value::Nil => Ok(Value::Array(Vec::new())),
+        Value::Map(streams) => Ok(streams
+            .into_iter()
+            .next()
+            .map_or(Value::Array(Vec::new()), |(_, entries)| entries)),
+        value => {
+            let Some(stream) = reply::items(key, value)?.into_iter().next() else {
+                return Ok(Value::Array(Vec::new()));
+            };
+            let mut parts = reply::items(key, stream)?.into_iter();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(_), Some(entries), None) => Ok(entries),
+                _ => Err(corrupt(key, "XREAD reply is not [[stream, entries]]")),
+            }
+        }
+    }
+}
+
 fn inbox_entries(key: &str, value: Value) -> Result<Vec<(InboxId, BusEntry)>, StorageError> {
     let mut entries = Vec::new();
     for item in reply::items(key, value)? {
@@ -511,7 +535,30 @@ pub(crate) async fn read_inbox(
     let key = keys.node(node).inbox;
     let start = after.map_or_else(|| "-".to_owned(), next_id);
     let until = std::time::Instant::now() + wait;
+    // XREAD answers what follows an id, XRANGE from one.
+    let last = after.map_or_else(|| "0-0".to_owned(), |id| format!("{}-{}", id.ms, id.seq));
     loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        // BLOCK 0 would be forever: under a millisecond, read once instead.
+        let block_ms = left.min(redis.block_limit()).as_millis();
+        if block_ms > 0 {
+            let mut read = redis::cmd("XREAD");
+            read.arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(block_ms as u64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&last);
+            if let Some(value) = redis.run_blocking(&read).await? {
+                let entries = inbox_entries(&key, stream_of_read(&key, value)?)?;
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if !entries.is_empty() || left.is_zero() {
+                    return Ok(entries);
+                }
+                continue;
+            }
+        }
         let range = Command::new("XRANGE", &key)
             .arg(&start)
             .arg("+")

@@ -120,8 +120,20 @@ enum Connections {
     Cluster(Vec<ClusterConnection>),
 }
 
+/// The connection of blocking reads (`XREAD ... BLOCK`): one of their own,
+/// since a blocked command holds up every command behind it on a
+/// multiplexed connection.
+enum Waiter {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
 pub(crate) struct Redis {
     connections: Connections,
+    /// Taken by one blocking read at a time ([`Redis::run_blocking`]).
+    waiter: async_lock::Mutex<Waiter>,
+    /// Cleared when the server refused a blocking read: its callers poll.
+    blocking: std::sync::atomic::AtomicBool,
     next: AtomicUsize,
     timeout: Duration,
     tryagain_attempts: u32,
@@ -281,22 +293,37 @@ impl Redis {
             .collect::<Result<Vec<_>, _>>()?;
         let count = settings.connections.max(1);
         let deadline = Instant::now() + settings.connect_timeout + settings.timeout;
+        // One connection more than asked: the blocking reads' own.
         let standalone = match infos.as_slice() {
-            [info] => Some(Self::connect_standalone(settings, info, count, deadline).await?),
+            [info] => Some(Self::connect_standalone(settings, info, count + 1, deadline).await?),
             _ => None,
         };
-        let connections = match standalone {
-            Some(managers) if !is_cluster_node(&managers[0], deadline).await? => {
-                Connections::Standalone(managers)
+        let (connections, waiter) = match standalone {
+            Some(mut managers) if !is_cluster_node(&managers[0], deadline).await? => {
+                let waiter = managers
+                    .pop()
+                    .ok_or_else(|| unavailable("no connection for blocking reads"))?;
+                (
+                    Connections::Standalone(managers),
+                    Waiter::Standalone(waiter),
+                )
             }
             // Several nodes, or one seed node of a cluster.
-            _ => match Self::connect_cluster(settings, &infos, password, count, deadline).await {
-                Ok(connections) => connections,
+            _ => match Self::connect_cluster(settings, &infos, password, count + 1, deadline).await
+            {
+                Ok(mut connections) => {
+                    let waiter = connections
+                        .pop()
+                        .ok_or_else(|| unavailable("no connection for blocking reads"))?;
+                    (Connections::Cluster(connections), Waiter::Cluster(waiter))
+                }
                 Err(error) => return Err(diagnose_cluster(settings, &infos, error).await),
             },
         };
         Ok(Redis {
             connections,
+            waiter: async_lock::Mutex::new(waiter),
+            blocking: std::sync::atomic::AtomicBool::new(true),
             next: AtomicUsize::new(0),
             timeout: settings.timeout,
             tryagain_attempts: settings.tryagain_attempts,
@@ -351,7 +378,7 @@ impl Redis {
         password: Option<&str>,
         count: usize,
         deadline: Instant,
-    ) -> Result<Connections, StorageError> {
+    ) -> Result<Vec<ClusterConnection>, StorageError> {
         let mut builder = ClusterClient::builder(infos.to_vec())
             .retries(settings.max_redirects)
             .min_retry_wait(10)
@@ -380,7 +407,7 @@ impl Redis {
                 })?;
             connections.push(connection);
         }
-        Ok(Connections::Cluster(connections))
+        Ok(connections)
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -390,6 +417,55 @@ impl Redis {
     /// The deadline of a call starting now.
     pub fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
+    }
+
+    /// The longest a blocking read may ask the server to hold it: well
+    /// within the connection's response timeout.
+    pub fn block_limit(&self) -> Duration {
+        self.timeout / 2
+    }
+
+    /// Runs a blocking read (`XREAD ... BLOCK ms`, holding the server for
+    /// at most [`Redis::block_limit`]) on the connection kept for them.
+    /// `None` when the caller should poll instead: another blocking read
+    /// holds that connection, or the server refused one before (a server
+    /// without `BLOCK`; warned once).
+    pub async fn run_blocking(&self, cmd: &redis::Cmd) -> Result<Option<Value>, StorageError> {
+        if !self.blocking.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(mut waiter) = self.waiter.try_lock() else {
+            return Ok(None);
+        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.commands_sent.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.block_limit() + self.timeout;
+        let result = match &mut *waiter {
+            Waiter::Standalone(connection) => {
+                before(deadline, cmd.query_async::<Value>(connection)).await
+            }
+            Waiter::Cluster(connection) => {
+                before(deadline, cmd.query_async::<Value>(connection)).await
+            }
+        };
+        match result {
+            None => Err(unavailable(format_args!(
+                "no answer to a blocking read within {:?}",
+                self.block_limit() + self.timeout
+            ))),
+            Some(Ok(value)) => {
+                self.answered();
+                Ok(Some(value))
+            }
+            Some(Err(error)) if is_auth_error(&error) => Err(auth_refused(error)),
+            Some(Err(error)) if error.code().is_some() && !is_transient(&error) => {
+                self.answered();
+                self.blocking.store(false, Ordering::Relaxed);
+                tracing::warn!(%error, "kvrocks: a blocking read (XREAD BLOCK) was refused; polling instead");
+                Ok(None)
+            }
+            Some(Err(error)) => Err(unavailable(error)),
+        }
     }
 
     /// Round trips (pipelines) sent so far, retries included.
@@ -593,6 +669,16 @@ impl Redis {
             ))),
         }
     }
+}
+
+/// A redirection (`MOVED`, `ASK`) or a refusal to serve while the cluster
+/// changes (`TRYAGAIN`, `CLUSTERDOWN`): worth retrying, not a refusal of
+/// the command.
+fn is_transient(error: &redis::RedisError) -> bool {
+    matches!(
+        error.code(),
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "LOADING")
+    )
 }
 
 /// A node to `SCAN`: the standalone server, or one primary of a cluster.

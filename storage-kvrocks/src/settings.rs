@@ -35,7 +35,8 @@ pub struct KvrocksSettings {
     /// client (following `MOVED`, waiting out `TRYAGAIN`, reconnecting).
     pub max_redirects: u32,
     /// Multiplexed connections opened at start (at least 1); requests are
-    /// spread over them round robin.
+    /// spread over them round robin. One more is opened for the blocking
+    /// inbox reads.
     pub connections: usize,
     /// The longest one round trip (a pipeline of at most 2,000 commands)
     /// may take from when it is sent, retries included, before the call

@@ -121,6 +121,15 @@ fn pid(n: u16) -> PacketId {
 
 /// Sessions spread over the nodes hold one body, stored once, on one node;
 /// it goes when the last of them lets go.
+/// `read_inbox` with a wait blocks until an entry comes, on the cluster
+/// node of the inbox's slot (`common::check_read_inbox_blocks`).
+#[test]
+fn read_inbox_waits_for_an_entry() {
+    let test = "read_inbox_waits";
+    common::check_read_inbox_blocks(&storage(test), storage(test));
+    assert_empty(test);
+}
+
 #[test]
 fn shared_body_across_nodes() {
     let name = "cluster-shared_body";

@@ -89,49 +89,11 @@ fn run_cluster() {
     assert_eq!(kept.len(), 8, "{test}: {left:#?}");
 }
 
-/// `read_inbox` with a wait answers as soon as an entry comes, before the
-/// wait is over.
+/// `read_inbox` with a wait blocks until an entry comes
+/// (`common::check_read_inbox_blocks`).
 #[test]
 fn read_inbox_waits_for_an_entry() {
-    use easy_mqtt_core::cluster::{BusEntry, ClusterOp};
-    use easy_mqtt_core::storage::{Op, Storage};
     let test = "read_inbox_waits";
-    let storage = std::sync::Arc::new(storage(test));
-    let writer = std::sync::Arc::clone(&storage);
-    let entry = BusEntry::RoutesChanged { node: "w".into() };
-    let sent = entry.clone();
-    let thread = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let op = Op::Cluster(ClusterOp::Forward {
-            node: "r".into(),
-            entry: sent,
-        });
-        smol::block_on(writer.apply(vec![op])).unwrap();
-    });
-    let cluster = storage.cluster().unwrap();
-    let started = std::time::Instant::now();
-    let read = smol::block_on(cluster.read_inbox("r", None, 10, std::time::Duration::from_secs(5)))
-        .unwrap();
-    let waited = started.elapsed();
-    thread.join().unwrap();
-    assert_eq!(read.len(), 1, "{read:?}");
-    assert_eq!(read[0].1, entry);
-    assert!(
-        waited >= std::time::Duration::from_millis(150),
-        "answered before the entry came: {waited:?}"
-    );
-    assert!(
-        waited < std::time::Duration::from_secs(2),
-        "waited too long: {waited:?}"
-    );
-    // An empty inbox answers after the wait.
-    let started = std::time::Instant::now();
-    let after = Some(read[0].0);
-    let none =
-        smol::block_on(cluster.read_inbox("r", after, 10, std::time::Duration::from_millis(300)))
-            .unwrap();
-    assert!(none.is_empty());
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
-    smol::block_on(cluster.forget_member("r")).unwrap();
+    common::check_read_inbox_blocks(&storage(test), storage(test));
     assert_empty(test);
 }

@@ -666,3 +666,56 @@ fn cut_connection(
     let _ = to_client.shutdown(std::net::Shutdown::Both);
     Ok(())
 }
+
+/// `read_inbox` with a wait answers as soon as an entry comes, before the
+/// wait is over, in one blocking read (`XREAD ... BLOCK`) rather than a
+/// poll every 50 ms; and an empty inbox answers after the wait. `reader`
+/// and `writer` are two connections to the same keys (so that the
+/// reader's round trips are its own).
+pub fn check_read_inbox_blocks(reader: &KvrocksStorage, writer: KvrocksStorage) {
+    use easy_mqtt_core::cluster::{BusEntry, ClusterOp};
+    use easy_mqtt_core::storage::{Op, Storage};
+    let entry = BusEntry::RoutesChanged { node: "w".into() };
+    let sent = entry.clone();
+    let thread = std::thread::spawn(move || {
+        sleep(Duration::from_millis(400));
+        let op = Op::Cluster(ClusterOp::Forward {
+            node: "r".into(),
+            entry: sent,
+        });
+        smol::block_on(writer.apply(vec![op])).unwrap();
+    });
+    let cluster = reader.cluster().unwrap();
+    let (started, trips) = (Instant::now(), reader.round_trips());
+    let read = smol::block_on(cluster.read_inbox("r", None, 10, Duration::from_secs(5))).unwrap();
+    let (waited, trips) = (started.elapsed(), reader.round_trips() - trips);
+    thread.join().unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0].1, entry);
+    assert!(
+        waited >= Duration::from_millis(350),
+        "answered before the entry came: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "waited too long: {waited:?}"
+    );
+    // Polling would have taken one round trip per 50 ms.
+    assert!(trips <= 2, "{trips} round trips to wait {waited:?}");
+
+    // An empty inbox answers after the wait, and a read that does not
+    // wait at once; both read after the entry already read.
+    let after = Some(read[0].0);
+    let started = Instant::now();
+    let none =
+        smol::block_on(cluster.read_inbox("r", after, 10, Duration::from_millis(300))).unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let none = smol::block_on(cluster.read_inbox("r", after, 10, Duration::ZERO)).unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    // Read from the start, the entry is still there (until acknowledged).
+    let again =
+        smol::block_on(cluster.read_inbox("r", None, 10, Duration::from_millis(100))).unwrap();
+    assert_eq!(again, read);
+    smol::block_on(cluster.forget_member("r")).unwrap();
+}
