@@ -385,6 +385,10 @@ struct Work {
     scratch: Vec<(SessionKey, QoS)>,
     /// Inbound QoS 1/2 publishes routed, to acknowledge.
     acks: Vec<PacketId>,
+    /// The cluster outbox is over half its bound: no more input until it
+    /// has room (see `ClusterState::send_later`). Here rather than in the
+    /// driver: only a publisher ever waits, and it has a `Work`.
+    outbox_wait: Option<event_listener::EventListener>,
 }
 
 /// What a driver saw during its current quiet period (see
@@ -486,6 +490,7 @@ where
         for _ in 0..BUDGET {
             let mut progress = self.poll_auth(cx);
             progress |= self.poll_connect(cx);
+            progress |= self.poll_outbox_room(cx);
             progress |= self.poll_storage(cx);
             if self.detach_pending && self.storage.is_empty() {
                 self.detach_pending = false;
@@ -634,7 +639,9 @@ where
             _ => Vec::new(),
         };
         let backlog: usize = self.storage.iter().map(|b| b.routes).sum();
-        self.wants_input = inner.conn.wants_input() && backlog < MAX_STORAGE_BACKLOG;
+        self.wants_input = inner.conn.wants_input()
+            && backlog < MAX_STORAGE_BACKLOG
+            && self.work.as_ref().is_none_or(|w| w.outbox_wait.is_none());
         arm_deadline(
             &mut self.deadline,
             &mut self.deadline_moved,
@@ -667,6 +674,7 @@ where
         let Some(mut events) = self.work.as_mut().map(|w| std::mem::take(&mut w.events)) else {
             return;
         };
+        let mut routed_in_memory = false;
         for event in events.drain(..) {
             match event {
                 Event::Connect(connect) => match self.node.authenticator() {
@@ -693,6 +701,7 @@ where
                         }
                         self.node
                             .publish(publish, &mut work(&mut self.work).scratch);
+                        routed_in_memory = true;
                     }
                     if let Some(id) = packet_id {
                         work(&mut self.work).acks.push(id);
@@ -766,7 +775,30 @@ where
             }
         }
         // Its capacity is kept for the next packets.
-        work(&mut self.work).events = events;
+        let work = work(&mut self.work);
+        work.events = events;
+        if routed_in_memory
+            && work.outbox_wait.is_none()
+            && let Some(cluster) = &self.node.cluster
+        {
+            work.outbox_wait = cluster.outbox_room();
+        }
+    }
+
+    /// Waiting for room in the cluster outbox: input resumes once the
+    /// outbox's writer says so.
+    fn poll_outbox_room(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(work) = self.work.as_mut() else {
+            return false;
+        };
+        let Some(listener) = work.outbox_wait.as_mut() else {
+            return false;
+        };
+        if Pin::new(listener).poll(cx).is_pending() {
+            return false;
+        }
+        work.outbox_wait = None;
+        true
     }
 
     fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
@@ -952,7 +984,8 @@ where
         }
         let busy = std::mem::take(&mut self.busy);
         if let Some(work) = &mut self.work {
-            if !busy && work.events.is_empty() && work.acks.is_empty() {
+            if !busy && work.events.is_empty() && work.acks.is_empty() && work.outbox_wait.is_none()
+            {
                 self.work = None;
             } else if work.scratch.capacity() * std::mem::size_of::<(SessionKey, QoS)>()
                 > KEEP_BUFFER

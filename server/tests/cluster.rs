@@ -350,3 +350,110 @@ fn a_restarted_node_takes_its_previous_life_back() {
         assert_eq!(&sub.recv().await.payload[..], b"routed");
     });
 }
+
+/// QoS 0 publications in one burst.
+const BURST: u32 = 100_000;
+
+/// A cluster node for a QoS 0 burst: its subscribers' queues take the
+/// whole burst.
+fn burst_node(nodes: &[String], name: &str, heartbeat_ms: u32) -> common::TestBroker {
+    let (nodes, name) = (nodes.to_vec(), name.to_owned());
+    common::TestBroker::with(move |config| {
+        config.mqtt.kvrocks.cluster.nodes = nodes;
+        config.mqtt.server.node_id = name;
+        config.mqtt.server.max_queued_messages = 2 * BURST;
+        common::cluster_timings(config, heartbeat_ms);
+    })
+}
+
+/// Sends [`BURST`] QoS 0 publications to `burst/t`, 1 MiB per write.
+fn send_burst(publisher: &mut common::RawClient) {
+    let mut burst = Vec::new();
+    for i in 0..BURST {
+        burst.extend(common::wire::publish(
+            "burst/t",
+            0,
+            0,
+            false,
+            &i.to_be_bytes(),
+        ));
+    }
+    for chunk in burst.chunks(1 << 20) {
+        publisher.send(chunk);
+    }
+}
+
+/// A burst of QoS 0 publications for another node's subscriber, far faster
+/// than the bus carries it (more than the outbox's 65,536-op bound within
+/// a moment): the publisher is slowed down, its connection not read while
+/// the outbox is over half full, instead of the burst being dropped.
+#[test]
+fn a_qos0_burst_across_nodes_is_slowed_down_not_dropped() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let (n1, n2) = (burst_node(&nodes, "n1", 100), burst_node(&nodes, "n2", 100));
+    let mut subscriber = common::RawClient::connect(n1.addr(), "burst-sub");
+    assert_eq!(subscriber.subscribe(1, &[("burst/#", 0)]), vec![0]);
+    runtime().block_on(route_bound());
+
+    let reader = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut received = 0;
+        while received < BURST && Instant::now() < deadline {
+            match subscriber.read(Duration::from_secs(10)) {
+                common::Recv::Packet(packet) if packet.kind() == 3 => received += 1,
+                common::Recv::Packet(_) => {}
+                _ => break,
+            }
+        }
+        received
+    });
+    let mut publisher = common::RawClient::connect(n2.addr(), "burst-pub");
+    let started = Instant::now();
+    send_burst(&mut publisher);
+    let received = reader.join().unwrap();
+    let dropped = n2.node().bus_dropped();
+    assert_eq!(
+        (received, dropped),
+        (BURST, 0),
+        "received, and dropped by the outbox, in {:?}",
+        started.elapsed()
+    );
+}
+
+/// While storage hangs, the outbox cannot be written: a publisher slowed
+/// down by it goes on once the write is found stalled (after a second),
+/// its QoS 0 forwards past the outbox's bound dropped and counted, rather
+/// than waiting for as long as the outage lasts.
+#[test]
+fn a_publisher_is_not_held_by_an_outbox_stalled_on_storage() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    // A lease (10 s) that outlives the freeze.
+    let (n1, n2) = (
+        burst_node(&nodes, "n1", 1000),
+        burst_node(&nodes, "n2", 1000),
+    );
+    let mut subscriber = common::RawClient::connect(n1.addr(), "stall-sub");
+    assert_eq!(subscriber.subscribe(1, &[("burst/#", 0)]), vec![0]);
+    let mut publisher = common::RawClient::connect(n2.addr(), "stall-pub");
+    // n2 learns the route (a notice, or its next refresh).
+    std::thread::sleep(Duration::from_millis(1500));
+
+    redis.freeze(true);
+    let (done, outcome) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        send_burst(&mut publisher);
+        publisher.ping();
+        let _ = done.send(started.elapsed());
+    });
+    let served = outcome.recv_timeout(Duration::from_secs(8));
+    redis.freeze(false);
+    let served = served.expect("the publisher was not served while storage hung");
+    assert!(
+        n2.node().bus_dropped() > 0,
+        "a full outbox drops QoS 0 forwards (served in {served:?})"
+    );
+    drop(subscriber);
+}

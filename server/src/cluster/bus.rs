@@ -2,8 +2,11 @@
 //!
 //! Sending: a QoS 1/2 (or retained) message goes to the other nodes in the
 //! batch that stores it, so the PUBACK still waits for it; a QoS 0 one goes
-//! through the outbox, a bounded queue the cluster task writes in batches
-//! (full: dropped and counted, as QoS 0 allows).
+//! through the outbox, a bounded queue the cluster task writes in batches.
+//! From half full, the connections that publish stop reading until it is
+//! down to a quarter (a burst is slowed to what the bus carries, not
+//! dropped); full, which takes a writer stalled on storage, QoS 0 is
+//! dropped and counted, as QoS 0 allows.
 //!
 //! Serving: entries are read in append order, in batches; the writes they
 //! cause (a message enqueued for this node's persistent sessions) are
@@ -30,6 +33,11 @@ use crate::persist::PreparedRoute;
 use crate::runtime::{Runtime, sleep_until};
 use crate::sessions::{SessionKey, lock};
 
+/// Outbox ops written per batch.
+const OUTBOX_BATCH: usize = 1024;
+/// An outbox write taking longer than this is stalled (see
+/// [`run_outbox`]).
+const OUTBOX_STALL: Duration = Duration::from_secs(1);
 /// How long an empty inbox read may wait on a backend that can block.
 const INBOX_WAIT: Duration = Duration::from_millis(500);
 /// The pause between reads of an empty inbox on a backend that answers at
@@ -619,11 +627,12 @@ pub(super) async fn run_outbox<R: Runtime>(node: Arc<Node<R>>) {
     };
     while !node.is_shutting_down() {
         let listener = cluster.outbox_event.listen();
-        let ops: Vec<Op> = {
+        let (ops, left): (Vec<Op>, usize) = {
             let mut outbox = lock(&cluster.outbox);
-            let n = outbox.len().min(1024);
-            outbox.drain(..n).collect()
+            let n = outbox.len().min(OUTBOX_BATCH);
+            (outbox.drain(..n).collect(), outbox.len())
         };
+        cluster.outbox_drained(left);
         if ops.is_empty() {
             futures_lite::future::or(listener, async {
                 sleep_until(
@@ -636,6 +645,26 @@ pub(super) async fn run_outbox<R: Runtime>(node: Arc<Node<R>>) {
             continue;
         }
         Metrics::add(&node.metrics.bus_sent, ops.len() as u64);
-        apply_until_stored(&node, ops).await;
+        let mut write = std::pin::pin!(apply_until_stored(&node, ops));
+        let done_soon = futures_lite::future::or(
+            async {
+                write.as_mut().await;
+                true
+            },
+            async {
+                sleep_until(&node.runtime, node.runtime.now() + OUTBOX_STALL).await;
+                false
+            },
+        )
+        .await;
+        if !done_soon {
+            // Storage is slow or down: the publishers waiting for room go
+            // on (QoS 0 forwards drop once the outbox is full) rather
+            // than stop for as long as the outage lasts.
+            tracing::debug!("outbox write stalled; publishers no longer wait for it");
+            cluster.set_outbox_stalled(true);
+            write.await;
+            cluster.set_outbox_stalled(false);
+        }
     }
 }

@@ -71,8 +71,10 @@ pub struct ClusterConfig {
     pub forward_grace: Duration,
     /// Inbox entries read and stored per round trip.
     pub inbox_batch: usize,
-    /// QoS 0 messages waiting to be sent to other nodes beyond which new
-    /// ones are dropped (and counted).
+    /// Messages waiting in the outbox to be sent to other nodes beyond
+    /// which new QoS 0 ones are dropped (and counted). From half of it, the
+    /// connections that publish stop reading until it is down to a quarter
+    /// (see [`ClusterState::send_later`]).
     pub bus_queue: usize,
 }
 
@@ -147,6 +149,14 @@ pub struct ClusterState {
     /// clears), written by the cluster task in batches.
     pub(crate) outbox: Mutex<VecDeque<Op>>,
     pub(crate) outbox_event: event_listener::Event,
+    /// The outbox is past half its bound: publishers wait for room.
+    outbox_over: AtomicBool,
+    /// The outbox's last write is taking long (storage is slow or down):
+    /// publishers no longer wait, QoS 0 forwards past the bound drop.
+    outbox_stalled: AtomicBool,
+    /// Notified when the outbox is down to a quarter of its bound again,
+    /// or its writer stalls.
+    outbox_room: event_listener::Event,
     pub(crate) dropped_bus: AtomicU64,
     /// Live nodes (this one included), from the last membership read.
     pub(crate) live: RwLock<Vec<ByteStr>>,
@@ -310,6 +320,9 @@ impl ClusterState {
             release_event: event_listener::Event::new(),
             outbox: Mutex::new(VecDeque::new()),
             outbox_event: event_listener::Event::new(),
+            outbox_over: AtomicBool::new(false),
+            outbox_stalled: AtomicBool::new(false),
+            outbox_room: event_listener::Event::new(),
             dropped_bus: AtomicU64::new(0),
             live: RwLock::new(Vec::new()),
             retained_peers: RwLock::new(Vec::new()),
@@ -369,8 +382,13 @@ impl ClusterState {
             .collect()
     }
 
-    /// Queues an op for the cluster task (bounded: beyond `bus_queue` it is
-    /// dropped and counted). `essential` ops are never dropped.
+    /// Queues an op for the cluster task. Bounded: beyond `bus_queue` a
+    /// QoS 0 forward is dropped and counted (`essential` ops never are);
+    /// but from half of it the outbox is *over*, and the connections that
+    /// publish wait for room ([`ClusterState::outbox_room`]) rather than
+    /// read more, so that a burst is slowed down to what the bus carries
+    /// instead of being dropped. Not while the writer is stalled (storage
+    /// slow or down): publishers then go on, and QoS 0 drops as before.
     pub(crate) fn send_later(&self, op: Op, essential: bool) {
         let mut outbox = lock(&self.outbox);
         if !essential && outbox.len() >= self.config.bus_queue {
@@ -378,8 +396,40 @@ impl ClusterState {
             return;
         }
         outbox.push_back(op);
+        let over = outbox.len() >= self.config.bus_queue / 2;
         drop(outbox);
+        if over && !self.outbox_stalled.load(Ordering::Acquire) {
+            self.outbox_over.store(true, Ordering::Release);
+        }
         self.outbox_event.notify(1);
+    }
+
+    /// While the outbox is over half its bound, a listener notified when
+    /// a publisher may read again.
+    pub(crate) fn outbox_room(&self) -> Option<event_listener::EventListener> {
+        if !self.outbox_over.load(Ordering::Acquire) {
+            return None;
+        }
+        let listener = self.outbox_room.listen();
+        // Checked again once listening: a release in between is not missed.
+        self.outbox_over.load(Ordering::Acquire).then_some(listener)
+    }
+
+    /// The writer took `left` ops out of the outbox: below a quarter of
+    /// its bound, the publishers waiting for room go on.
+    pub(crate) fn outbox_drained(&self, left: usize) {
+        if left < self.config.bus_queue / 4 && self.outbox_over.swap(false, Ordering::AcqRel) {
+            self.outbox_room.notify(usize::MAX);
+        }
+    }
+
+    /// Whether the writer's current write is taking long (`true`: the
+    /// waiting publishers go on, and none waits until it is done) or done.
+    pub(crate) fn set_outbox_stalled(&self, stalled: bool) {
+        self.outbox_stalled.store(stalled, Ordering::Release);
+        if stalled && self.outbox_over.swap(false, Ordering::AcqRel) {
+            self.outbox_room.notify(usize::MAX);
+        }
     }
 
     /// Where deliveries for `client_id` go instead, if this node gave it up.
