@@ -468,11 +468,12 @@ impl<R: Runtime> Node<R> {
         for (key, granted) in scratch.drain(..) {
             if key
                 .0
-                .deliver(Delivery::routed(message.clone(), granted), &self.metrics)
+                .offer(Delivery::routed(message.clone(), granted), &self.metrics)
             {
                 delivered += 1;
             }
         }
+        Metrics::add(&self.metrics.deliveries, delivered as u64);
         delivered
     }
 

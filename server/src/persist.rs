@@ -621,10 +621,11 @@ impl<R: Runtime> Node<R> {
             if stored {
                 delivery = delivery.stored_as(id);
             }
-            if key.0.deliver(delivery, &self.metrics) {
+            if key.0.offer(delivery, &self.metrics) {
                 delivered += 1;
             }
         }
+        Metrics::add(&self.metrics.deliveries, delivered as u64);
         delivered
     }
 }

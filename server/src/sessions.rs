@@ -274,9 +274,23 @@ impl SessionEntry {
     }
 
     /// Hands one message to this session: to the live connection, or to the
-    /// queue of a disconnected persistent session. QoS 0 messages are not
-    /// kept for a disconnected client. Returns whether the session took it.
+    /// queue of a disconnected persistent session (or to storage, which
+    /// holds it for a recovered one). QoS 0 messages are not kept for a
+    /// disconnected client. Returns whether the session took it, counted in
+    /// `deliveries`.
     pub fn deliver(&self, delivery: Delivery, metrics: &Metrics) -> bool {
+        let taken = self.offer(delivery, metrics);
+        if taken {
+            Metrics::inc(&metrics.deliveries);
+        }
+        taken
+    }
+
+    /// [`SessionEntry::deliver`] without counting it in `deliveries`: for a
+    /// caller that hands one message to many sessions and counts them once
+    /// (every update of a counter both worker threads write moves its cache
+    /// line between the cores).
+    pub fn offer(&self, delivery: Delivery, metrics: &Metrics) -> bool {
         let mut inner = lock(&self.inner);
         if let Some(cell) = &inner.attached {
             // The driver is woken after both locks are released: a wake may
@@ -298,9 +312,6 @@ impl SessionEntry {
                 }
             };
             drop(inner);
-            if taken {
-                Metrics::inc(&metrics.deliveries);
-            }
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -311,7 +322,6 @@ impl SessionEntry {
                 Metrics::inc(&metrics.dropped_offline_qos0);
                 return false;
             }
-            Metrics::inc(&metrics.deliveries);
             loading.push(delivery);
             return true;
         }
@@ -322,12 +332,8 @@ impl SessionEntry {
             }
             // Stamped for an offline-message retention (`aliyun`).
             return match state.enqueue_at(delivery, crate::aliyun::now_ms()) {
-                Enqueued::Accepted => {
-                    Metrics::inc(&metrics.deliveries);
-                    true
-                }
+                Enqueued::Accepted => true,
                 Enqueued::DroppedOldest(_) => {
-                    Metrics::inc(&metrics.deliveries);
                     Metrics::inc(&metrics.dropped_queue_full);
                     true
                 }
@@ -339,7 +345,6 @@ impl SessionEntry {
         }
         if inner.stored && !inner.clean && delivery.id.is_some() {
             // A recovered session not loaded yet: storage holds the message.
-            Metrics::inc(&metrics.deliveries);
             return true;
         }
         if inner.stored && delivery.qos == QoS::AtMostOnce {
