@@ -904,3 +904,85 @@ impl<R: Runtime> Node<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+    use easy_mqtt_core::cluster::BusEntry;
+    use futures_lite::future::{block_on, poll_once};
+
+    fn forward() -> Op {
+        Op::Cluster(ClusterOp::Forward {
+            node: "b".into(),
+            entry: BusEntry::RoutesChanged { node: "a".into() },
+        })
+    }
+
+    fn queued(cluster: &ClusterState) -> usize {
+        lock(&cluster.outbox).len()
+    }
+
+    /// Publishers wait from half the bound until a quarter; past the bound
+    /// QoS 0 drops (essential ops never do); a stalled writer lets the
+    /// waiting publishers go and keeps new ones from waiting.
+    #[test]
+    fn publishers_wait_from_half_full_to_a_quarter_unless_the_writer_stalls() {
+        let config = ClusterConfig {
+            bus_queue: 8,
+            ..ClusterConfig::default()
+        };
+        let cluster = ClusterState::new(config, "a", 1);
+        for _ in 0..3 {
+            cluster.send_later(forward(), false);
+        }
+        assert!(cluster.outbox_room().is_none(), "under half full");
+        cluster.send_later(forward(), false);
+        let waiting = cluster.outbox_room().expect("half full");
+        for _ in 0..5 {
+            cluster.send_later(forward(), false);
+        }
+        cluster.send_later(forward(), true);
+        assert_eq!(
+            (
+                queued(&cluster),
+                cluster.dropped_bus.load(Ordering::Relaxed)
+            ),
+            (9, 1)
+        );
+
+        // Down to 2 of 8 (not under a quarter): still waiting.
+        lock(&cluster.outbox).drain(..7);
+        cluster.outbox_drained(2);
+        assert!(cluster.outbox_room().is_some());
+        lock(&cluster.outbox).drain(..1);
+        cluster.outbox_drained(1);
+        assert!(cluster.outbox_room().is_none());
+        assert_eq!(
+            block_on(poll_once(waiting)),
+            Some(()),
+            "the waiter is woken"
+        );
+
+        for _ in 0..3 {
+            cluster.send_later(forward(), false);
+        }
+        let waiting = cluster.outbox_room().expect("half full again");
+        cluster.set_outbox_stalled(true);
+        assert_eq!(
+            block_on(poll_once(waiting)),
+            Some(()),
+            "released by the stall"
+        );
+        cluster.send_later(forward(), false);
+        assert!(
+            cluster.outbox_room().is_none(),
+            "nobody waits while stalled"
+        );
+        cluster.set_outbox_stalled(false);
+        cluster.send_later(forward(), false);
+        assert!(
+            cluster.outbox_room().is_some(),
+            "waiting again once it is not"
+        );
+    }
+}
