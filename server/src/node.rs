@@ -323,13 +323,7 @@ impl<R: Runtime> Node<R> {
             connect.client_id.clone()
         };
         loop {
-            let entry = {
-                let mut registry = lock(&self.registry);
-                registry.get_or_insert_with(&client_id, || {
-                    Metrics::inc(&self.metrics.sessions_current);
-                    Arc::new(SessionEntry::new(client_id.clone()))
-                })
-            };
+            let entry = self.registered_entry(&client_id);
             let mut inner = lock(&entry.inner);
             if inner.removed {
                 // The previous clean session is leaving the registry; let it go and look again.
@@ -435,6 +429,17 @@ impl<R: Runtime> Node<R> {
             );
             return Some(Attachment { entry });
         }
+    }
+
+    /// The registry's entry of `client_id`, made (and counted in
+    /// `sessions_current`, under the registry's lock) when it has none.
+    pub(crate) fn registered_entry(&self, client_id: &ByteStr) -> Arc<SessionEntry> {
+        let mut registry = lock(&self.registry);
+        let (entry, made) = registry.get_or_create(client_id);
+        if made {
+            Metrics::inc(&self.metrics.sessions_current);
+        }
+        entry
     }
 
     /// Routes a PUBLISH: updates the retained store when RETAIN is set, then

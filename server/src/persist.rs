@@ -304,13 +304,7 @@ impl<R: Runtime> Node<R> {
                 subscriptions,
                 queued,
             } = listed;
-            let entry = {
-                let mut registry = lock(&self.registry);
-                registry.get_or_insert_with(&record.client_id, || {
-                    Metrics::inc(&self.metrics.sessions_current);
-                    Arc::new(SessionEntry::new(record.client_id.clone()))
-                })
-            };
+            let entry = self.registered_entry(&record.client_id);
             let mut inner = lock(&entry.inner);
             inner.clean = false;
             inner.stored = true;

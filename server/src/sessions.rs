@@ -103,19 +103,15 @@ impl Registry {
         self.entries.contains(client_id)
     }
 
-    /// The entry of `client_id`; one made by `make` (for this client id)
-    /// and registered when there is none.
-    pub fn get_or_insert_with(
-        &mut self,
-        client_id: &str,
-        make: impl FnOnce() -> Arc<SessionEntry>,
-    ) -> Arc<SessionEntry> {
-        if let Some(registered) = self.entries.get(client_id) {
-            return registered.0.clone();
+    /// The entry of `client_id`, and whether it was made (and registered)
+    /// now because there was none.
+    pub fn get_or_create(&mut self, client_id: &ByteStr) -> (Arc<SessionEntry>, bool) {
+        if let Some(registered) = self.entries.get(client_id.as_str()) {
+            return (registered.0.clone(), false);
         }
-        let entry = make();
-        self.entries.replace(Registered(entry.clone()));
-        entry
+        let entry = Arc::new(SessionEntry::new(client_id.clone()));
+        self.entries.insert(Registered(entry.clone()));
+        (entry, true)
     }
 
     /// Registers `entry` under its client id, in place of any other.
@@ -393,16 +389,11 @@ mod registry_tests {
     #[test]
     fn entries_are_keyed_by_their_client_id() {
         let mut registry = Registry::default();
-        let mut made = 0;
-        let mut make = |id: &str| {
-            made += 1;
-            Arc::new(SessionEntry::new(ByteStr::from(id)))
-        };
-        let a = registry.get_or_insert_with("a", || make("a"));
-        let again = registry.get_or_insert_with("a", || make("a"));
-        assert!(Arc::ptr_eq(&a, &again));
-        registry.get_or_insert_with("b", || make("b"));
-        assert_eq!((made, registry.len()), (2, 2));
+        let (a, made) = registry.get_or_create(&ByteStr::from("a"));
+        let (again, made_again) = registry.get_or_create(&ByteStr::from("a"));
+        assert!(made && !made_again && Arc::ptr_eq(&a, &again));
+        assert!(registry.get_or_create(&ByteStr::from("b")).1);
+        assert_eq!(registry.len(), 2);
         assert!(Arc::ptr_eq(registry.get("a").unwrap(), &a));
         assert!(registry.contains_key("b") && !registry.contains_key("c"));
 

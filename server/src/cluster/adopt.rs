@@ -36,7 +36,7 @@ use super::takeover::kick;
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::{Runtime, sleep_until};
-use crate::sessions::{SessionEntry, SessionKey, lock};
+use crate::sessions::{SessionKey, lock};
 
 /// How long an adopter keeps serving a dead node's inbox.
 const ADOPTED_WATCH: Duration = Duration::from_secs(120);
@@ -371,13 +371,7 @@ impl<R: Runtime> Node<R> {
         client_id: &ByteStr,
         subscriptions: Vec<(ByteStr, easy_mqtt_core::QoS)>,
     ) {
-        let entry = {
-            let mut registry = lock(&self.registry);
-            registry.get_or_insert_with(client_id, || {
-                Metrics::inc(&self.metrics.sessions_current);
-                Arc::new(SessionEntry::new(client_id.clone()))
-            })
-        };
+        let entry = self.registered_entry(client_id);
         let mut inner = lock(&entry.inner);
         inner.clean = false;
         inner.stored = true;
