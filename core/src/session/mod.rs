@@ -6,6 +6,7 @@
 //! attached.
 
 mod connection;
+mod queue;
 mod state;
 
 pub use connection::{CloseReason, Connection, ConnectionConfig, Event, ProtocolError};

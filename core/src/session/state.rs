@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::queue::BlockQueue;
 use crate::packet::{ByteStr, PacketId, QoS};
 use crate::storage::MessageId;
 
@@ -146,7 +147,7 @@ struct Outbound {
     inflight: VecDeque<InflightMessage>,
     /// The packet ids in `inflight`, so that allocating one is O(1).
     inflight_ids: HashSet<u16, BuildHasherDefault<IdHasher>>,
-    queue: VecDeque<Queued>,
+    queue: BlockQueue<Queued>,
 }
 
 impl Outbound {
