@@ -146,29 +146,34 @@ pub struct SessionEntry {
     pub inner: Mutex<SessionInner>,
 }
 
+/// `repr(C)` with `attached` first: it then shares the cache line of the
+/// entry's lock (and of its `Arc` counts), so handing a message to a
+/// connected session misses the cache once for the entry, not twice. A
+/// fan-out to 19,500 sessions is bound by those misses.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct SessionInner {
     /// The live connection, if any.
     pub attached: Option<Arc<ConnCell>>,
     /// The session of a disconnected persistent client.
     /// Boxed: a connected client's entry holds none, and the state is large.
     pub offline: Option<Box<SessionState>>,
+    /// What a durable node tracks while the session is loaded or only
+    /// recovered. Boxed, and dropped when empty: most entries never need
+    /// it, and inline (56 bytes) it put every entry a size class higher.
+    durable: Option<Box<DurableLoad>>,
     /// Filter → granted QoS.
     pub subscriptions: BTreeMap<ByteStr, QoS>,
+    /// The current (or last) network connection, for the HTTP API.
+    pub connection: Option<ConnectedInfo>,
     /// Whether the current (or last) connection asked for a clean session.
     pub clean: bool,
     /// Set when the entry has left the registry; a CONNECT that still holds
     /// it must look the client id up again.
     pub removed: bool,
-    /// The current (or last) network connection, for the HTTP API.
-    pub connection: Option<ConnectedInfo>,
     /// A durable node holds this persistent session in storage: messages
     /// routed to it are written there before it sees them.
     pub stored: bool,
-    /// What a durable node tracks while the session is loaded or only
-    /// recovered. Boxed, and dropped when empty: most entries never need
-    /// it, and inline (56 bytes) it put every entry a size class higher.
-    durable: Option<Box<DurableLoad>>,
 }
 
 #[derive(Debug, Default)]
@@ -409,5 +414,34 @@ mod registry_tests {
         assert_eq!(ids, ["b"]);
         assert_eq!(registry.drain().count(), 1);
         assert!(registry.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::SessionEntry;
+    use easy_mqtt_core::ByteStr;
+    use std::sync::Arc;
+
+    /// What `offer` reads of a connected session's entry (its lock word and
+    /// `attached`) lies in the first 64 bytes of the `Arc`'s allocation
+    /// (16 bytes of counts, then the entry; the allocator's 192-byte class
+    /// keeps such allocations aligned to a cache line).
+    #[test]
+    fn a_session_entrys_hot_fields_share_one_cache_line() {
+        let entry = Arc::new(SessionEntry::new(ByteStr::from("c")));
+        let base = Arc::as_ptr(&entry) as usize;
+        let mutex_at = &entry.inner as *const _ as usize - base;
+        let inner = entry.inner.lock().unwrap();
+        let data_at = &*inner as *const _ as usize - base;
+        let attached_end = &inner.attached as *const _ as usize - base + 8;
+        assert_eq!(data_at, mutex_at + 8, "the lock word precedes the data");
+        assert!(
+            16 + attached_end <= 64,
+            "`attached` ends at byte {} of the allocation",
+            16 + attached_end
+        );
     }
 }
