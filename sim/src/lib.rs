@@ -5,11 +5,13 @@
 //! simulated clients ([`client`]) drive them while the scenario injects
 //! faults (partitions, latency) and checks invariants ([`scenarios`]). A run
 //! is a pure function of its seed: [`scenarios::run_scenario`] returns the
-//! same [`trace::Trace`] every time for the same seed.
+//! same [`trace::Trace`] every time for the same seed, whatever ran before
+//! it in the process ([`isolation`]).
 
 pub mod broker_host;
 pub mod client;
 pub mod cluster_scenario;
+pub mod isolation;
 pub mod runtime;
 pub mod scenarios;
 pub mod storage_host;

@@ -302,7 +302,9 @@ pub fn run_scenario(seed: u64) -> Trace {
 pub fn partitioned_subscriber(config: &ScenarioConfig) -> Trace {
     let log = Log::new();
     let subscriber = LogSubscriber::new(log.clone(), "broker");
-    tracing::subscriber::with_default(subscriber, || run_partitioned_subscriber(config, log))
+    crate::isolation::isolated(|| {
+        tracing::subscriber::with_default(subscriber, || run_partitioned_subscriber(config, log))
+    })
 }
 
 fn run_partitioned_subscriber(config: &ScenarioConfig, log: Log) -> Trace {

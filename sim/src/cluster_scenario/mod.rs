@@ -310,7 +310,9 @@ pub fn run_cluster(seed: u64) -> Trace {
     let config = ClusterScenario::from_seed(seed);
     let log = Log::new();
     let subscriber = LogSubscriber::per_host(log.clone(), "sim");
-    tracing::subscriber::with_default(subscriber, || run(&config, log))
+    crate::isolation::isolated(|| {
+        tracing::subscriber::with_default(subscriber, || run(&config, log))
+    })
 }
 
 fn run(config: &ClusterScenario, log: Log) -> Trace {
