@@ -149,6 +149,11 @@ section! {
         /// `takeover-timeout`: milliseconds a CONNECT waits for the node
         /// that had the client id to let it go (then CONNACK 3).
         pub takeover_timeout: u32 = 10_000,
+        /// `outbox-size`: messages for other nodes waiting to be written to
+        /// their inboxes at most. From half of it, connections that publish
+        /// stop reading until it is down to a quarter; past it, QoS 0
+        /// messages are dropped (and counted). At least 16.
+        pub outbox_size: u32 = 65_536,
     }
 }
 

@@ -74,7 +74,7 @@ pub struct ClusterConfig {
     /// Messages waiting in the outbox to be sent to other nodes beyond
     /// which new QoS 0 ones are dropped (and counted). From half of it, the
     /// connections that publish stop reading until it is down to a quarter
-    /// (see [`ClusterState::send_later`]).
+    /// (see [`ClusterState::send_later`]). `mqtt.cluster.outbox-size`.
     pub bus_queue: usize,
 }
 
@@ -105,6 +105,7 @@ impl ClusterConfig {
             takeover_timeout: ms(section.takeover_timeout),
             // Covers a route refresh and a publish batch's retries.
             forward_grace: ms(section.node_timeout),
+            bus_queue: section.outbox_size as usize,
             ..ClusterConfig::default()
         }
     }

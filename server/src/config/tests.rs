@@ -152,6 +152,10 @@ fn sample_conf_equals_defaults() {
         "max-idle",
         "max-wait",
         "time-between-eviction-runs",
+        "heartbeat-interval",
+        "node-timeout",
+        "takeover-timeout",
+        "outbox-size",
     ];
     for key in keys {
         let set = sample
@@ -722,4 +726,41 @@ fn load_names_the_file() {
     let loaded = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded, parse(ORIGINAL_FILE));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The timings and the outbox bound of `mqtt.cluster` are checked at start,
+/// each error naming its key and the line it is on.
+#[test]
+fn cluster_keys_are_checked() {
+    let cases = [
+        (
+            "heartbeat-interval: 5",
+            "mqtt.cluster.heartbeat-interval",
+            "at least 10",
+        ),
+        (
+            "node-timeout: 2000",
+            "mqtt.cluster.node-timeout",
+            "more than twice",
+        ),
+        (
+            "takeover-timeout: 999",
+            "mqtt.cluster.takeover-timeout",
+            "at least",
+        ),
+        (
+            "outbox-size: 15",
+            "mqtt.cluster.outbox-size",
+            "at least 16, got 15",
+        ),
+    ];
+    for (yaml, key, message) in cases {
+        let err = parse_err(&format!("mqtt:\n  cluster:\n    {yaml}\n"));
+        assert_eq!(err.key(), Some(key), "{yaml}: {err}");
+        assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
+        assert!(err.to_string().contains(message), "{yaml}: {err}");
+    }
+    let config = parse("mqtt:\n  cluster:\n    outbox-size: 16\n");
+    let cluster = crate::cluster::ClusterConfig::from_config(&config.mqtt.cluster);
+    assert_eq!(cluster.bus_queue, 16);
 }

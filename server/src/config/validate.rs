@@ -268,6 +268,12 @@ impl Config {
                 ),
             );
         }
+        if cluster.outbox_size < 16 {
+            return fail(
+                "mqtt.cluster.outbox-size",
+                format!("must be at least 16, got {}", cluster.outbox_size),
+            );
+        }
         self.check_aliyun(&fail)?;
         Ok(())
     }
