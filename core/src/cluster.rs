@@ -209,8 +209,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, StorageError>>;
 
     /// Claims the adoption of `dead`'s `incarnation` for `by`; true for the
-    /// one claimant that wins. Winning fences that incarnation. A claim
-    /// does not win while the incarnation's heartbeat is current.
+    /// one claimant that wins, and again for that claimant if it claims
+    /// again (its first answer may have been lost in a timeout while the
+    /// claim was made: without this, nobody would ever adopt the node).
+    /// Winning fences that incarnation. A claim does not win while the
+    /// incarnation's heartbeat is current.
     fn claim_adoption<'a>(
         &'a self,
         dead: &'a str,

@@ -128,6 +128,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         6540,
         "QoS 2 twice: a dead node's adopter forwarded a copy the dead new owner had delivered",
     ),
+    (
+        7062,
+        "a dead node never adopted: the winner's claim timed out after it was made, and its retry lost",
+    ),
 ];
 
 #[test]

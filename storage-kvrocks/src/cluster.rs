@@ -272,7 +272,12 @@ pub(crate) async fn claim_adoption(
         .arg(FENCE_TTL_MS);
     let values = redis.run(&[claim], deadline).await?;
     match values.into_iter().next().unwrap_or(Value::Nil) {
-        Value::Nil => Ok(false),
+        // Taken: by this claimant itself when this is a retry whose first
+        // answer was lost (a timeout after the server set it), and then it
+        // still wins, or nobody would ever adopt the node.
+        Value::Nil => Ok(adopter(redis, keys, dead, incarnation)
+            .await?
+            .is_some_and(|winner| winner == by)),
         Value::Okay | Value::SimpleString(_) => Ok(true),
         other => Err(corrupt(
             &fence,

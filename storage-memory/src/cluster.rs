@@ -213,7 +213,8 @@ impl ClusterState {
             return false;
         }
         match self.fences.entry((ByteStr::from(dead), incarnation)) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
+            // The winner claiming again (a retry after a lost answer) wins.
+            std::collections::hash_map::Entry::Occupied(winner) => winner.get() == by,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(ByteStr::from(by));
                 true

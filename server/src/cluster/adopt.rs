@@ -136,9 +136,13 @@ impl<R: Runtime> Node<R> {
                 || member.node == cluster.name()
                 || member.node.starts_with(&format!("{}@", cluster.base_id))
                 || lock(&self.adopted).iter().any(|a| a.node == member.node)
+                // Won already, and taken up again above.
+                || lock(&cluster.unfinished_adoptions).contains(&member.node)
             {
                 continue;
             }
+            // A claim whose answer was lost (a timeout) is made again here
+            // next round, and wins again if it had won.
             match store
                 .claim_adoption(&member.node, member.incarnation, &cluster.name())
                 .await
@@ -421,8 +425,7 @@ impl<R: Runtime> Node<R> {
                     {
                         tracing::info!(previous = %life.node, "adopting this node's previous incarnation");
                         // Won for good: a failure half-way is taken up by
-                        // the cluster task, like any unfinished adoption
-                        // (claiming again would not win it back).
+                        // the cluster task, like any unfinished adoption.
                         if let Err(error) = self.adopt(&life.node).await {
                             self.storage_failed("adopt", &error);
                             lock(&cluster.unfinished_adoptions).push(life.node);
