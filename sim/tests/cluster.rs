@@ -132,6 +132,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         7062,
         "a dead node never adopted: the winner's claim timed out after it was made, and its retry lost",
     ),
+    (
+        10953,
+        "a session held for a dead node retired by the adopter's own stale forward: its inbox reached nobody",
+    ),
 ];
 
 #[test]

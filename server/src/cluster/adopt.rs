@@ -375,6 +375,15 @@ impl<R: Runtime> Node<R> {
         client_id: &ByteStr,
         subscriptions: Vec<(ByteStr, easy_mqtt_core::QoS)>,
     ) {
+        // Held here again, maybe while this node still forwards for the
+        // client after letting it go earlier (an adopter whose own claim
+        // was superseded): that forward would send what is routed to the
+        // session away and, once it ends, retire this very entry, its
+        // subscriptions with it, so that what it is held for (the dead
+        // node's inbox) would reach nobody.
+        if let Some(cluster) = self.cluster.as_ref() {
+            cluster.end_forward(client_id);
+        }
         let entry = self.registered_entry(client_id);
         let mut inner = lock(&entry.inner);
         inner.clean = false;

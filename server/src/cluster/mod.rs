@@ -486,6 +486,16 @@ impl ClusterState {
         }
     }
 
+    /// Ends the forwarding of `client_id`: this node holds it again.
+    pub(crate) fn end_forward(&self, client_id: &str) {
+        if crate::node::write(&self.forwards)
+            .remove(client_id)
+            .is_some()
+        {
+            self.forward_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Whether `id` already went to `client_id` during its handover, or
     /// since it was adopted (and records it when not).
     pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> Watched {

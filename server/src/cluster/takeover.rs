@@ -129,9 +129,7 @@ impl<R: Runtime> Node<R> {
             };
             let epoch = claim.epoch;
             lock(&cluster.epochs).insert(client_id.clone(), epoch);
-            if write(&cluster.forwards).remove(&client_id).is_some() {
-                cluster.forward_count.fetch_sub(1, Ordering::AcqRel);
-            }
+            cluster.end_forward(&client_id);
             let own = cluster.name();
             let mut holders = store.responsible(&client_id).await?;
             holders.retain(|holder| *holder != own);
