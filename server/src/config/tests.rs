@@ -37,6 +37,21 @@ fn parse_err(text: &str) -> ConfigError {
     }
 }
 
+/// Each `(yaml, key, message)` written under `mqtt.<section>` is refused
+/// with an error naming `key`, on the line of the YAML (the third), whose
+/// text contains `message`. Returns the errors.
+fn assert_rejected(section: &str, cases: &[(&str, &str, &str)]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (yaml, key, message) in cases {
+        let err = parse_err(&format!("mqtt:\n  {section}:\n    {yaml}\n"));
+        assert_eq!(err.key(), Some(*key), "{yaml}: {err}");
+        assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
+        assert!(err.to_string().contains(message), "{yaml}: {err}");
+        errors.push(err);
+    }
+    errors
+}
+
 fn parse(text: &str) -> Config {
     match Config::from_yaml_str(text) {
         Ok(config) => config,
@@ -225,12 +240,7 @@ fn tls_keys_parse_and_are_checked() {
             "ssl-client-auth is `none`",
         ),
     ];
-    for (yaml, key, message) in cases {
-        let err = parse_err(&format!("mqtt:\n  server:\n    {yaml}\n"));
-        assert_eq!(err.key(), Some(key), "{yaml}: {err}");
-        assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
-        assert!(err.to_string().contains(message), "{yaml}: {err}");
-    }
+    assert_rejected("server", &cases);
     let err = parse_err("mqtt:\n  server:\n    ssl-client-auth: always\n");
     assert_eq!(err.key(), Some("mqtt.server.ssl-client-auth"));
     assert!(
@@ -575,12 +585,8 @@ fn rule_violations_name_key_and_line() {
             "must not exceed",
         ),
     ];
-    for (yaml, key, message) in cases {
-        let err = parse_err(&format!("mqtt:\n  server:\n    {yaml}\n"));
-        assert!(matches!(err, ConfigError::Invalid { .. }), "{yaml}: {err}");
-        assert_eq!(err.key(), Some(key), "{yaml}: {err}");
-        assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
-        assert!(err.to_string().contains(message), "{yaml}: {err}");
+    for err in assert_rejected("server", &cases) {
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     }
 
     for key in ["write-batch-ops", "write-queue-ops"] {
@@ -659,12 +665,7 @@ fn authentication_and_api_keys() {
             "at least 1 second",
         ),
     ];
-    for (yaml, key, message) in cases {
-        let err = parse_err(&format!("mqtt:\n  server:\n    {yaml}\n"));
-        assert_eq!(err.key(), Some(key), "{yaml}: {err}");
-        assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
-        assert!(err.to_string().contains(message), "{yaml}: {err}");
-    }
+    assert_rejected("server", &cases);
 }
 
 #[test]
@@ -754,12 +755,7 @@ fn cluster_keys_are_checked() {
             "at least 16, got 15",
         ),
     ];
-    for (yaml, key, message) in cases {
-        let err = parse_err(&format!("mqtt:\n  cluster:\n    {yaml}\n"));
-        assert_eq!(err.key(), Some(key), "{yaml}: {err}");
-        assert_eq!(err.position().map(|p| p.line), Some(3), "{yaml}: {err}");
-        assert!(err.to_string().contains(message), "{yaml}: {err}");
-    }
+    assert_rejected("cluster", &cases);
     let config = parse("mqtt:\n  cluster:\n    outbox-size: 16\n");
     let cluster = crate::cluster::ClusterConfig::from_config(&config.mqtt.cluster);
     assert_eq!(cluster.bus_queue, 16);
