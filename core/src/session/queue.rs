@@ -50,7 +50,13 @@ impl<T> BlockQueue<T> {
                 block.push_back(value);
                 self.blocks.push_back(block);
             }
-            None => self.blocks.push_back(VecDeque::from([value])),
+            None => {
+                // Not `VecDeque::from([value])`: that allocates room for one
+                // element, and the next push reallocates at once.
+                let mut first = VecDeque::new();
+                first.push_back(value);
+                self.blocks.push_back(first);
+            }
         }
         self.len += 1;
     }
