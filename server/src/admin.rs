@@ -768,7 +768,7 @@ impl<R: Runtime> Node<R> {
         for member in members {
             let clients = store.presence(&member.node).await?.len();
             let routes = if member.node == own {
-                lock(&cluster.written_routes).len()
+                lock(&cluster.written_routes).written.len()
             } else {
                 read(&cluster.routes).route_count(&member.node)
             };

@@ -665,7 +665,12 @@ where
             && let Some(attachment) = &self.attachment
         {
             let mut ops = Vec::with_capacity(changes.len());
-            let gates = crate::persist::journal_ops(&attachment.entry.client_id, changes, &mut ops);
+            let gates = crate::persist::journal_ops(
+                &attachment.entry.client_id,
+                changes,
+                &mut ops,
+                self.node.cluster.is_some(),
+            );
             self.push_storage(ops, After::Journal, gates);
         }
     }

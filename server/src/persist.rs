@@ -32,7 +32,8 @@ use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::PacketId;
 use easy_mqtt_core::QoS;
 use easy_mqtt_core::session::{
-    Delivery, InflightMessage, Message, QueueOverflow, SessionChange, SessionLimits, SessionState,
+    Delivery, InflightMessage, Message, OutboundPhase, QueueOverflow, SessionChange, SessionLimits,
+    SessionState,
 };
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError, StoredSession};
 
@@ -145,9 +146,28 @@ pub fn sequence_seed() -> u64 {
 /// client that saw the PUBREL has forgotten the packet id once it sends
 /// PUBCOMP; had storage still held `Published`, a restart would send the
 /// PUBLISH again (DUP) and the client would take it as a new message.
-pub fn journal_ops(client_id: &ByteStr, changes: Vec<SessionChange>, ops: &mut Vec<Op>) -> bool {
+///
+/// With `received_log` (a cluster node), the QoS 2 messages the client
+/// acknowledged with PUBREC are also logged for the client (see
+/// [`crate::cluster::RECEIVED_SPACE`]), in the batch the PUBREL waits for.
+pub fn journal_ops(
+    client_id: &ByteStr,
+    changes: Vec<SessionChange>,
+    ops: &mut Vec<Op>,
+    received_log: bool,
+) -> bool {
     let mut gates = false;
+    let mut received: Vec<u8> = Vec::new();
     for change in changes {
+        if received_log
+            && let SessionChange::SetInflight {
+                id,
+                phase: OutboundPhase::Released,
+                ..
+            } = &change
+        {
+            received.extend_from_slice(&id.0.to_be_bytes());
+        }
         ops.push(match change {
             SessionChange::Dequeue(id) => Op::Dequeue {
                 client_id: client_id.clone(),
@@ -177,6 +197,9 @@ pub fn journal_ops(client_id: &ByteStr, changes: Vec<SessionChange>, ops: &mut V
                 packet_id,
             },
         });
+    }
+    if !received.is_empty() {
+        ops.push(crate::cluster::log_received(client_id, received));
     }
     gates
 }
@@ -287,6 +310,7 @@ impl<R: Runtime> Node<R> {
     pub(crate) async fn recover_sessions(&self) -> Result<(), StorageError> {
         let mut sessions = self.storage.load_subscriptions().await?;
         // In a cluster, each node routes for the sessions it owns.
+        let mut routes = crate::cluster::RoutePin::default();
         if let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.cluster_store()) {
             let owned: std::collections::HashSet<ByteStr> =
                 store.owned_by(&cluster.name()).await?.into_iter().collect();
@@ -295,7 +319,7 @@ impl<R: Runtime> Node<R> {
                 .iter()
                 .flat_map(|s| s.subscriptions.iter().map(|(f, _)| f.clone()))
                 .collect::<Vec<_>>();
-            self.store_routes(filters).await?;
+            routes = self.store_routes(filters).await?;
         }
         let count = sessions.len();
         for listed in sessions {
@@ -318,6 +342,7 @@ impl<R: Runtime> Node<R> {
                 inner.subscriptions.insert(filter, qos);
             }
         }
+        drop(routes);
         if count > 0 {
             tracing::info!(count, "persistent sessions recovered");
         }
@@ -627,4 +652,67 @@ impl<R: Runtime> Node<R> {
 /// The back-off before the `attempt`-th retry of a storage write.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use easy_mqtt_core::cluster::ClusterOp;
+
+    fn packet(id: u16) -> PacketId {
+        PacketId::new(id).unwrap_or(PacketId::MIN)
+    }
+
+    fn qos2_flow() -> Vec<SessionChange> {
+        vec![
+            SessionChange::SetInflight {
+                packet_id: packet(1),
+                id: MessageId(7),
+                phase: OutboundPhase::Published,
+                qos: QoS::ExactlyOnce,
+            },
+            SessionChange::SetInflight {
+                packet_id: packet(2),
+                id: MessageId(8),
+                phase: OutboundPhase::Released,
+                qos: QoS::ExactlyOnce,
+            },
+            SessionChange::SetInflight {
+                packet_id: packet(3),
+                id: MessageId(9),
+                phase: OutboundPhase::Released,
+                qos: QoS::ExactlyOnce,
+            },
+            SessionChange::CompleteInflight(packet(2)),
+        ]
+    }
+
+    /// A PUBREC logs the message as received by the client, in the batch
+    /// its PUBREL waits for; a PUBLISH sent does not (the client may never
+    /// have got it).
+    #[test]
+    fn a_cluster_node_logs_the_qos2_messages_a_client_acknowledged_with_pubrec() {
+        let client = ByteStr::from("s1");
+        let mut ops = Vec::new();
+        let gates = journal_ops(&client, qos2_flow(), &mut ops, true);
+        assert!(gates, "a QoS 2 phase gates the bytes");
+        assert_eq!(ops.len(), 5);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&8u64.to_be_bytes());
+        expected.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(
+            ops.last(),
+            Some(&Op::Cluster(ClusterOp::PushLog {
+                space: ByteStr::from(crate::cluster::RECEIVED_SPACE),
+                key: client.clone(),
+                entry: bytes::Bytes::from(expected),
+                keep: crate::cluster::RECEIVED_KEEP,
+            }))
+        );
+
+        let mut single = Vec::new();
+        journal_ops(&client, qos2_flow(), &mut single, false);
+        assert_eq!(single.len(), 4, "no log outside a cluster: {single:?}");
+        assert_eq!(&ops[..4], &single[..]);
+    }
 }

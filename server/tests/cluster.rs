@@ -239,6 +239,116 @@ fn session_takeover_across_nodes() {
     });
 }
 
+/// Polls `check` on the Redis connection until it holds (or the wait ends);
+/// the clients' tasks run meanwhile.
+async fn wait_for_redis<T>(
+    redis: &mut redis::Connection,
+    what: &str,
+    mut check: impl FnMut(&mut redis::Connection) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check(redis) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A QoS 2 message the client acknowledged (PUBREC) is logged for it; a
+/// copy of it found in the client's queue later (as a dead node's adopter
+/// queues one it serves late) is dropped when another node loads the
+/// session, and never delivered twice. A clean session drops the log.
+#[test]
+fn a_queued_copy_of_a_received_qos2_message_is_not_delivered_again() {
+    use easy_mqtt_core::storage::{MessageId, Op, Storage};
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let n1 = node_on(&nodes, "n1");
+    let n2 = node_on(&nodes, "n2");
+    let mut conn = redis.connection();
+    let log_key = "emq:l:cluster-qos2-received:{q2-sub}";
+    let rt = runtime();
+    let received = rt.block_on(async {
+        let (mut sub, _) = persistent(n1.addr(), "q2-sub").await;
+        sub.subscribe("q2/#", QoS::ExactlyOnce).await;
+        mosquitto_pub_ok(n1.port(), &["-t", "q2/1", "-q", "2", "-m", "first"]);
+        assert_eq!(&sub.recv().await.payload[..], b"first");
+        // Logged before the PUBREL; completed (out of the window) after it.
+        let received: Vec<Vec<u8>> = wait_for_redis(&mut conn, "the log", |c| {
+            let entries: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(log_key)
+                .arg(0)
+                .arg(-1)
+                .query(c)
+                .unwrap();
+            (!entries.is_empty()).then_some(entries)
+        })
+        .await;
+        wait_for_redis(&mut conn, "the flow's completion", |c| {
+            let window: usize = redis::cmd("HLEN").arg("emq:{c:q2-sub}:w").query(c).unwrap();
+            (window == 0).then_some(())
+        })
+        .await;
+        sub.disconnect().await;
+        received
+    });
+    assert_eq!(received.len(), 1, "one PUBREC, one entry");
+    let id = MessageId(u64::from_be_bytes(
+        received[0].as_slice().try_into().unwrap(),
+    ));
+
+    // A late copy of it and a new message, queued as a node serving its
+    // inbox would.
+    let storage = redis_common::connect(redis_common::settings(nodes.clone(), "emq"));
+    let message = |payload: &'static str| {
+        std::sync::Arc::new(easy_mqtt_core::session::Message {
+            topic: "q2/1".into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: easy_mqtt_core::QoS::ExactlyOnce,
+            retain: false,
+        })
+    };
+    let fresh = MessageId::new(0xfeed, 1);
+    let mut ops = Vec::new();
+    for (id, payload) in [(id, "first"), (fresh, "fresh")] {
+        ops.push(Op::PutMessage {
+            id,
+            message: message(payload),
+            at_ms: 0,
+        });
+        ops.push(Op::Enqueue {
+            client_id: "q2-sub".into(),
+            id,
+            qos: easy_mqtt_core::QoS::ExactlyOnce,
+            retain: false,
+        });
+    }
+    smol::block_on(storage.apply(ops)).unwrap();
+
+    rt.block_on(async {
+        let (mut sub, present) = persistent(n2.addr(), "q2-sub").await;
+        assert!(present);
+        assert_eq!(&sub.recv().await.payload[..], b"fresh");
+        sub.expect_no_message(Duration::from_millis(500)).await;
+        // The copy left the stored queue too.
+        wait_for_redis(&mut conn, "an empty queue", |c| {
+            let held: usize = redis::cmd("ZCARD")
+                .arg("emq:{c:q2-sub}:q")
+                .query(c)
+                .unwrap();
+            (held == 0).then_some(())
+        })
+        .await;
+        sub.disconnect().await;
+        let (clean, _) = Client::connect_session(n1.addr(), "q2-sub", true).await;
+        let exists: bool = redis::cmd("EXISTS").arg(log_key).query(&mut conn).unwrap();
+        assert!(!exists, "a clean session drops the log");
+        clean.disconnect().await;
+    });
+}
+
 /// A retained message published on one node is given to a subscriber on
 /// another.
 #[test]

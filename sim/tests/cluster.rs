@@ -136,6 +136,22 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         10953,
         "a session held for a dead node retired by the adopter's own stale forward: its inbox reached nobody",
     ),
+    (
+        8185,
+        "QoS 2 twice: a copy forwarded by a dead node's adopter queued after the client completed the message elsewhere",
+    ),
+    (
+        22315,
+        "QoS 2 twice: a node cut off from storage claimed the client; its adopter queued inbox copies the client had received",
+    ),
+    (
+        22429,
+        "a loaded session's route pruned between its write and the trie insert at CONNACK",
+    ),
+    (
+        28582,
+        "a loaded session's route pruned between its write and the trie insert (after a crash of storage)",
+    ),
 ];
 
 #[test]

@@ -135,9 +135,11 @@ impl Keys {
         format!("{}:{{x:{}}}:i", self.prefix, escape(space))
     }
 
-    /// List: one log, newest first.
+    /// List: one log, newest first. Tagged by its key, not its space: a
+    /// space may hold a log per client (every PUBREC of a QoS 2 delivery
+    /// writes one), which in the space's slot would make one hot slot.
     pub fn log(&self, space: &str, key: &str) -> String {
-        format!("{}:{{l:{}}}:{key}", self.prefix, escape(space))
+        format!("{}:l:{}:{{{}}}", self.prefix, escape(space), escape(key))
     }
 }
 
@@ -218,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_keys_share_a_slot_per_node_client_and_space() {
+    fn cluster_keys_share_a_slot_per_node_client_space_and_log() {
         let keys = Keys::new("emq");
         let node = keys.node("n{1}");
         assert_eq!(node.alive, "emq:{n:n%7B1%7D}:alive");
@@ -227,7 +229,10 @@ mod tests {
         assert_eq!(keys.owner("c"), "emq:{c:c}:o");
         assert_eq!(keys.record("s{", "k}"), "emq:{x:s%7B}:k:k}");
         assert_eq!(keys.record_index("s"), "emq:{x:s}:i");
-        assert_eq!(keys.log("s", "k"), "emq:{l:s}:k");
+        assert_eq!(keys.log("s", "k"), "emq:l:s:{k}");
+        // Escaped, the space cannot hold the `:{` that starts the tag.
+        assert_eq!(keys.log("s:{", "k}"), "emq:l:s:%7B:{k%7D}");
+        assert_ne!(keys.log("a", "b"), keys.log("a:{b}", ""));
         assert_eq!(keys.members(), "emq:{n}:members");
     }
 

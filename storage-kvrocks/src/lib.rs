@@ -36,7 +36,7 @@
 //! | `P:{c:<id>}:o` | string | its owner: epoch and node (`SET … GET`) |
 //! | `P:{x:<space>}:k:<key>` | string | a record (`SET`, `PX` with a time to live) |
 //! | `P:{x:<space>}:i` | sorted set | index of the records of a space: key → expiry (Unix ms, `+inf`); `scan_records` reads it, not `SCAN` |
-//! | `P:{l:<space>}:<key>` | list | a log, newest first (`LPUSH` + `LTRIM`) |
+//! | `P:l:<space>:{<key>}` | list | a log, newest first (`LPUSH` + `LTRIM`); in its key's slot (a space may hold a log per client) |
 //!
 //! The queue is the held set minus the ids in the window, in score order;
 //! the window is in send order. Bodies and retained messages use a compact

@@ -645,6 +645,13 @@ pub(super) async fn run_outbox<R: Runtime>(node: Arc<Node<R>>) {
             continue;
         }
         Metrics::add(&node.metrics.bus_sent, ops.len() as u64);
+        let removed_routes: Vec<ByteStr> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Cluster(ClusterOp::RemoveRoute { filter, .. }) => Some(filter.clone()),
+                _ => None,
+            })
+            .collect();
         let mut write = std::pin::pin!(apply_until_stored(&node, ops));
         let done_soon = futures_lite::future::or(
             async {
@@ -665,6 +672,9 @@ pub(super) async fn run_outbox<R: Runtime>(node: Arc<Node<R>>) {
             cluster.set_outbox_stalled(true);
             write.await;
             cluster.set_outbox_stalled(false);
+        }
+        if !removed_routes.is_empty() {
+            node.rewrite_resubscribed_routes(removed_routes);
         }
     }
 }

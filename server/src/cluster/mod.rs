@@ -34,8 +34,12 @@
 
 mod adopt;
 mod bus;
+mod received;
 mod routes;
 mod takeover;
+
+pub use received::{RECEIVED_KEEP, RECEIVED_SPACE, forget_received, log_received};
+pub use routes::RoutePin;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -135,8 +139,9 @@ pub struct ClusterState {
     /// False once the lease ran out, until a heartbeat succeeds again.
     pub(crate) serving: AtomicBool,
     pub(crate) routes: RwLock<RouteCache>,
-    /// The filters this node stored as its routes.
-    pub(crate) written_routes: Mutex<HashSet<ByteStr>>,
+    /// The filters this node stored as its routes, and those a loaded
+    /// session pins on their way into the trie.
+    pub(crate) written_routes: Arc<Mutex<routes::WrittenRoutes>>,
     pub(crate) routes_dirty: AtomicBool,
     /// Clients given up to another node, forwarded to.
     pub(crate) forwards: RwLock<HashMap<ByteStr, Forward>>,
@@ -312,7 +317,7 @@ impl ClusterState {
             lease_until: Mutex::new(None),
             serving: AtomicBool::new(true),
             routes: RwLock::new(RouteCache::default()),
-            written_routes: Mutex::new(HashSet::new()),
+            written_routes: Arc::default(),
             routes_dirty: AtomicBool::new(true),
             forwards: RwLock::new(HashMap::new()),
             forward_count: AtomicUsize::new(0),
@@ -841,7 +846,7 @@ impl<R: Runtime> Node<R> {
         *crate::node::write(&self.trie) = easy_mqtt_core::topic::SubscriptionTrie::new();
         if let Some(cluster) = self.cluster.as_ref() {
             lock(&cluster.epochs).clear();
-            lock(&cluster.written_routes).clear();
+            lock(&cluster.written_routes).written.clear();
             crate::node::write(&cluster.forwards).clear();
             cluster.forward_count.store(0, Ordering::Release);
         }

@@ -10,8 +10,9 @@
 //! removed lazily (an extra route costs a useless inbox entry, never a lost
 //! message).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use easy_mqtt_core::cluster::ClusterOp;
 use easy_mqtt_core::packet::SubscribeReturnCode;
@@ -71,6 +72,45 @@ impl RouteCache {
     }
 }
 
+/// The routes this node wrote, and the filters no prune may remove yet.
+#[derive(Debug, Default)]
+pub(crate) struct WrittenRoutes {
+    /// The filters this node stored as its routes.
+    pub(crate) written: HashSet<ByteStr>,
+    /// Filters of sessions loaded from storage whose routes were written
+    /// before their subscriptions reach the trie (a route must be stored
+    /// before the CONNACK, the trie insert happens at it): in neither
+    /// place, a prune in between would remove a route about to be needed,
+    /// and nothing would write it again. Counted: two loads may share one.
+    pinned: HashMap<ByteStr, u32>,
+}
+
+/// Keeps filters from being pruned until the loaded session that needs them
+/// has them in the trie; dropped then (or when the load is abandoned).
+#[must_use = "the routes may be pruned as soon as the pin is dropped"]
+#[derive(Debug, Default)]
+pub struct RoutePin {
+    book: Option<Arc<Mutex<WrittenRoutes>>>,
+    filters: Vec<ByteStr>,
+}
+
+impl Drop for RoutePin {
+    fn drop(&mut self) {
+        let Some(book) = self.book.take() else {
+            return;
+        };
+        let mut book = lock(&book);
+        for filter in self.filters.drain(..) {
+            if let Some(count) = book.pinned.get_mut(&filter) {
+                *count -= 1;
+                if *count == 0 {
+                    book.pinned.remove(&filter);
+                }
+            }
+        }
+    }
+}
+
 impl<R: Runtime> Node<R> {
     /// Reads every node's routes into the cache; false when storage failed.
     pub(crate) async fn refresh_routes(&self) -> bool {
@@ -87,6 +127,7 @@ impl<R: Runtime> Node<R> {
                     .flat_map(|(_, filters)| filters.iter())
                     .collect();
                 let missing: Vec<ByteStr> = lock(&cluster.written_routes)
+                    .written
                     .iter()
                     .filter(|f| !own.contains(f))
                     .cloned()
@@ -137,9 +178,9 @@ impl<R: Runtime> Node<R> {
     ) -> Vec<Op> {
         let mut ops = Vec::new();
         {
-            let mut written = lock(&cluster.written_routes);
+            let mut book = lock(&cluster.written_routes);
             for filter in filters {
-                if written.insert(filter.clone()) {
+                if book.written.insert(filter.clone()) {
                     ops.push(Op::Cluster(ClusterOp::AddRoute {
                         node: cluster.name(),
                         filter,
@@ -153,54 +194,86 @@ impl<R: Runtime> Node<R> {
         ops
     }
 
-    /// Stores the routes of `filters` (a session loaded from storage).
+    /// Stores the routes of `filters` (a session loaded from storage),
+    /// pinned until the returned pin is dropped: the caller drops it once
+    /// the filters are in the trie.
     pub async fn store_routes(
         &self,
         filters: impl IntoIterator<Item = ByteStr>,
-    ) -> Result<(), easy_mqtt_core::storage::StorageError> {
+    ) -> Result<RoutePin, easy_mqtt_core::storage::StorageError> {
         let Some(cluster) = self.cluster.as_ref() else {
-            return Ok(());
+            return Ok(RoutePin::default());
         };
-        let ops = self.route_ops_for(filters, cluster);
-        if ops.is_empty() {
-            return Ok(());
+        let filters: Vec<ByteStr> = filters.into_iter().collect();
+        if filters.is_empty() {
+            return Ok(RoutePin::default());
         }
-        let result = self.storage.apply(ops.clone()).await;
-        if result.is_err() {
-            // Not stored: let a later subscriber write them again.
-            let mut written = lock(&cluster.written_routes);
-            for op in &ops {
-                if let Op::Cluster(ClusterOp::AddRoute { filter, .. }) = op {
-                    written.remove(filter);
+        let mut added = Vec::new();
+        {
+            let mut book = lock(&cluster.written_routes);
+            for filter in &filters {
+                *book.pinned.entry(filter.clone()).or_insert(0) += 1;
+                if book.written.insert(filter.clone()) {
+                    added.push(filter.clone());
                 }
             }
         }
-        result
+        let pin = RoutePin {
+            book: Some(cluster.written_routes.clone()),
+            filters,
+        };
+        if added.is_empty() {
+            return Ok(pin);
+        }
+        let mut ops: Vec<Op> = added
+            .iter()
+            .map(|filter| {
+                Op::Cluster(ClusterOp::AddRoute {
+                    node: cluster.name(),
+                    filter: filter.clone(),
+                })
+            })
+            .collect();
+        ops.extend(cluster.routes_changed_ops());
+        match self.storage.apply(ops).await {
+            Ok(()) => Ok(pin),
+            Err(error) => {
+                // Not stored: let a later subscriber write them again.
+                let mut book = lock(&cluster.written_routes);
+                for filter in &added {
+                    book.written.remove(filter);
+                }
+                Err(error)
+            }
+        }
     }
 
-    /// Removes the stored routes no local session needs any more.
+    /// Removes the stored routes no local session needs any more. Decided
+    /// and taken out of `written` under one lock, so a subscriber that
+    /// comes meanwhile finds the filter gone and writes its route again.
     pub(crate) fn prune_routes(&self) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
         let stale: Vec<ByteStr> = {
-            let written = lock(&cluster.written_routes);
-            if written.is_empty() {
+            let mut book = lock(&cluster.written_routes);
+            if book.written.is_empty() {
                 return;
             }
             let trie = read(&self.trie);
-            written
+            let stale: Vec<ByteStr> = book
+                .written
                 .iter()
-                .filter(|filter| !trie.has_filter(filter))
+                .filter(|filter| !book.pinned.contains_key(*filter) && !trie.has_filter(filter))
                 .cloned()
-                .collect()
+                .collect();
+            drop(trie);
+            for filter in &stale {
+                book.written.remove(filter);
+            }
+            stale
         };
-        if stale.is_empty() {
-            return;
-        }
-        let mut written = lock(&cluster.written_routes);
         for filter in stale {
-            written.remove(&filter);
             cluster.send_later(
                 Op::Cluster(ClusterOp::RemoveRoute {
                     node: cluster.name(),
@@ -208,6 +281,37 @@ impl<R: Runtime> Node<R> {
                 }),
                 true,
             );
+        }
+    }
+
+    /// After the outbox removed routes: those subscribed to again meanwhile
+    /// are written again, since their subscriber's own `AddRoute` may have
+    /// been stored before the removal.
+    pub(crate) fn rewrite_resubscribed_routes(&self, removed: Vec<ByteStr>) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let again: Vec<ByteStr> = {
+            let book = lock(&cluster.written_routes);
+            removed
+                .into_iter()
+                .filter(|filter| book.written.contains(filter))
+                .collect()
+        };
+        if again.is_empty() {
+            return;
+        }
+        for filter in again {
+            cluster.send_later(
+                Op::Cluster(ClusterOp::AddRoute {
+                    node: cluster.name(),
+                    filter,
+                }),
+                true,
+            );
+        }
+        for op in cluster.routes_changed_ops() {
+            cluster.send_later(op, true);
         }
     }
 

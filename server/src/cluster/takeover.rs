@@ -30,7 +30,7 @@ use std::time::Duration;
 use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::cluster::{BusEntry, ClusterOp, InboxId, Presence};
 use easy_mqtt_core::session::{CloseReason, Message};
-use easy_mqtt_core::storage::{BoxFuture, Op, StorageError};
+use easy_mqtt_core::storage::{BoxFuture, MessageId, Op, StorageError};
 
 use super::apply_until_stored;
 use crate::metrics::Metrics;
@@ -342,13 +342,24 @@ impl<R: Runtime> Node<R> {
         &self,
         client_id: &ByteStr,
         stored: &easy_mqtt_core::storage::StoredSession,
+        received: std::collections::HashSet<MessageId>,
     ) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
+        if !received.is_empty() {
+            // Kept aside while the session loaded, before the log was read.
+            let entry = lock(&self.registry).get(client_id).cloned();
+            if let Some(entry) = entry
+                && let Some(kept) = lock(&entry.inner).loading_mut()
+            {
+                kept.retain(|d| d.id.is_none_or(|id| !received.contains(&id)));
+            }
+        }
         if let Some(handover) = lock(&cluster.handovers).get_mut(client_id) {
             let ids = (stored.queue.iter().map(|d| d.id))
-                .chain(stored.inflight.iter().map(|m| m.delivery.id));
+                .chain(stored.inflight.iter().map(|m| m.delivery.id))
+                .chain(received);
             for id in ids {
                 handover.delivered.insert(id);
             }

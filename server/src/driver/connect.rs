@@ -23,6 +23,9 @@ pub(super) struct Prepared {
     loaded: Option<Option<StoredSession>>,
     /// The cluster epoch of the claim.
     epoch: Option<u64>,
+    /// The loaded subscriptions' routes, kept from a prune until
+    /// `accept` put the subscriptions in the trie.
+    routes: crate::cluster::RoutePin,
 }
 
 impl<S, R> Driver<S, R>
@@ -142,7 +145,13 @@ where
                     let storage = self.node.storage().clone();
                     let client_id = connect.client_id.clone();
                     Some(Box::pin(async move {
-                        storage.apply(vec![Op::DeleteSession { client_id }]).await?;
+                        let mut ops = vec![Op::DeleteSession {
+                            client_id: client_id.clone(),
+                        }];
+                        if claim {
+                            ops.push(crate::cluster::forget_received(&client_id));
+                        }
+                        storage.apply(ops).await?;
                         Ok(None)
                     }))
                 }
@@ -155,6 +164,7 @@ where
                         Ok(Prepared {
                             loaded: Some(step.await?),
                             epoch: None,
+                            routes: crate::cluster::RoutePin::default(),
                         })
                     });
                     self.pending_connect = Some(Box::new((connect, future)));
@@ -188,16 +198,33 @@ where
                 }
                 step => step,
             };
-            let loaded = match storage_step {
+            let mut loaded = match storage_step {
                 Some(step) => Some(step.await?),
                 None => None,
             };
-            if let Some(Some(stored)) = &loaded {
-                node.store_routes(stored.subscriptions.iter().map(|(f, _)| f.clone()))
+            let mut routes = crate::cluster::RoutePin::default();
+            if let Some(Some(stored)) = &mut loaded {
+                let filters: Vec<_> = stored
+                    .subscriptions
+                    .iter()
+                    .map(|(f, _)| f.clone())
+                    .collect();
+                let (stored_routes, received) = futures_lite::future::zip(
+                    node.store_routes(filters),
+                    node.received_qos2(&stored_client),
+                )
+                .await;
+                routes = stored_routes?;
+                let received = received?;
+                node.drop_received_copies(&stored_client, stored, &received)
                     .await?;
-                node.note_loaded(&stored_client, stored);
+                node.note_loaded(&stored_client, stored, received);
             }
-            Ok(Prepared { loaded, epoch })
+            Ok(Prepared {
+                loaded,
+                epoch,
+                routes,
+            })
         });
         self.pending_connect = Some(Box::new((connect, future)));
     }
@@ -222,7 +249,9 @@ where
         let (connect, _) = *pending;
         match result {
             Ok(prepared) if self.node.holds_epoch(&connect.client_id, prepared.epoch) => {
-                self.accept(*connect, prepared.loaded)
+                let Prepared { loaded, routes, .. } = prepared;
+                self.accept(*connect, loaded);
+                drop(routes);
             }
             Ok(_) => {
                 // Another node claimed the client id meanwhile.
