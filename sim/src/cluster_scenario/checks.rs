@@ -175,15 +175,19 @@ impl End<'_> {
         let Some(watcher) = subs.get("s2") else {
             return;
         };
-        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+        // Keyed by connection and CONNECT attempt: an attempt whose CONNACK
+        // the client never saw may have been accepted, and its will is
+        // then due when the broker sees that connection go.
+        let mut counts: BTreeMap<(u32, u32), u32> = BTreeMap::new();
         for message in watcher.received.iter().filter(|m| m.topic == "w/w1") {
             let token = std::str::from_utf8(&message.payload)
                 .ok()
                 .and_then(|p| p.strip_prefix("will:w1:"))
-                .and_then(|n| n.parse().ok());
+                .and_then(|p| p.split_once('.'))
+                .and_then(|(n, attempt)| Some((n.parse().ok()?, attempt.parse().ok()?)));
             match token {
-                Some(n) if n >= 1 && n <= report.connections => {
-                    *counts.entry(n).or_default() += 1;
+                Some((n, attempt)) if n >= 1 && n <= report.connections => {
+                    *counts.entry((n, attempt)).or_default() += 1;
                 }
                 _ => violations.push(format!(
                     "will {:?} names no connection of w1 ({} made)",
@@ -192,15 +196,17 @@ impl End<'_> {
                 )),
             }
         }
-        for (n, count) in &counts {
+        for ((n, attempt), count) in &counts {
             if *count > 1 {
                 violations.push(format!(
-                    "will of w1's connection {n} published {count} times"
+                    "will of w1's connection {n} (CONNECT attempt {attempt}) published {count} times"
                 ));
             }
         }
+        let attempts = shared.will_attempts.borrow();
         for n in shared.will_expected.borrow().iter() {
-            if !counts.contains_key(n) {
+            let attempt = attempts.get(n).copied().unwrap_or(0);
+            if !counts.contains_key(&(*n, attempt)) {
                 violations.push(format!(
                     "will of w1's connection {n} never published, though its node died for good"
                 ));

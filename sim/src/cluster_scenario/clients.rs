@@ -41,6 +41,13 @@ pub struct LbClient {
     pub client: Client,
     broker: usize,
     shared: Rc<Shared>,
+    /// The will of each CONNECT sent, given the number the connection will
+    /// have and the attempt: a CONNECT whose CONNACK the client never saw
+    /// may still have been accepted, and its will is then published when
+    /// the broker sees the connection go, so no two attempts share one.
+    will_of: Option<fn(u32, u32) -> LastWill>,
+    /// The CONNECT attempt that made the current connection.
+    connected_attempt: u32,
 }
 
 impl LbClient {
@@ -58,6 +65,8 @@ impl LbClient {
             client: Client::new(name, &broker_addr(broker), options, log),
             broker,
             shared,
+            will_of: None,
+            connected_attempt: 0,
         }
     }
 
@@ -65,11 +74,18 @@ impl LbClient {
     /// failure; returns `session_present`.
     pub async fn connect(&mut self) -> bool {
         self.shared.set_connected(self.name, None);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
+            if let Some(will_of) = self.will_of {
+                let will = will_of(self.client.connections() + 1, attempt);
+                self.client.set_will(Some(will));
+            }
             self.client.set_broker(&broker_addr(self.broker));
             self.shared.set_broker(self.name, self.broker);
             match self.client.connect().await {
                 Ok(present) => {
+                    self.connected_attempt = attempt;
                     self.shared
                         .set_connected(self.name, Some((self.broker, self.client.connections())));
                     return present;
@@ -273,13 +289,25 @@ pub async fn subscriber(name: &'static str, shared: Rc<Shared>, log: Log) -> tur
     Ok(())
 }
 
-/// The will client: a clean session whose will names its connection
-/// (`will:w1:<n>`), connected from when `s2` watches `w/#` until
-/// [`WILL_CLIENT_END`].
+/// The will of the will client's `attempt`-th CONNECT for its connection
+/// `n`: `will:w1:<n>.<attempt>`.
+fn will_of_attempt(n: u32, attempt: u32) -> LastWill {
+    LastWill {
+        topic: "w/w1".into(),
+        payload: Bytes::from(format!("will:w1:{n}.{attempt}")),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+    }
+}
+
+/// The will client: a clean session whose will names its connection and
+/// the CONNECT attempt (`will:w1:<n>.<attempt>`), connected from when `s2`
+/// watches `w/#` until [`WILL_CLIENT_END`].
 /// A lost connection is replaced after [`WILL_RECONNECT_DELAY`].
 pub async fn will_client(shared: Rc<Shared>, log: Log) -> turmoil::Result {
     let name = "w1";
     let mut lb = LbClient::new(name, true, shared.clone(), log);
+    lb.will_of = Some(will_of_attempt);
     while !shared.subscribers_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -287,14 +315,8 @@ pub async fn will_client(shared: Rc<Shared>, log: Log) -> turmoil::Result {
     let end = Instant::now() + WILL_CLIENT_END.saturating_sub(elapsed);
     let mut report = WillReport::default();
     loop {
-        let n = lb.client.connections() + 1;
-        lb.client.set_will(Some(LastWill {
-            topic: "w/w1".into(),
-            payload: Bytes::from(format!("will:w1:{n}")),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-        }));
         lb.connect().await;
+        shared.will_attempt(lb.client.connections(), lb.connected_attempt);
         while Instant::now() < end {
             if lb.client.run_until(end).await.is_err() {
                 break;

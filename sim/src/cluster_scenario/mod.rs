@@ -173,6 +173,8 @@ pub struct Shared {
     will: RefCell<Option<WillReport>>,
     /// Will tokens of connections whose node died for good under them.
     will_expected: RefCell<Vec<u32>>,
+    /// The will client's connections: the CONNECT attempt that made each.
+    will_attempts: RefCell<BTreeMap<u32, u32>>,
 }
 
 impl Shared {
@@ -192,6 +194,7 @@ impl Shared {
             subs: RefCell::default(),
             will: RefCell::default(),
             will_expected: RefCell::default(),
+            will_attempts: RefCell::default(),
         }
     }
 
@@ -209,6 +212,11 @@ impl Shared {
             Some(at) => connected.insert(client, at),
             None => connected.remove(client),
         };
+    }
+
+    /// The will client's connection `n` was made by its CONNECT `attempt`.
+    pub fn will_attempt(&self, n: u32, attempt: u32) {
+        self.will_attempts.borrow_mut().insert(n, attempt);
     }
 
     fn started(&self, host: &'static str, life: u64, node: Arc<SimNode>) {
