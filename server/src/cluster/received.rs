@@ -26,6 +26,7 @@ use easy_mqtt_core::storage::{MessageId, Op, StorageError, StoredSession};
 
 use crate::node::Node;
 use crate::runtime::Runtime;
+use crate::sessions::lock;
 
 /// The log space of the received QoS 2 ids, keyed by client id; each entry
 /// holds the ids of one batch, 8 bytes big-endian each.
@@ -80,7 +81,8 @@ impl<R: Runtime> Node<R> {
     }
 
     /// Takes the copies of messages the client received already out of a
-    /// loaded session's queue, and out of storage's.
+    /// loaded session's queue and out of what was kept aside for it while
+    /// it loaded (before the log was read), and dequeues them in storage.
     pub(crate) async fn drop_received_copies(
         &self,
         client_id: &ByteStr,
@@ -91,16 +93,31 @@ impl<R: Runtime> Node<R> {
             return Ok(());
         }
         let mut ops = Vec::new();
+        let mut dequeue = |id: MessageId| {
+            ops.push(Op::Dequeue {
+                client_id: client_id.clone(),
+                id,
+            });
+        };
         stored.queue.retain(|delivery| {
             let copy = received.contains(&delivery.id);
             if copy {
-                ops.push(Op::Dequeue {
-                    client_id: client_id.clone(),
-                    id: delivery.id,
-                });
+                dequeue(delivery.id);
             }
             !copy
         });
+        let entry = lock(&self.registry).get(client_id).cloned();
+        if let Some(entry) = entry
+            && let Some(kept) = lock(&entry.inner).loading_mut()
+        {
+            kept.retain(|delivery| match delivery.id {
+                Some(id) if received.contains(&id) => {
+                    dequeue(id);
+                    false
+                }
+                _ => true,
+            });
+        }
         if ops.is_empty() {
             return Ok(());
         }

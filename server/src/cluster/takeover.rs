@@ -347,15 +347,6 @@ impl<R: Runtime> Node<R> {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        if !received.is_empty() {
-            // Kept aside while the session loaded, before the log was read.
-            let entry = lock(&self.registry).get(client_id).cloned();
-            if let Some(entry) = entry
-                && let Some(kept) = lock(&entry.inner).loading_mut()
-            {
-                kept.retain(|d| d.id.is_none_or(|id| !received.contains(&id)));
-            }
-        }
         if let Some(handover) = lock(&cluster.handovers).get_mut(client_id) {
             let ids = (stored.queue.iter().map(|d| d.id))
                 .chain(stored.inflight.iter().map(|m| m.delivery.id))
