@@ -72,6 +72,22 @@ impl RouteCache {
     }
 }
 
+/// The op that stores this node's route for `filter`.
+fn add_route(cluster: &super::ClusterState, filter: ByteStr) -> Op {
+    Op::Cluster(ClusterOp::AddRoute {
+        node: cluster.name(),
+        filter,
+    })
+}
+
+/// The op that removes this node's route for `filter`.
+fn remove_route(cluster: &super::ClusterState, filter: ByteStr) -> Op {
+    Op::Cluster(ClusterOp::RemoveRoute {
+        node: cluster.name(),
+        filter,
+    })
+}
+
 /// The routes this node wrote, and the filters no prune may remove yet.
 #[derive(Debug, Default)]
 pub(crate) struct WrittenRoutes {
@@ -133,13 +149,7 @@ impl<R: Runtime> Node<R> {
                     .cloned()
                     .collect();
                 for filter in missing {
-                    cluster.send_later(
-                        Op::Cluster(ClusterOp::AddRoute {
-                            node: cluster.name(),
-                            filter,
-                        }),
-                        true,
-                    );
+                    cluster.send_later(add_route(cluster, filter), true);
                 }
                 tracing::trace!(?routes, "routes read");
                 let cache = RouteCache::rebuild(routes, &cluster.name());
@@ -181,10 +191,7 @@ impl<R: Runtime> Node<R> {
             let mut book = lock(&cluster.written_routes);
             for filter in filters {
                 if book.written.insert(filter.clone()) {
-                    ops.push(Op::Cluster(ClusterOp::AddRoute {
-                        node: cluster.name(),
-                        filter,
-                    }));
+                    ops.push(add_route(cluster, filter));
                 }
             }
         }
@@ -227,12 +234,7 @@ impl<R: Runtime> Node<R> {
         }
         let mut ops: Vec<Op> = added
             .iter()
-            .map(|filter| {
-                Op::Cluster(ClusterOp::AddRoute {
-                    node: cluster.name(),
-                    filter: filter.clone(),
-                })
-            })
+            .map(|filter| add_route(cluster, filter.clone()))
             .collect();
         ops.extend(cluster.routes_changed_ops());
         match self.storage.apply(ops).await {
@@ -274,13 +276,7 @@ impl<R: Runtime> Node<R> {
             stale
         };
         for filter in stale {
-            cluster.send_later(
-                Op::Cluster(ClusterOp::RemoveRoute {
-                    node: cluster.name(),
-                    filter,
-                }),
-                true,
-            );
+            cluster.send_later(remove_route(cluster, filter), true);
         }
     }
 
@@ -302,13 +298,7 @@ impl<R: Runtime> Node<R> {
             return;
         }
         for filter in again {
-            cluster.send_later(
-                Op::Cluster(ClusterOp::AddRoute {
-                    node: cluster.name(),
-                    filter,
-                }),
-                true,
-            );
+            cluster.send_later(add_route(cluster, filter), true);
         }
         for op in cluster.routes_changed_ops() {
             cluster.send_later(op, true);
