@@ -809,7 +809,7 @@ where
     fn handle_closed(&mut self, reason: CloseReason, will: Option<easy_mqtt_core::LastWill>) {
         self.pending_auth = None;
         if let Some(pending) = self.pending_connect.take() {
-            self.node.end_load(&pending.0.client_id);
+            self.node.connect_abandoned(&pending.0.client_id);
         }
         let will = match will {
             Some(will) if self.node.is_durable() && self.attachment.is_some() => {

@@ -145,6 +145,18 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         "QoS 2 twice: a node cut off from storage claimed the client; its adopter queued inbox copies the client had received",
     ),
     (
+        47098,
+        "a CONNECT abandoned after its claim: the owner of record held the session nowhere",
+    ),
+    (
+        53936,
+        "CONNECTs abandoned after their claims while a node was dead: nobody held the sessions",
+    ),
+    (
+        58519,
+        "QoS 2 twice: a copy forwarded to a node whose hand-over watch did not know the session it still held",
+    ),
+    (
         22429,
         "a loaded session's route pruned between its write and the trie insert at CONNACK",
     ),

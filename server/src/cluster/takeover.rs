@@ -137,6 +137,14 @@ impl<R: Runtime> Node<R> {
             if !holders.is_empty() {
                 Metrics::inc(&node.metrics.cluster_takeovers);
                 let config = cluster.config;
+                // What this node still holds for the client (its session
+                // stayed here while another node claimed it and let it
+                // go again): a copy of one of those coming through the bus
+                // is one too many, even once it has been delivered.
+                let mut delivered = super::RecentIds::default();
+                for id in node.held_ids(&client_id) {
+                    delivered.insert(id);
+                }
                 lock(&cluster.handovers).insert(
                     client_id.clone(),
                     super::Handover {
@@ -144,7 +152,7 @@ impl<R: Runtime> Node<R> {
                             + config.takeover_timeout
                             + config.forward_grace
                             + config.route_refresh,
-                        delivered: super::RecentIds::default(),
+                        delivered,
                     },
                 );
                 lock(&cluster.releases).insert(client_id.clone(), (epoch, false));
@@ -167,7 +175,7 @@ impl<R: Runtime> Node<R> {
                 Ok(()) if holders.is_empty() => Ok(()),
                 Ok(()) => {
                     let deadline = node.runtime.now() + cluster.config.takeover_timeout;
-                    match node.wait_release(&client_id, epoch, deadline).await {
+                    match node.wait_release(&client_id, epoch, deadline, false).await {
                         Waited::Released => Ok(()),
                         Waited::Superseded => Err(StorageError::Unavailable(format!(
                             "{client_id} was claimed again meanwhile"
@@ -193,17 +201,22 @@ impl<R: Runtime> Node<R> {
         })
     }
     /// Waits until no other node is responsible for `client_id`, re-reading
-    /// storage when one answered and every `RECHECK`.
+    /// storage when one answered and every `RECHECK` (and at once with
+    /// `check_now`: the others may have let go already).
     async fn wait_release(
         &self,
         client_id: &ByteStr,
         epoch: u64,
         deadline: std::time::Instant,
+        check_now: bool,
     ) -> Waited {
         let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
             return Waited::Released;
         };
-        let mut next_check = self.runtime.now() + RECHECK;
+        let mut next_check = self.runtime.now();
+        if !check_now {
+            next_check += RECHECK;
+        }
         let mut holders: Vec<ByteStr> = Vec::new();
         loop {
             let listener = cluster.release_event.listen();
@@ -272,9 +285,29 @@ impl<R: Runtime> Node<R> {
         reached
     }
 
-    /// After a CONNECT gave up waiting: once the other nodes let go of
-    /// `client_id`, holds its persistent session offline here (its owner of
-    /// record), unless a newer claim or connection came meanwhile.
+    /// A CONNECT that claimed `client_id` here ended without being
+    /// accepted (its connection closed while it loaded, or the load
+    /// failed). The claim stands: this node is the owner of record, and the
+    /// node it took the client from stopped routing for it. So it holds
+    /// the persistent session offline, or what is published for the client
+    /// until its next CONNECT would reach nobody.
+    pub fn connect_abandoned(self: &Arc<Self>, client_id: &ByteStr) {
+        self.end_load(client_id);
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let Some(epoch) = lock(&cluster.epochs).get(client_id).copied() else {
+            return;
+        };
+        self.runtime.spawn(Box::pin(
+            self.clone().hold_when_released(client_id.clone(), epoch),
+        ));
+    }
+
+    /// After a CONNECT gave up waiting (or was abandoned): once the other
+    /// nodes let go of `client_id`, holds its persistent session offline
+    /// here (its owner of record), unless a newer claim or connection came
+    /// meanwhile.
     async fn hold_when_released(self: Arc<Self>, client_id: ByteStr, epoch: u64) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
@@ -286,7 +319,7 @@ impl<R: Runtime> Node<R> {
                 return;
             }
             let deadline = self.runtime.now() + cluster.config.takeover_timeout;
-            match self.wait_release(&client_id, epoch, deadline).await {
+            match self.wait_release(&client_id, epoch, deadline, true).await {
                 Waited::Released => break,
                 Waited::TimedOut(_) => {}
                 Waited::Superseded => {
@@ -334,6 +367,30 @@ impl<R: Runtime> Node<R> {
         if !ops.is_empty() {
             apply_until_stored(&self, ops).await;
         }
+    }
+
+    /// The ids of the messages this node holds in memory for `client_id`,
+    /// queued or in flight.
+    fn held_ids(&self, client_id: &ByteStr) -> Vec<MessageId> {
+        let Some(entry) = lock(&self.registry).get(client_id).cloned() else {
+            return Vec::new();
+        };
+        let inner = lock(&entry.inner);
+        let ids = |state: &easy_mqtt_core::session::SessionState| -> Vec<MessageId> {
+            (state.queue())
+                .chain(state.inflight().map(|m| &m.delivery))
+                .filter_map(|delivery| delivery.id)
+                .collect()
+        };
+        if let Some(offline) = &inner.offline {
+            return ids(offline);
+        }
+        if let Some(cell) = &inner.attached
+            && let Some(session) = lock(&cell.inner).conn.session()
+        {
+            return ids(session);
+        }
+        Vec::new()
     }
 
     /// Records what a taken-over session held when it loaded, so that the

@@ -236,7 +236,7 @@ where
         };
         let (connect, future) = &mut **pending;
         if self.closed {
-            self.node.end_load(&connect.client_id);
+            self.node.connect_abandoned(&connect.client_id);
             self.pending_connect = None;
             return false;
         }
@@ -263,7 +263,7 @@ where
             }
             Err(error) => {
                 self.node.storage_failed("connect", &error);
-                self.node.end_load(&connect.client_id);
+                self.node.connect_abandoned(&connect.client_id);
                 let now = self.node.runtime().now();
                 lock(&self.cell.inner)
                     .conn
