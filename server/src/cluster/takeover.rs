@@ -180,16 +180,12 @@ impl<R: Runtime> Node<R> {
                         Waited::Superseded => Err(StorageError::Unavailable(format!(
                             "{client_id} was claimed again meanwhile"
                         ))),
-                        Waited::TimedOut(holders) => {
-                            // The claim stands: take the session over once
-                            // the others let go, so that it keeps a holder.
-                            node.runtime.spawn(Box::pin(
-                                node.clone().hold_when_released(client_id.clone(), epoch),
-                            ));
-                            Err(StorageError::Unavailable(format!(
-                                "{holders:?} did not release {client_id}"
-                            )))
-                        }
+                        // The claim stands: the CONNECT fails, and its
+                        // driver's `connect_abandoned` takes the session
+                        // over once the others let go.
+                        Waited::TimedOut(holders) => Err(StorageError::Unavailable(format!(
+                            "{holders:?} did not release {client_id}"
+                        ))),
                     }
                 }
             };
@@ -304,10 +300,9 @@ impl<R: Runtime> Node<R> {
         ));
     }
 
-    /// After a CONNECT gave up waiting (or was abandoned): once the other
-    /// nodes let go of `client_id`, holds its persistent session offline
-    /// here (its owner of record), unless a newer claim or connection came
-    /// meanwhile.
+    /// For an abandoned CONNECT: once the other nodes let go of
+    /// `client_id`, holds its persistent session offline here (its owner
+    /// of record), unless a newer claim or connection came meanwhile.
     async fn hold_when_released(self: Arc<Self>, client_id: ByteStr, epoch: u64) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
