@@ -37,6 +37,10 @@
 //!   made under; a merged batch holds one incarnation only, and is checked
 //!   against the node's (and its lease) when it is formed: a stale one is
 //!   failed, never written.
+//! - **Deadlines.** A submission may carry the instant after which it must
+//!   not be written (a publish routed with the cluster's routes of that
+//!   time: see `StorageBatch::write_by` in `driver/durable.rs`); one taken
+//!   into a batch after it is failed, never written.
 //! - **Bounded.** The queue holds at most [`WriterLimits::max_queued_ops`]
 //!   ops; a submission that does not fit waits (its connection's FIFO with
 //!   it, which stops the connection's reading once its backlog is full).
@@ -45,14 +49,16 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use easy_mqtt_core::storage::{BoxFuture, Op, Storage, StorageError};
 
 use crate::sessions::lock;
 
 /// Whether a submission's incarnation may be written now (see the module
-/// documentation, "Fencing").
-pub type Fence = Arc<dyn Fn(Option<u64>) -> Result<(), StorageError> + Send + Sync>;
+/// documentation, "Fencing"); when it may, the node's clock now (against
+/// which the submissions' deadlines are checked).
+pub type Fence = Arc<dyn Fn(Option<u64>) -> Result<Instant, StorageError> + Send + Sync>;
 
 /// The writer's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +122,7 @@ struct State {
 struct Submission {
     ops: Vec<Op>,
     incarnation: Option<u64>,
+    write_by: Option<Instant>,
     done: Arc<Done>,
 }
 
@@ -181,14 +188,15 @@ impl JournalWriter {
         }
     }
 
-    /// Writes `ops` (made under `incarnation`) in the next merged batch:
-    /// ready once that batch is stored, or with its error. The first call
-    /// starts the writer's task with `start`, `fence` deciding whether an
-    /// incarnation may be written.
+    /// Writes `ops` (made under `incarnation`) in the next merged batch
+    /// formed by `write_by` (if given): ready once that batch is stored, or
+    /// with its error. The first call starts the writer's task with
+    /// `start`, `fence` deciding whether an incarnation may be written.
     pub fn write(
         &self,
         ops: Vec<Op>,
         incarnation: Option<u64>,
+        write_by: Option<Instant>,
         start: impl FnOnce(BoxFuture<'static, ()>),
         fence: impl FnOnce() -> Fence,
     ) -> BoxFuture<'static, Result<(), StorageError>> {
@@ -206,6 +214,7 @@ impl JournalWriter {
             let mut submission = Some(Submission {
                 ops,
                 incarnation,
+                write_by,
                 done: done.clone(),
             });
             while let Some(waiting) = submission.take() {
@@ -265,6 +274,10 @@ impl Drop for JournalWriter {
 
 fn stopped() -> StorageError {
     StorageError::Unavailable("journal writer stopped".into())
+}
+
+fn too_late() -> StorageError {
+    StorageError::Unavailable("not written in time: routed with routes since outdated".into())
 }
 
 /// A batch being written and the submissions it holds (their ops kept only
@@ -335,13 +348,28 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
                 progress = true;
                 shared.room.notify(usize::MAX);
             }
-            for batch in batches {
+            for mut batch in batches {
                 let incarnation = batch.first().and_then(|s| s.incarnation);
-                if let Err(error) = fence(incarnation) {
-                    for submission in batch {
-                        submission.done.complete(Err(error.clone()));
+                let now = match fence(incarnation) {
+                    Ok(now) => now,
+                    Err(error) => {
+                        for submission in batch {
+                            submission.done.complete(Err(error.clone()));
+                        }
+                        continue;
                     }
-                    continue;
+                };
+                if batch.iter().any(|s| s.write_by.is_some_and(|by| now > by)) {
+                    batch.retain(|s| match s.write_by {
+                        Some(by) if now > by => {
+                            s.done.complete(Err(too_late()));
+                            false
+                        }
+                        _ => true,
+                    });
+                    if batch.is_empty() {
+                        continue;
+                    }
                 }
                 running.push(merge(&storage, batch, &shared));
             }

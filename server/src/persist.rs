@@ -26,7 +26,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::PacketId;
@@ -245,23 +245,25 @@ impl<R: Runtime> Node<R> {
         MessageId::new(self.node_tag, sequence)
     }
 
-    /// Writes a connection's batch (made under `incarnation`) through
-    /// the node-wide journal writer, merged with other connections' (see
-    /// `journal.rs`).
+    /// Writes a connection's batch (made under `incarnation`, to be
+    /// written by `write_by` if given) through the node-wide journal
+    /// writer, merged with other connections' (see `journal.rs`).
     pub(crate) fn journal_write(
         self: &Arc<Self>,
         ops: Vec<Op>,
         incarnation: Option<u64>,
+        write_by: Option<Instant>,
     ) -> easy_mqtt_core::storage::BoxFuture<'static, Result<(), StorageError>> {
         let runtime = self.runtime.clone();
         let node = Arc::downgrade(self);
         self.journal.write(
             ops,
             incarnation,
+            write_by,
             |task| runtime.spawn(task),
             move || {
                 Arc::new(move |incarnation| match node.upgrade() {
-                    Some(node) => node.may_write_as(incarnation),
+                    Some(node) => node.may_write_as(incarnation).map(|()| node.runtime.now()),
                     None => Err(StorageError::Unavailable("node stopped".into())),
                 })
             },

@@ -88,7 +88,7 @@ fn unsubscribe(client: &str, filter: &str) -> Op {
 }
 
 fn always() -> Fence {
-    Arc::new(|_| Ok(()))
+    Arc::new(|_| Ok(std::time::Instant::now()))
 }
 
 type Write = BoxFuture<'static, Result<(), StorageError>>;
@@ -109,10 +109,21 @@ impl Harness {
     }
 
     fn write(&self, ops: Vec<Op>, incarnation: Option<u64>, fence: Fence) -> Write {
+        self.write_by(ops, incarnation, None, fence)
+    }
+
+    fn write_by(
+        &self,
+        ops: Vec<Op>,
+        incarnation: Option<u64>,
+        write_by: Option<std::time::Instant>,
+        fence: Fence,
+    ) -> Write {
         let task = self.task.clone();
         self.writer.write(
             ops,
             incarnation,
+            write_by,
             move |t| *task.lock().unwrap() = Some(t),
             move || fence,
         )
@@ -256,7 +267,7 @@ fn stale_incarnation_is_never_written() {
     let storage = Arc::new(Recorded::default());
     let harness = Harness::new(storage.clone(), WriterLimits::default());
     let fence: Fence = Arc::new(|incarnation| match incarnation {
-        Some(2) => Ok(()),
+        Some(2) => Ok(std::time::Instant::now()),
         _ => Err(StorageError::Unavailable("stale incarnation".into())),
     });
     let mut writes: Vec<Write> = Vec::new();
@@ -289,6 +300,52 @@ fn stale_incarnation_is_never_written() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["c1", "c2", "c4", "c5"]);
+}
+
+/// A submission taken into a batch after its deadline (a publish routed
+/// with routes that may be outdated by then) is failed and never written;
+/// the others of the same merged batch are.
+#[test]
+fn a_submission_past_its_deadline_is_never_written() {
+    let storage = Arc::new(Recorded::default());
+    let harness = Harness::new(storage.clone(), WriterLimits::default());
+    let start = std::time::Instant::now();
+    let clock = Arc::new(Mutex::new(start));
+    let fence: Fence = {
+        let clock = clock.clone();
+        Arc::new(move |_| Ok(*clock.lock().unwrap()))
+    };
+    let deadline = start + Duration::from_secs(4);
+    let mut writes: Vec<Write> = (0..6)
+        .map(|i| {
+            let write_by = (i % 2 == 0).then_some(deadline);
+            harness.write_by(vec![put(&format!("c{i}"))], None, write_by, fence.clone())
+        })
+        .collect();
+    harness.submit(&mut writes);
+    // The writer's task forms its batches after the deadline.
+    *clock.lock().unwrap() = deadline + Duration::from_millis(1);
+    let results = harness.finish(writes);
+    for (i, result) in results.iter().enumerate() {
+        if i % 2 == 0 {
+            assert!(
+                matches!(result, Err(StorageError::Unavailable(_))),
+                "c{i}: {result:?}"
+            );
+        } else {
+            assert_eq!(result, &Ok(()), "c{i}");
+        }
+    }
+    let written: Vec<Op> = storage.batches().concat();
+    assert_eq!(written, vec![put("c1"), put("c3"), put("c5")]);
+
+    // Before its deadline, it is written.
+    *clock.lock().unwrap() = start;
+    let harness = Harness::new(storage.clone(), WriterLimits::default());
+    let mut writes = vec![harness.write_by(vec![put("c6")], None, Some(deadline), fence)];
+    harness.submit(&mut writes);
+    assert_eq!(harness.finish(writes), vec![Ok(())]);
+    assert!(storage.batches().concat().contains(&put("c6")));
 }
 
 fn kvrocks(server: &redis_common::Server, prefix: &str) -> Arc<dyn Storage> {

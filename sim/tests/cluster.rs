@@ -164,6 +164,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         28582,
         "a loaded session's route pruned between its write and the trie insert (after a crash of storage)",
     ),
+    (
+        62716,
+        "a publish batch of a node cut off from storage written 6 s late, to a node that had let the subscriber go",
+    ),
+    (
+        75253,
+        "a publish batch of a node cut off from storage written late, after the subscriber moved on",
+    ),
 ];
 
 #[test]

@@ -97,6 +97,15 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// How long after it was routed a publish may still be written: other
+    /// nodes forward what their routes matched for a client they gave up
+    /// for `forward_grace`, and the routes it was matched with may have
+    /// been `route_refresh` old already. Written later, it could reach a
+    /// node that let the subscriber go and forgot where to.
+    pub fn route_write_window(&self) -> Duration {
+        self.forward_grace.saturating_sub(self.route_refresh)
+    }
+
     /// The timings of `mqtt.cluster` (validated: the node timeout is more
     /// than two heartbeats).
     pub fn from_config(section: &crate::config::ClusterSection) -> ClusterConfig {

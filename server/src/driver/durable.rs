@@ -87,6 +87,17 @@ pub(super) struct StorageBatch {
     /// dead meanwhile (fenced) lost what it held to its adopter, so the
     /// batch is stale and never written.
     pub(super) incarnation: Option<u64>,
+    /// For a batch routing a publish on a cluster node: the last instant
+    /// at which it may be written (`ClusterConfig::route_write_window`
+    /// after its first route). Its inbox entries for other nodes were
+    /// addressed with the routes of that time; written later (a node that
+    /// cannot hear storage retries for a long time, and its later batches
+    /// wait behind), an entry could reach a node that has since let the
+    /// subscriber go and no longer forwards for it: lost, though PUBACKed
+    /// by whoever the publisher sends it to again. Failed instead, never
+    /// acknowledged: the publisher sends it again (to a node with fresh
+    /// routes, or finding it received if an earlier attempt was stored).
+    pub(super) write_by: Option<Instant>,
 }
 
 impl<S, R> Driver<S, R>
@@ -188,6 +199,11 @@ where
         }
         let routes = usize::from(matches!(after, After::Route { .. }));
         let incarnation = self.node.incarnation();
+        let write_by = self
+            .node
+            .cluster()
+            .filter(|_| routes > 0)
+            .map(|cluster| self.node.runtime().now() + cluster.config.route_write_window());
         if let Some(back) = self.storage.back_mut()
             && back.running.is_none()
             && back.failing_since.is_none()
@@ -197,6 +213,8 @@ where
             back.after.push(after);
             back.gates |= gates;
             back.routes += routes;
+            // The earliest: the batch's first route.
+            back.write_by = back.write_by.or(write_by);
             return;
         }
         self.storage.push_back(StorageBatch {
@@ -209,6 +227,7 @@ where
             retry_at: None,
             attempts: 0,
             incarnation,
+            write_by,
         });
     }
 
@@ -223,6 +242,17 @@ where
             };
             if front.running.is_none() {
                 if front.incarnation != self.node.incarnation() {
+                    if let Some(batch) = self.storage.pop_front() {
+                        self.fail_batch(batch, now);
+                    }
+                    progress = true;
+                    continue;
+                }
+                if front.write_by.is_some_and(|by| now > by) {
+                    tracing::warn!(
+                        routes = front.routes,
+                        "a publish was not stored in time (the cluster's routes may have moved on)"
+                    );
                     if let Some(batch) = self.storage.pop_front() {
                         self.fail_batch(batch, now);
                     }
@@ -262,7 +292,8 @@ where
                 } else {
                     // Merged with other connections' batches (checked
                     // again there: see `journal.rs`).
-                    self.node.journal_write(ops, front.incarnation)
+                    self.node
+                        .journal_write(ops, front.incarnation, front.write_by)
                 });
             }
             let Some(running) = &mut front.running else {
