@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Instant;
 
 use easy_mqtt_core::packet::{Connect, LastWill, Publish, Subscribe, SubscribeReturnCode};
 use easy_mqtt_core::session::{
@@ -331,6 +332,20 @@ impl<R: Runtime> Node<R> {
                 self.unregister(&client_id, &entry);
                 continue;
             }
+            if inner.reload {
+                if connect.clean_session {
+                    inner.reload = false;
+                } else {
+                    let old = self.refuse_to_reload(&mut inner, cell, now);
+                    drop(inner);
+                    if let Some(old) = old {
+                        let mut old = lock(&old.inner);
+                        old.conn.close(CloseReason::StorageUnavailable, now);
+                        old.wake();
+                    }
+                    return None;
+                }
+            }
             let previous = match inner.attached.take() {
                 Some(old) => {
                     // [MQTT-3.1.4-2]: the new connection wins.
@@ -610,6 +625,29 @@ impl<R: Runtime> Node<R> {
         }
     }
 
+    /// A persistent CONNECT to a session whose state is to be loaded again
+    /// (see `SessionInner::reload`), found set: by a routing batch that
+    /// failed while this CONNECT loaded (what it loaded may lack that
+    /// message), or before, while the state in memory was still taken as
+    /// the newest (this CONNECT did not load). Refused with CONNACK 3, the
+    /// old connection (returned) to be closed: the client's next CONNECT
+    /// loads from storage.
+    fn refuse_to_reload(
+        &self,
+        inner: &mut SessionInner,
+        cell: &Arc<ConnCell>,
+        now: Instant,
+    ) -> Option<Arc<ConnCell>> {
+        let old = inner.attached.take();
+        inner.take_loading();
+        inner.offline = None;
+        inner.set_stored_queue(None);
+        lock(&cell.inner)
+            .conn
+            .refuse(ConnectReturnCode::ServerUnavailable, now);
+        old
+    }
+
     /// Detaches a connection that ended from its session: a persistent
     /// session is kept for the client's return, a clean one is discarded
     /// ([MQTT-3.1.2-4], [MQTT-3.1.2-6]).
@@ -625,7 +663,12 @@ impl<R: Runtime> Node<R> {
             cluster.send_later(self.clear_presence_op(&attachment.entry.client_id), true);
         }
         if !inner.clean {
-            inner.offline = state.map(Box::new);
+            if inner.reload {
+                // Storage is the truth (see `SessionInner::reload`).
+                inner.set_stored_queue(None);
+            } else {
+                inner.offline = state.map(Box::new);
+            }
             return;
         }
         self.retire_entry(&attachment.entry.client_id, &attachment.entry, inner);

@@ -32,8 +32,8 @@ use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::PacketId;
 use easy_mqtt_core::QoS;
 use easy_mqtt_core::session::{
-    Delivery, InflightMessage, Message, OutboundPhase, QueueOverflow, SessionChange, SessionLimits,
-    SessionState,
+    CloseReason, Delivery, InflightMessage, Message, OutboundPhase, QueueOverflow, SessionChange,
+    SessionLimits, SessionState,
 };
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError, StoredSession};
 
@@ -382,9 +382,14 @@ impl<R: Runtime> Node<R> {
                 ConnectPlan::Direct
             };
         }
-        if inner.stored && (inner.attached.is_some() || inner.offline.is_some()) {
+        if inner.stored && !inner.reload && (inner.attached.is_some() || inner.offline.is_some()) {
             // The live state in memory is the newest.
             return ConnectPlan::Direct;
+        }
+        if inner.attached.is_none() {
+            // Storage is the truth from now on: what this load reads is
+            // accepted, unless the flag is set again meanwhile.
+            inner.reload = false;
         }
         inner.start_loading();
         ConnectPlan::Load
@@ -621,6 +626,53 @@ impl<R: Runtime> Node<R> {
         }
         queue.insert(id);
         Admit::Enqueue(dropped)
+    }
+
+    /// A routing batch failed after an attempt that may have been stored
+    /// (it got no answer): storage may hold the message for its persistent
+    /// targets or not, and their state in memory cannot follow either way.
+    /// Delivered in memory, a copy storage never got is sent again under
+    /// a new id when the publisher retries (a QoS 2 duplicate); not
+    /// delivered, a copy storage holds reaches the client only when it
+    /// loads the session again. So each such session is closed and loads
+    /// again from storage (see `SessionInner::reload`). A clean session's
+    /// QoS 1 copy is delivered (a duplicate at worst, which QoS 1 allows);
+    /// its QoS 2 one ends the connection, and the clean session with it.
+    pub(crate) fn route_outcome_unknown(&self, prepared: PreparedRoute, now: Instant) {
+        let PreparedRoute {
+            message, targets, ..
+        } = prepared;
+        for (key, granted, stored) in targets {
+            let qos = message.qos.min(granted);
+            if qos == QoS::AtMostOnce {
+                continue;
+            }
+            if !stored && qos == QoS::AtLeastOnce {
+                if key
+                    .0
+                    .offer(Delivery::routed(message.clone(), granted), &self.metrics)
+                {
+                    Metrics::inc(&self.metrics.deliveries);
+                }
+                continue;
+            }
+            let attached = {
+                let mut inner = lock(&key.0.inner);
+                if stored {
+                    inner.reload = true;
+                    if inner.attached.is_none() {
+                        inner.offline = None;
+                        inner.set_stored_queue(None);
+                    }
+                }
+                inner.attached.clone()
+            };
+            if let Some(cell) = attached {
+                let mut connection = lock(&cell.inner);
+                connection.conn.close(CloseReason::StorageUnavailable, now);
+                connection.wake();
+            }
+        }
     }
 
     /// The second half of routing, once the batch is stored: the retained

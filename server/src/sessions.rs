@@ -174,6 +174,12 @@ pub struct SessionInner {
     /// A durable node holds this persistent session in storage: messages
     /// routed to it are written there before it sees them.
     pub stored: bool,
+    /// Storage may hold a message this session's state in memory lacks: a
+    /// routing batch for it failed after an attempt that may have been
+    /// stored (see `Node::route_outcome_unknown`). Its state in memory is
+    /// dropped once no connection holds it, and the next CONNECT loads
+    /// the session from storage.
+    pub reload: bool,
 }
 
 #[derive(Debug, Default)]

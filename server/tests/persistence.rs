@@ -380,6 +380,74 @@ fn storage_down_then_back_recovers_without_restart() {
     assert_eq!(receive(&mut sub, 1)[0].2, "back");
 }
 
+/// A persistent CONNECT, retried while the node cannot reach storage yet
+/// (CONNACK 3).
+fn persistent_when_back(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (client, (present, code)) =
+            RawClient::connect_with(addr, &Connect::new(client_id).clean(false));
+        match code {
+            0 => return (client, present),
+            3 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => panic!("CONNACK {code} for {client_id}"),
+        }
+    }
+}
+
+/// A QoS 2 publish whose storage write got no answer (storage hung) is
+/// failed unacknowledged; whether storage applied it is unknown, so the
+/// state in memory of its connected subscriber is not trusted after that:
+/// the subscriber is closed and loads its session again. Storage that
+/// applied the write gives it the message then, and the publisher's retry
+/// finds the QoS 2 packet id received; storage that did not (here: the
+/// backend's read phase timed out, its writes were never sent) gets it
+/// from the retry. Either way the message arrives once.
+#[test]
+fn a_publish_failed_while_storage_hung_reaches_its_subscriber_once() {
+    let redis = Server::standalone();
+    let broker = TestBroker::with(|config| {
+        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
+        // The retry budget of a failing batch (10 s by default).
+        config.mqtt.server.connect_timeout = 2;
+        // No lease to lose (which would close every connection).
+        config.mqtt.cluster.enabled = false;
+    });
+    subscribe_persistent(broker.addr(), "h-sub", &[("h/#", 2)]);
+    let (mut sub, present) = persistent(broker.addr(), "h-sub");
+    assert!(present);
+    let (mut publisher, _) = persistent(broker.addr(), "h-pub");
+    publish_acked(&mut publisher, "h/1", 2, 1, "before");
+    assert_eq!(receive(&mut sub, 1)[0].2, "before");
+    drain_silent(&mut sub);
+
+    redis.freeze(true);
+    publisher.send(&wire::publish("h/1", 2, 2, false, b"during"));
+    let packets = publisher.expect_closed_within(Duration::from_secs(40));
+    assert!(
+        packets.iter().all(|p: &RawPacket| p.first != 0x50),
+        "no PUBREC without storage: {packets:?}"
+    );
+    // Its state in memory may lack what storage holds: closed.
+    let packets = sub.expect_closed_within(Duration::from_secs(10));
+    assert!(
+        packets.iter().all(|p: &RawPacket| p.kind() != 3),
+        "nothing delivered from a batch that failed: {packets:?}"
+    );
+    redis.freeze(false);
+
+    let (mut sub, present) = persistent_when_back(broker.addr(), "h-sub");
+    assert!(present);
+    let (mut publisher, present) = persistent_when_back(broker.addr(), "h-pub");
+    assert!(present);
+    // The publisher sends it again (then one more).
+    publish_acked(&mut publisher, "h/1", 2, 2, "during");
+    publish_acked(&mut publisher, "h/1", 2, 3, "after");
+    let got: Vec<String> = receive(&mut sub, 2).into_iter().map(|m| m.2).collect();
+    assert_eq!(got, vec!["during", "after"], "each once, in order");
+    drain_silent(&mut sub);
+}
+
 // ---------------------------------------------------------------------------
 // The HTTP API on a durable node
 // ---------------------------------------------------------------------------

@@ -172,6 +172,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         75253,
         "a publish batch of a node cut off from storage written late, after the subscriber moved on",
     ),
+    (
+        915,
+        "a publish batch failed after an attempt storage applied: the connected local subscriber never got it",
+    ),
+    (
+        50545,
+        "a publish batch failed after an attempt storage applied: local subscribers out of step with storage",
+    ),
 ];
 
 #[test]

@@ -36,20 +36,25 @@ where
     pub(super) fn accept(&mut self, connect: Connect, loaded: Option<Option<StoredSession>>) {
         let policy = self.node.policy().cloned();
         let copy = policy.as_ref().map(|_| connect.clone());
-        if let Some(attachment) = self
+        let client_id = connect.client_id.clone();
+        let Some(attachment) = self
             .node
             .connect_loaded(&self.cell, connect, &self.info, loaded)
-        {
-            // The connection's span is the current one (see `Serve::poll`).
-            tracing::Span::current().record(
-                "client_id",
-                tracing::field::display(&attachment.entry.client_id),
-            );
-            if let (Some(policy), Some(connect)) = (policy, copy) {
-                policy.on_connected(&self.ctx(&attachment), &connect, &self.info);
-            }
-            self.attachment = Some(attachment);
+        else {
+            // Refused after its claim: the session is held here all the
+            // same, as for any CONNECT that ends before it is accepted.
+            self.node.connect_abandoned(&client_id);
+            return;
+        };
+        // The connection's span is the current one (see `Serve::poll`).
+        tracing::Span::current().record(
+            "client_id",
+            tracing::field::display(&attachment.entry.client_id),
+        );
+        if let (Some(policy), Some(connect)) = (policy, copy) {
+            policy.on_connected(&self.ctx(&attachment), &connect, &self.info);
         }
+        self.attachment = Some(attachment);
     }
 
     pub(super) fn ctx<'a>(&self, attachment: &'a Attachment) -> ClientCtx<'a> {

@@ -420,23 +420,36 @@ where
             ops = batch.ops.len(),
             "storage unavailable; closing the connection without acknowledging"
         );
+        // An attempt that got no answer may have been stored.
+        let maybe_stored = batch.attempts > 0;
+        let mut unknown = Vec::new();
         let mut inner = lock(&self.cell.inner);
         for after in batch.after {
             match after {
                 After::Route {
-                    packet_id: Some(id),
-                    ..
+                    packet_id,
+                    prepared,
                 } => {
-                    Metrics::inc(&self.node.metrics.storage_publishes_failed);
-                    inner
-                        .conn
-                        .fail_publish(id, CloseReason::StorageUnavailable, now);
+                    if let Some(id) = packet_id {
+                        Metrics::inc(&self.node.metrics.storage_publishes_failed);
+                        inner
+                            .conn
+                            .fail_publish(id, CloseReason::StorageUnavailable, now);
+                    }
+                    if maybe_stored {
+                        unknown.push(prepared);
+                    }
                 }
-                After::Route { .. } | After::Journal => {}
+                After::Journal => {}
                 After::Subscribe { .. } | After::Unsubscribe(_) | After::Retained(_) => {
                     inner.conn.close(CloseReason::StorageUnavailable, now);
                 }
             }
+        }
+        // Without this connection's lock: a target may be this connection.
+        drop(inner);
+        for prepared in unknown {
+            self.node.route_outcome_unknown(prepared, now);
         }
     }
 }
