@@ -180,6 +180,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         50545,
         "a publish batch failed after an attempt storage applied: local subscribers out of step with storage",
     ),
+    (
+        11469,
+        "QoS 2 twice: a publish batch failed after an attempt storage applied; the publisher's session forgot the packet id",
+    ),
 ];
 
 #[test]

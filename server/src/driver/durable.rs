@@ -423,6 +423,7 @@ where
         // An attempt that got no answer may have been stored.
         let maybe_stored = batch.attempts > 0;
         let mut unknown = Vec::new();
+        let mut reload_own = false;
         let mut inner = lock(&self.cell.inner);
         for after in batch.after {
             match after {
@@ -432,6 +433,11 @@ where
                 } => {
                     if let Some(id) = packet_id {
                         Metrics::inc(&self.node.metrics.storage_publishes_failed);
+                        // The state machine forgets the QoS 2 packet id
+                        // (its retransmission is to be routed), which
+                        // storage may hold all the same: this session is
+                        // loaded again from storage, which knows.
+                        reload_own |= maybe_stored && prepared.message.qos == QoS::ExactlyOnce;
                         inner
                             .conn
                             .fail_publish(id, CloseReason::StorageUnavailable, now);
@@ -448,6 +454,12 @@ where
         }
         // Without this connection's lock: a target may be this connection.
         drop(inner);
+        if reload_own && let Some(attachment) = &self.attachment {
+            let mut session = lock(&attachment.entry.inner);
+            if session.stored && !session.clean {
+                session.reload = true;
+            }
+        }
         for prepared in unknown {
             self.node.route_outcome_unknown(prepared, now);
         }
