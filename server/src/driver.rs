@@ -8,8 +8,6 @@
 //! awaiting-decision state (input paused) meanwhile, other connections are
 //! not held up, and a connection that closes before the answer drops it.
 
-use std::any::{Any, TypeId};
-use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -34,61 +32,28 @@ use crate::persist::{ConnectPlan, PreparedRoute};
 use crate::runtime::Runtime;
 use crate::sessions::{ConnCell, SessionKey, lock};
 
+mod buffers;
 mod connect;
+mod deadline;
 mod durable;
 mod hibernation;
 
+use buffers::lend_buffer;
 use connect::{PendingAuth, PendingConnect};
+use deadline::arm_deadline;
 use durable::{After, MAX_STORAGE_BACKLOG, StorageQueue};
+use hibernation::{Quiet, hibernate};
 
 /// Bytes read per read call; the buffer grows only when a packet needs more.
 const READ_CHUNK: usize = 4096;
 /// Encoded bytes gathered before a write, so many small packets leave in one syscall.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Buffers larger than this are released when they empty, so an idle
-/// connection does not keep the memory of its busiest moment.
-const KEEP_BUFFER: usize = 16 * 1024;
 /// Rounds of work before the driver yields to other tasks.
 const BUDGET: usize = 64;
 /// How long a closed connection waits for its peer to accept any of the
 /// bytes still to be sent before giving them up, so that a peer that stopped
 /// reading cannot hold the connection (and its slot) open forever.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-/// Empty buffers kept per worker thread for the connections that need one
-/// now: an idle connection holds no buffer (see [`Driver::release_idle_buffers`]).
-const SPARE_BUFFERS: usize = 16;
-
-thread_local! {
-    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty buffer from this thread's spares, or a new (unallocated) one.
-fn lend_buffer() -> BytesMut {
-    SPARE
-        .with(|spare| {
-            spare
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut spare| spare.pop())
-        })
-        .unwrap_or_default()
-}
-
-/// Gives an empty buffer back to this thread's spares (a large one is freed).
-fn return_buffer(mut buffer: BytesMut) {
-    if buffer.capacity() == 0 || buffer.capacity() > KEEP_BUFFER {
-        return;
-    }
-    buffer.clear();
-    SPARE.with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut()
-            && spare.len() < SPARE_BUFFERS
-        {
-            spare.push(buffer);
-        }
-    });
-}
-
 /// While a CONNECT awaits its authentication, the driver still reads (to
 /// notice a peer that goes away) but keeps no more than this unprocessed.
 const AUTH_READ_LIMIT: usize = 64 * 1024;
@@ -306,30 +271,6 @@ enum Outcome {
     Idle,
 }
 
-/// Hibernates a running task's idle connection if its stream can (a plain
-/// TCP connection: the others keep state of their own in user space): true
-/// when it did, the task is then `Done`; false leaves the task as it was.
-/// The stream is told at run time rather than through a bound on every
-/// stream type, so that the TLS, WebSocket and simulated streams need
-/// nothing: the check is a comparison of type ids.
-fn hibernate<S, R>(serve: &mut Serve<S, R>) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-    R: Runtime,
-{
-    let mut slot = Some(std::mem::replace(serve, Serve::Done));
-    let hibernated = match (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<Serve<easy_mqtt_transport::TcpConnection, R>>>()
-    {
-        Some(tcp) => hibernation::hibernate(tcp),
-        None => false,
-    };
-    if let Some(back) = slot {
-        *serve = back;
-    }
-    hibernated
-}
-
 struct Driver<S, R: Runtime> {
     node: Arc<Node<R>>,
     cell: Arc<ConnCell>,
@@ -389,43 +330,6 @@ struct Work {
     /// has room (see `ClusterState::send_later`). Here rather than in the
     /// driver: only a publisher ever waits, and it has a `Work`.
     outbox_wait: Option<event_listener::EventListener>,
-}
-
-/// What a driver saw during its current quiet period (see
-/// `Driver::tend_quiet`). One byte: it shares the driver's padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quiet {
-    /// No byte in or out yet.
-    Watching,
-    /// Bytes came in or went out.
-    Active,
-    /// The last whole period went by without a byte: hibernate once
-    /// nothing else is left to do.
-    Drowsy,
-}
-
-/// Sets a driver's deadline, noting whether it moved. A function of the
-/// fields, so that it can run while the connection's lock is held.
-fn move_deadline(slot: &mut Option<Instant>, moved: &mut bool, deadline: Option<Instant>) {
-    if *slot != deadline {
-        *slot = deadline;
-        *moved = true;
-    }
-}
-
-/// Arms a driver's deadline for the state machine's `wanted` one, unless an
-/// earlier one is armed already. The keep-alive deadline moves with every
-/// packet received, and re-arming an `async-io` timer wakes its reactor (an
-/// eventfd write and a waker clone): so the timer only ever moves earlier.
-/// One armed too early fires, `handle_timeout` finds nothing due, and the
-/// timer is armed again for the deadline of then (see `step`): at most one
-/// spurious wake per keep-alive period instead of a re-arm per packet.
-fn arm_deadline(slot: &mut Option<Instant>, moved: &mut bool, wanted: Option<Instant>) {
-    match (*slot, wanted) {
-        (Some(armed), Some(wanted)) if armed <= wanted => {}
-        (Some(_), None) => {}
-        (_, wanted) => move_deadline(slot, moved, wanted),
-    }
 }
 
 /// The driver's [`Work`], made when first needed. A function of the field
@@ -884,131 +788,6 @@ where
             self.flush_pending = Pin::new(&mut self.stream).poll_flush(cx).is_pending();
         }
     }
-
-    /// Arms the timer for the state machine's deadline; true if it fired.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.deadline else {
-            return false;
-        };
-        let runtime = self.node.runtime();
-        let moved = std::mem::take(&mut self.deadline_moved);
-        let timer = match &mut self.timer {
-            // Re-arming costs the reactor a wake-up (an eventfd write with
-            // async-io), so only when the deadline really moved.
-            Some(timer) => {
-                if moved {
-                    runtime.reset(timer, deadline);
-                }
-                timer
-            }
-            None => self.timer.insert(runtime.timer(deadline)),
-        };
-        let fired = runtime.poll_timer(timer, cx).is_ready();
-        if fired {
-            // A one-shot timer that fired may never fire again; the next
-            // deadline gets a fresh one.
-            self.timer = None;
-        }
-        fired
-    }
-
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        move_deadline(&mut self.deadline, &mut self.deadline_moved, deadline);
-    }
-
-    /// `hibernate-after`, for a stream that can hibernate (see [`hibernate`]).
-    fn hibernate_after(&self) -> Option<std::time::Duration> {
-        if TypeId::of::<S>() == TypeId::of::<easy_mqtt_transport::TcpConnection>() {
-            self.node.config().hibernate_after
-        } else {
-            None
-        }
-    }
-
-    /// Keeps the open phase's quiet deadline: `hibernate-after` from when
-    /// the driver first runs, then moved on by a period each time it
-    /// passes; a period without a byte in or out makes the driver drowsy.
-    /// So a connection hibernates one to two periods after its last byte,
-    /// and a busy one pays a timer wake per period, not a re-arm per packet.
-    fn tend_quiet(&mut self, now: Instant) {
-        let Some(after) = self.hibernate_after() else {
-            return;
-        };
-        match self.quiet_until {
-            Some(quiet) if quiet > now => {}
-            Some(_) => {
-                self.quiet = match self.quiet {
-                    Quiet::Active => Quiet::Watching,
-                    Quiet::Watching | Quiet::Drowsy => Quiet::Drowsy,
-                };
-                self.quiet_until = Some(now + after);
-            }
-            None => {
-                self.quiet = Quiet::Watching;
-                self.quiet_until = Some(now + after);
-            }
-        }
-        arm_deadline(
-            &mut self.deadline,
-            &mut self.deadline_moved,
-            self.quiet_until,
-        );
-    }
-
-    fn mark_active(&mut self) {
-        self.quiet = Quiet::Active;
-    }
-
-    /// Nothing in progress but waiting for the peer: what the driver holds
-    /// can be let go and rebuilt (the state machine's own check is made
-    /// under its lock, see `hibernation::hibernate`).
-    fn can_hibernate(&self) -> bool {
-        !self.closed
-            && !self.read_closed
-            && !self.flush_pending
-            && self.wants_input
-            && self.attachment.is_some()
-            && self.pending_auth.is_none()
-            && self.pending_connect.is_none()
-            && self.storage.is_empty()
-            && !self.detach_pending
-            && self.rbuf.is_empty()
-            && self.wbuf.is_empty()
-            && self.work.is_none()
-    }
-
-    /// Waiting for the socket, a connection keeps no empty buffer: they go
-    /// back to the thread's spares (a large one is freed), so an idle
-    /// connection costs no buffer memory.
-    fn release_idle_buffers(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            return_buffer(std::mem::take(&mut self.rbuf));
-        }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            return_buffer(std::mem::take(&mut self.wbuf));
-        }
-        let busy = std::mem::take(&mut self.busy);
-        if let Some(work) = &mut self.work {
-            if !busy && work.events.is_empty() && work.acks.is_empty() && work.outbox_wait.is_none()
-            {
-                self.work = None;
-            } else if work.scratch.capacity() * std::mem::size_of::<(SessionKey, QoS)>()
-                > KEEP_BUFFER
-            {
-                work.scratch = Vec::new();
-            }
-        }
-        if self.storage.is_empty() {
-            self.storage.release_if_empty();
-            self.retry_timer = None;
-        }
-        // The state machine's queues (the CONNACK's, the CONNECT event's)
-        // and the driver's work, unless messages are flowing: a publisher
-        // or a subscriber would allocate them again for every burst.
-        if !busy {
-            lock(&self.cell.inner).conn.release_idle();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1050,30 +829,5 @@ mod size_tests {
     fn a_session_entry_stays_small() {
         let entry = std::mem::size_of::<crate::sessions::SessionEntry>();
         assert!(entry <= 176, "a session entry is {entry} bytes");
-    }
-}
-
-#[cfg(test)]
-mod deadline_tests {
-    use super::arm_deadline;
-    use std::time::{Duration, Instant};
-
-    /// The armed deadline moves earlier, never later: a later one waits
-    /// for the early timer to fire (see `step`).
-    #[test]
-    fn the_armed_deadline_only_moves_earlier() {
-        let now = Instant::now();
-        let (early, late) = (now + Duration::from_secs(1), now + Duration::from_secs(2));
-        let (mut armed, mut moved) = (None, false);
-        arm_deadline(&mut armed, &mut moved, Some(late));
-        assert_eq!((armed, moved), (Some(late), true));
-
-        moved = false;
-        arm_deadline(&mut armed, &mut moved, Some(late + Duration::from_secs(1)));
-        arm_deadline(&mut armed, &mut moved, None);
-        assert_eq!((armed, moved), (Some(late), false), "kept");
-
-        arm_deadline(&mut armed, &mut moved, Some(early));
-        assert_eq!((armed, moved), (Some(early), true), "moved earlier");
     }
 }

@@ -421,7 +421,7 @@ impl<R: Runtime> Node<R> {
                 .collect();
             if previous.iter().all(|m| m.alive.is_none()) {
                 // Registered first: adopting writes under this node's lease.
-                super::heartbeat(self, self.runtime.now()).await;
+                super::membership::heartbeat(self, self.runtime.now()).await;
                 if !cluster.lease_valid(self.runtime.now()) {
                     return Err(StorageError::Unavailable(
                         "the first cluster heartbeat failed".into(),

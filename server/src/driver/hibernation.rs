@@ -8,14 +8,16 @@
 //! state machine. Nothing else changes: the connection stays open and
 //! counted, its session attached.
 
+use std::any::{Any, TypeId};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use easy_mqtt_transport::TcpConnection;
+use futures_io::{AsyncRead, AsyncWrite};
 
-use super::{Driver, Serve};
+use super::{Driver, Serve, arm_deadline};
 use crate::hibernate::{Hibernator, Sleeper, Watched};
 use crate::metrics::Metrics;
 use crate::node::{Attachment, Node};
@@ -54,7 +56,7 @@ struct Parked<R: Runtime> {
 /// Puts the idle connection of a running task to sleep: true when it did
 /// (the slot is then empty); false when it cannot sleep now (work arrived,
 /// no descriptor to spare), leaving the slot as it was.
-pub(super) fn hibernate<R: Runtime>(slot: &mut Option<Serve<TcpConnection, R>>) -> bool {
+fn hibernate_tcp<R: Runtime>(slot: &mut Option<Serve<TcpConnection, R>>) -> bool {
     let Some(Serve::Running { driver, .. }) = slot.as_mut() else {
         return false;
     };
@@ -250,5 +252,109 @@ impl<R: Runtime> Wake for Sleeping<R> {
 impl<R: Runtime> Sleeper for Sleeping<R> {
     fn wake_up(self: Arc<Self>) {
         self.wake_by_ref();
+    }
+}
+
+/// What a driver saw during its current quiet period (see
+/// `Driver::tend_quiet`). One byte: it shares the driver's padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Quiet {
+    /// No byte in or out yet.
+    Watching,
+    /// Bytes came in or went out.
+    Active,
+    /// The last whole period went by without a byte: hibernate once
+    /// nothing else is left to do.
+    Drowsy,
+}
+
+/// Hibernates a running task's idle connection if its stream can (a plain
+/// TCP connection: the others keep state of their own in user space): true
+/// when it did, the task is then `Done`; false leaves the task as it was.
+/// The stream is told at run time rather than through a bound on every
+/// stream type, so that the TLS, WebSocket and simulated streams need
+/// nothing: the check is a comparison of type ids.
+pub(super) fn hibernate<S, R>(serve: &mut Serve<S, R>) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    R: Runtime,
+{
+    let mut slot = Some(std::mem::replace(serve, Serve::Done));
+    let hibernated = match (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<Serve<easy_mqtt_transport::TcpConnection, R>>>()
+    {
+        Some(tcp) => hibernate_tcp(tcp),
+        None => false,
+    };
+    if let Some(back) = slot {
+        *serve = back;
+    }
+    hibernated
+}
+
+impl<S, R> Driver<S, R>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    R: Runtime,
+{
+    /// `hibernate-after`, for a stream that can hibernate (see [`hibernate`]).
+    pub(super) fn hibernate_after(&self) -> Option<std::time::Duration> {
+        if TypeId::of::<S>() == TypeId::of::<easy_mqtt_transport::TcpConnection>() {
+            self.node.config().hibernate_after
+        } else {
+            None
+        }
+    }
+
+    /// Keeps the open phase's quiet deadline: `hibernate-after` from when
+    /// the driver first runs, then moved on by a period each time it
+    /// passes; a period without a byte in or out makes the driver drowsy.
+    /// So a connection hibernates one to two periods after its last byte,
+    /// and a busy one pays a timer wake per period, not a re-arm per packet.
+    pub(super) fn tend_quiet(&mut self, now: Instant) {
+        let Some(after) = self.hibernate_after() else {
+            return;
+        };
+        match self.quiet_until {
+            Some(quiet) if quiet > now => {}
+            Some(_) => {
+                self.quiet = match self.quiet {
+                    Quiet::Active => Quiet::Watching,
+                    Quiet::Watching | Quiet::Drowsy => Quiet::Drowsy,
+                };
+                self.quiet_until = Some(now + after);
+            }
+            None => {
+                self.quiet = Quiet::Watching;
+                self.quiet_until = Some(now + after);
+            }
+        }
+        arm_deadline(
+            &mut self.deadline,
+            &mut self.deadline_moved,
+            self.quiet_until,
+        );
+    }
+
+    pub(super) fn mark_active(&mut self) {
+        self.quiet = Quiet::Active;
+    }
+
+    /// Nothing in progress but waiting for the peer: what the driver holds
+    /// can be let go and rebuilt (the state machine's own check is made
+    /// under its lock, see `hibernation::hibernate`).
+    pub(super) fn can_hibernate(&self) -> bool {
+        !self.closed
+            && !self.read_closed
+            && !self.flush_pending
+            && self.wants_input
+            && self.attachment.is_some()
+            && self.pending_auth.is_none()
+            && self.pending_connect.is_none()
+            && self.storage.is_empty()
+            && !self.detach_pending
+            && self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.work.is_none()
     }
 }

@@ -1,0 +1,347 @@
+//! Membership and lease: the heartbeat that keeps this node's lease, the
+//! dead nodes it finds (and adopts, see `adopt.rs`), fencing, route
+//! refreshes and the retained catch-up on the same beat; the writes of the
+//! cluster's own tasks (retried while the node may write); leaving at
+//! shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use easy_mqtt_core::ByteStr;
+use easy_mqtt_core::cluster::{ClusterOp, Liveness};
+use easy_mqtt_core::storage::{Op, StorageError};
+
+use super::bus;
+use crate::node::Node;
+use crate::runtime::{Runtime, sleep_until};
+use crate::sessions::lock;
+
+/// Applies `ops`, retrying with back-off until storage takes them or the
+/// node stops; never gives up on its own (the callers' data is in them).
+pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    apply_retrying(node, ops, true).await
+}
+
+/// [`apply_until_stored`] for the cluster task's own writes (adoptions):
+/// false as soon as the lease is gone. Only that task's heartbeat brings
+/// the lease back, so waiting for it there would stop the node for good
+/// (never renewed, never told it was fenced); the adoption is taken up
+/// again next round instead, every step of it being idempotent.
+pub(crate) async fn apply_while_leased<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
+    apply_retrying(node, ops, false).await
+}
+
+async fn apply_retrying<R: Runtime>(node: &Node<R>, ops: Vec<Op>, wait_for_lease: bool) -> bool {
+    let mut attempt = 0;
+    let incarnation = node
+        .cluster
+        .as_ref()
+        .map(|c| c.incarnation.load(Ordering::Acquire));
+    loop {
+        let result = match node.cluster.as_ref() {
+            // Fenced meanwhile: what this incarnation held is adopted.
+            Some(c) if Some(c.incarnation.load(Ordering::Acquire)) != incarnation => return false,
+            Some(c) if !c.lease_valid(node.runtime.now()) => {
+                if !wait_for_lease {
+                    return false;
+                }
+                Err(StorageError::Unavailable("no cluster lease".into()))
+            }
+            _ => node.storage.apply(ops.clone()).await,
+        };
+        match result {
+            Ok(()) => return true,
+            Err(error) => {
+                node.storage_failed("cluster", &error);
+                if node.is_shutting_down() || matches!(error, StorageError::Invalid(_)) {
+                    return false;
+                }
+                attempt += 1;
+                let at = node.runtime.now() + crate::persist::backoff(attempt);
+                sleep_until(&node.runtime, at).await;
+            }
+        }
+    }
+}
+
+/// Runs the node's part of the cluster until it shuts down: heartbeats,
+/// membership (adopting dead nodes), route refreshes, the outbox and the
+/// inbox. Spawn it once after [`Node::recover`].
+pub async fn run<R: Runtime>(node: Arc<Node<R>>) {
+    if node.cluster.is_none() || node.storage.cluster().is_none() {
+        return;
+    }
+    let inbox = bus::run_inbox(node.clone());
+    let outbox = bus::run_outbox(node.clone());
+    let members = run_membership(node.clone());
+    futures_lite::future::or(futures_lite::future::or(inbox, outbox), members).await;
+}
+
+/// Heartbeats, lease, fencing, dead nodes, route refreshes and forward
+/// expiry, once per `heartbeat_interval`.
+async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
+    let Some(cluster) = node.cluster.as_ref() else {
+        return;
+    };
+    let config = cluster.config;
+    let mut last_refresh: Option<Instant> = None;
+    // Retained messages set while the other nodes did not know this one
+    // yet were not sent to it: read them again once they all do.
+    let mut catch_up = Some(node.runtime.now() + config.heartbeat_interval * 3);
+    while !node.is_shutting_down() {
+        let started = node.runtime.now();
+        if cluster.retained_stale.swap(false, Ordering::AcqRel) {
+            catch_up = Some(started + config.heartbeat_interval * 3);
+        }
+        if catch_up.is_some_and(|at| started >= at) && node.catch_up_retained().await {
+            catch_up = None;
+        }
+        heartbeat(&node, started).await;
+        if cluster.lease_valid(node.runtime.now()) {
+            node.adopt_dead_nodes().await;
+        }
+        let now = node.runtime.now();
+        // Listening before the dirty flag is read: a notice that arrives
+        // while the routes are being read must still cut the sleep below
+        // short, or it would wait a whole interval (a lost wake-up).
+        let listener = node.routes_notice.listen();
+        if cluster.routes_dirty.swap(false, Ordering::AcqRel)
+            || last_refresh.is_none_or(|at| now.duration_since(at) >= config.route_refresh)
+        {
+            if node.refresh_routes().await {
+                // The iteration's start, not `now`: the next timed iteration
+                // starts one interval later, and measured from `now` it
+                // would find slightly less than `route_refresh` elapsed and
+                // skip its refresh, doubling the documented bound.
+                last_refresh = Some(started);
+            } else {
+                cluster.routes_dirty.store(true, Ordering::Release);
+            }
+        }
+        node.expire_forwards(now);
+        lock(&cluster.handovers).retain(|_, h| h.until > now);
+        cluster.expire_adopted(now);
+        node.prune_routes();
+        let next = started + config.heartbeat_interval.min(config.route_refresh);
+        // Woken early by a route change notice.
+        futures_lite::future::or(
+            async {
+                sleep_until(&node.runtime, next).await;
+            },
+            async {
+                listener.await;
+            },
+        )
+        .await;
+    }
+}
+
+/// One heartbeat: renews the lease, or loses it (connections closed), or
+/// learns this incarnation was fenced (everything dropped, new incarnation).
+pub(super) async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant) {
+    let (Some(cluster), Some(store)) = (node.cluster.as_ref(), node.storage.cluster()) else {
+        return;
+    };
+    let incarnation = cluster.incarnation.load(Ordering::Acquire);
+    match store
+        .heartbeat(&cluster.name(), incarnation, cluster.config.node_ttl)
+        .await
+    {
+        Ok(Liveness::Alive) => {
+            // A margin for the time the request took to reach storage is
+            // already in `started`; a fifth of the TTL covers clock rates.
+            let lease = started + cluster.config.node_ttl - cluster.config.node_ttl / 5;
+            *lock(&cluster.lease_until) = Some(lease);
+            if !cluster.serving.load(Ordering::Acquire)
+                && !cluster.catching_up.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!(
+                    incarnation,
+                    "cluster lease regained; catching up with the inbox"
+                );
+            }
+            match store.members().await {
+                Ok(members) => {
+                    let own = cluster.name();
+                    let mut live = Vec::new();
+                    let mut retained_peers = Vec::new();
+                    for member in members {
+                        if member.alive.is_some() {
+                            if member.node != own {
+                                retained_peers.push(member.node.clone());
+                            }
+                            live.push(member.node);
+                            continue;
+                        }
+                        if member.node == own {
+                            continue;
+                        }
+                        // Adopted: fenced, it reads the retained state again
+                        // when it comes back (see `retained_stale`).
+                        match store.adopter(&member.node, member.incarnation).await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => retained_peers.push(member.node),
+                            Err(error) => {
+                                node.storage_failed("adopter", &error);
+                                retained_peers.push(member.node);
+                            }
+                        }
+                    }
+                    *crate::node::write(&cluster.live) = live;
+                    *crate::node::write(&cluster.retained_peers) = retained_peers;
+                }
+                Err(error) => node.storage_failed("members", &error),
+            }
+        }
+        Ok(Liveness::Fenced) => {
+            let next = incarnation + 1;
+            tracing::error!(
+                incarnation,
+                next,
+                "this node was declared dead and adopted by another; dropping its sessions"
+            );
+            cluster.serving.store(false, Ordering::Release);
+            node.drop_all_sessions(easy_mqtt_core::session::CloseReason::ServerShutdown);
+            cluster.reincarnate(next);
+            *lock(&cluster.lease_until) = None;
+            // What the adopter changed meanwhile is in storage.
+            cluster.retained_stale.store(true, Ordering::Release);
+        }
+        Err(error) => {
+            node.storage_failed("heartbeat", &error);
+            let now = node.runtime.now();
+            if !cluster.lease_valid(now) && cluster.serving.swap(false, Ordering::AcqRel) {
+                tracing::error!(
+                    %error,
+                    "cluster lease lost (storage unreachable); closing connections until it is back"
+                );
+                node.close_all_connections(
+                    easy_mqtt_core::session::CloseReason::StorageUnavailable,
+                );
+            }
+        }
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// The op that forgets `client_id`'s presence on this node.
+    pub(crate) fn clear_presence_op(&self, client_id: &ByteStr) -> Op {
+        let node = self
+            .cluster
+            .as_ref()
+            .map_or_else(|| ByteStr::from(self.config.node_id.clone()), |c| c.name());
+        Op::Cluster(ClusterOp::ClearPresence {
+            node,
+            client_id: client_id.clone(),
+        })
+    }
+
+    /// Closes every client connection with `reason`.
+    pub(crate) fn close_all_connections(&self, reason: easy_mqtt_core::session::CloseReason) {
+        let now = self.runtime.now();
+        // In connection order: the simulator replays runs exactly.
+        let mut cells: Vec<_> = lock(&self.connections)
+            .values()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        cells.sort_by_key(|cell| cell.id);
+        for cell in cells {
+            let mut inner = lock(&cell.inner);
+            inner.conn.close(reason.clone(), now);
+            inner.wake();
+        }
+    }
+
+    /// Forgets every session (this incarnation was fenced: other nodes own
+    /// them now), closing their connections.
+    pub(crate) fn drop_all_sessions(&self, reason: easy_mqtt_core::session::CloseReason) {
+        self.close_all_connections(reason);
+        let mut entries: Vec<_> = lock(&self.registry).drain().collect();
+        entries.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        for entry in &entries {
+            let mut inner = lock(&entry.inner);
+            inner.removed = true;
+            inner.offline = None;
+            inner.subscriptions.clear();
+        }
+        self.metrics
+            .sessions_current
+            .fetch_sub(entries.len() as u64, Ordering::Relaxed);
+        *crate::node::write(&self.trie) = easy_mqtt_core::topic::SubscriptionTrie::new();
+        if let Some(cluster) = self.cluster.as_ref() {
+            lock(&cluster.epochs).clear();
+            lock(&cluster.written_routes).written.clear();
+            crate::node::write(&cluster.forwards).clear();
+            cluster.forward_count.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// At shutdown: writes what the outbox holds (presence clears: the
+    /// connections closed without wills), then ends this incarnation's
+    /// membership at once, so that another node (or this one, restarted)
+    /// adopts it without waiting for its heartbeat to expire.
+    pub(crate) async fn leave_cluster(&self) {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return;
+        };
+        let ops: Vec<Op> = lock(&cluster.outbox).drain(..).collect();
+        if !ops.is_empty()
+            && let Err(error) = self.storage.apply(ops).await
+        {
+            self.storage_failed("leave", &error);
+        }
+        let incarnation = cluster.incarnation.load(Ordering::Acquire);
+        match store
+            .heartbeat(&cluster.name(), incarnation, Duration::from_millis(1))
+            .await
+        {
+            Ok(_) => tracing::info!(incarnation, "left the cluster"),
+            Err(error) => self.storage_failed("leave", &error),
+        }
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// Replaces the retained index with what storage holds (see
+    /// `run_membership`); false when storage failed. A topic changed in
+    /// memory while storage was read (routed here, or read from the inbox)
+    /// keeps its value: the one read may be older, and installing it would
+    /// undo a change that no later message repairs.
+    async fn catch_up_retained(&self) -> bool {
+        *lock(&self.retained_touched) = Some(std::collections::HashSet::new());
+        let loaded = self.storage.load_retained().await;
+        let mut retained = crate::node::write(&self.retained);
+        let touched = lock(&self.retained_touched).take().unwrap_or_default();
+        match loaded {
+            Ok(stored) => {
+                let mut index = easy_mqtt_core::topic::RetainedIndex::new();
+                let count = stored.len();
+                for message in stored {
+                    let topic = message.topic.clone();
+                    index.insert(&topic, message);
+                }
+                for topic in &touched {
+                    match retained.get(topic) {
+                        Some(message) => {
+                            index.insert(topic, message.clone());
+                        }
+                        None => {
+                            index.remove(topic);
+                        }
+                    }
+                }
+                *retained = index;
+                drop(retained);
+                tracing::debug!(count, "retained messages read again from storage");
+                true
+            }
+            Err(error) => {
+                self.storage_failed("retained catch-up", &error);
+                false
+            }
+        }
+    }
+}
