@@ -18,6 +18,7 @@ pub mod hist;
 pub mod payload;
 pub mod probe;
 pub mod report;
+pub mod roles;
 pub mod run;
 
 pub use args::{Options, Scenario};

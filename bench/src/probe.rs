@@ -13,7 +13,8 @@ use crate::args::Options;
 use crate::client::{Client, connect_tcp, timeout};
 use crate::error::{Error, Result};
 use crate::payload;
-use crate::run::{Shared, Topics, expectation};
+use crate::roles::expectation;
+use crate::run::{Shared, Topics};
 
 /// Proves that every subscription of this shard is effective on every
 /// publishers' broker before the timed phase: one client per broker
