@@ -149,6 +149,7 @@ mod keys;
 mod load;
 mod reply;
 mod settings;
+mod simulate;
 mod sweep;
 
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,487 @@
+//! Step 2 of `apply` (see `apply.rs`): each session the batch touches,
+//! simulated op by op on what step 1 read, exactly as the reference backend
+//! applies the ops, and the single-key writes each effective op makes.
+
+use std::collections::BTreeMap;
+
+use easy_mqtt_core::packet::{ByteStr, PacketId};
+use easy_mqtt_core::session::OutboundPhase;
+use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
+
+use crate::codec::{self, Held, MAX_ORDER, WindowEntry};
+use crate::conn::Command;
+use crate::keys::{Keys, SessionKeys};
+
+/// Keyed per process (client ids come from peers).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// One client touched by the batch: what to read, then its simulated state.
+pub(crate) struct Client {
+    pub(crate) id: ByteStr,
+    pub(crate) keys: SessionKeys,
+    /// Read the whole held set (`DeleteSession` in the batch: it releases
+    /// every held body).
+    pub(crate) full: bool,
+    /// Read the highest order (the batch adds to the window: send order).
+    pub(crate) needs_order: bool,
+    /// Read the window.
+    pub(crate) needs_window: bool,
+    /// The batch puts or deletes the session (index maintenance).
+    pub(crate) lifecycle: bool,
+    /// Held-set entries to read (`ZMSCORE`, when not `full`).
+    pub(crate) score_ids: Vec<MessageId>,
+    /// Every op of the batch for this client is an `Enqueue` (a routing
+    /// batch): nothing but the session's existence is read (see
+    /// [`apply`]).
+    pub(crate) only_enqueue: bool,
+    /// The ids this client's `Enqueue`s name (read with `ZMSCORE` unless
+    /// `only_enqueue`).
+    pub(crate) enqueued: Vec<MessageId>,
+    /// Every op of the batch for this client is a `CompleteInflight` (a
+    /// journal batch acknowledging): only the window entries it names are
+    /// read (`HMGET`), not the whole window.
+    pub(crate) only_complete: bool,
+    /// The packet ids this client's `CompleteInflight`s name.
+    pub(crate) completed: Vec<PacketId>,
+
+    // Where phase 1 put each read.
+    pub(crate) record_at: usize,
+    pub(crate) window_at: Option<usize>,
+    pub(crate) completed_at: Option<usize>,
+    pub(crate) full_at: Option<usize>,
+    pub(crate) max_at: Option<usize>,
+    pub(crate) scores_at: Option<usize>,
+
+    // Simulated state.
+    pub(crate) exists: bool,
+    pub(crate) held: HashMap<MessageId, Held>,
+    pub(crate) window: Window,
+    pub(crate) next_order: u64,
+
+    /// Writes of this client, in batch order.
+    pub(crate) writes: Vec<Command>,
+    /// Positions in `writes` of commands made useless by a later op of the
+    /// batch, not sent.
+    pub(crate) dropped: Vec<usize>,
+    /// Packet ids whose window entry this batch creates (storage had none
+    /// there when the batch began, or this batch deleted it first), with
+    /// the positions of their `HSET`s in `writes`.
+    pub(crate) fresh: HashMap<PacketId, Vec<usize>>,
+    /// Whether the last write is a `ZADD NX` that the next enqueue extends.
+    pub(crate) open_zadd: bool,
+}
+
+impl Client {
+    pub(crate) fn new(id: &ByteStr, keys: SessionKeys) -> Client {
+        Client {
+            id: id.clone(),
+            keys,
+            full: false,
+            needs_order: false,
+            needs_window: false,
+            lifecycle: false,
+            score_ids: Vec::new(),
+            only_enqueue: true,
+            enqueued: Vec::new(),
+            only_complete: true,
+            completed: Vec::new(),
+            record_at: 0,
+            window_at: None,
+            completed_at: None,
+            full_at: None,
+            max_at: None,
+            scores_at: None,
+            writes: Vec::new(),
+            dropped: Vec::new(),
+            fresh: HashMap::default(),
+            open_zadd: false,
+            exists: false,
+            held: HashMap::default(),
+            window: Window::default(),
+            next_order: 1,
+        }
+    }
+
+    pub(crate) fn in_window(&self, id: MessageId) -> bool {
+        self.window.holds(id)
+    }
+
+    /// Queued: held and not in flight.
+    pub(crate) fn queued(&self, id: MessageId) -> bool {
+        self.held.contains_key(&id) && !self.in_window(id)
+    }
+
+    pub(crate) fn holds(&self, id: MessageId) -> bool {
+        self.exists && (self.held.contains_key(&id) || self.in_window(id))
+    }
+
+    /// Every id the client holds, queued or in flight.
+    pub(crate) fn all_ids(&self) -> Vec<MessageId> {
+        let mut ids: Vec<MessageId> = self.held.keys().copied().collect();
+        ids.extend(self.window.ids());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.held.clear();
+        self.window.clear();
+        // Storage's window is deleted by the write before: what was fresh
+        // stays dropped or written, and nothing after it can be fresh
+        // relative to an entry that is gone.
+        self.fresh.clear();
+    }
+
+    pub(crate) fn take_order(&mut self) -> Result<u64, StorageError> {
+        let order = self.next_order;
+        if order >= MAX_ORDER {
+            return Err(StorageError::Corrupt {
+                key: self.keys.held.clone(),
+                reason: "send order exhausted".to_owned(),
+            });
+        }
+        self.next_order += 1;
+        Ok(order)
+    }
+
+    pub(crate) fn write(&mut self, command: Command) {
+        self.writes.push(command);
+        self.open_zadd = false;
+    }
+
+    /// `ZADD NX`; consecutive enqueues share one command (same effect: the
+    /// pairs are added in order, none replacing an existing member).
+    pub(crate) fn enqueue(&mut self, held: Held, id: MessageId) {
+        let member = codec::encode_message_id(id);
+        if self.open_zadd
+            && let Some(last) = self.writes.last_mut()
+        {
+            last.push_arg(held.score());
+            last.push_arg(&member);
+            return;
+        }
+        self.writes.push(
+            Command::new("ZADD", &self.keys.held)
+                .arg("NX")
+                .arg(held.score())
+                .arg(&member),
+        );
+        self.open_zadd = true;
+    }
+
+    /// Applies one op to the simulated state and emits its writes; `lost`
+    /// receives the ids this client stops holding.
+    pub(crate) fn simulate(
+        &mut self,
+        op: Op,
+        stored: &dyn Fn(&MessageId) -> bool,
+        lost: &mut Vec<MessageId>,
+    ) -> Result<(), StorageError> {
+        match op {
+            Op::PutSession(record) => self.put_session(&record, lost),
+            Op::DeleteSession { .. } => self.delete_session(lost),
+            _ if !self.exists => {}
+            Op::Subscribe { filter, qos, .. } => self.write(
+                Command::new("HSET", &self.keys.subscriptions)
+                    .arg(filter.as_str())
+                    .arg(codec::qos_digit(qos)),
+            ),
+            Op::Unsubscribe { filter, .. } => {
+                self.write(Command::new("HDEL", &self.keys.subscriptions).arg(filter.as_str()));
+            }
+            Op::Enqueue {
+                id, qos, retain, ..
+            } => {
+                if stored(&id) && !self.held.contains_key(&id) && !self.in_window(id) {
+                    // The position comes from the id alone, not from what
+                    // this batch read: concurrent writers to one queue agree
+                    // on it, and a replay writes the same score.
+                    let held = Held {
+                        order: id.sequence(),
+                        qos,
+                        retain,
+                    };
+                    self.held.insert(id, held);
+                    self.enqueue(held, id);
+                }
+            }
+            Op::Dequeue { id, .. } => self.dequeue(id, lost),
+            Op::SetInflight {
+                packet_id,
+                id,
+                phase,
+                ..
+            } => self.set_inflight(packet_id, id, phase, lost)?,
+            Op::CompleteInflight { packet_id, .. } => self.complete_inflight(packet_id, lost),
+            Op::AddInboundQos2 { packet_id, .. } => self.write(
+                Command::new("SADD", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
+            ),
+            Op::RemoveInboundQos2 { packet_id, .. } => self.write(
+                Command::new("SREM", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
+            ),
+            Op::PutMessage { .. } | Op::SetRetained { .. } | Op::Cluster(_) => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_session(&mut self, record: &SessionRecord, lost: &mut Vec<MessageId>) {
+        if self.exists {
+            return;
+        }
+        // Whatever a previous life left behind goes first (a session deleted
+        // while another writer still wrote to it); bodies it pinned that
+        // were not read here stay pinned (a leak, never a dangling reference).
+        lost.extend(self.all_ids());
+        let [subscriptions, held, window, inbound] = self.keys.data();
+        let clear = Command::new("DEL", subscriptions)
+            .arg(held)
+            .arg(window)
+            .arg(inbound);
+        self.write(clear);
+        self.write(
+            Command::new("SET", &self.keys.record)
+                .arg(codec::encode_record(record))
+                .arg("NX"),
+        );
+        self.exists = true;
+        self.clear();
+    }
+
+    pub(crate) fn delete_session(&mut self, lost: &mut Vec<MessageId>) {
+        // Even for an unknown session: leftovers are cleared the same way.
+        lost.extend(self.all_ids());
+        let [record, subscriptions, held, window, inbound] = self.keys.all();
+        // One command: the session and all it holds go at once.
+        let delete = Command::new("DEL", record)
+            .arg(subscriptions)
+            .arg(held)
+            .arg(window)
+            .arg(inbound);
+        self.write(delete);
+        self.exists = false;
+        self.clear();
+    }
+
+    pub(crate) fn dequeue(&mut self, id: MessageId, lost: &mut Vec<MessageId>) {
+        if !self.queued(id) {
+            return;
+        }
+        self.held.remove(&id);
+        self.write(Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(id)));
+        lost.push(id);
+    }
+
+    pub(crate) fn set_inflight(
+        &mut self,
+        packet_id: PacketId,
+        id: MessageId,
+        phase: OutboundPhase,
+        lost: &mut Vec<MessageId>,
+    ) -> Result<(), StorageError> {
+        let current = self.window.get(&packet_id).copied();
+        if let Some(mut entry) = current.filter(|entry| entry.id == id) {
+            // A phase update keeps the send order.
+            entry.phase = phase;
+            self.put_window(packet_id, entry);
+            return Ok(());
+        }
+        let Some(held) = self.held.get(&id).copied() else {
+            return Ok(());
+        };
+        if !self.queued(id) {
+            return Ok(());
+        }
+        if let Some(replaced) = current {
+            // The packet id named another message: it is dropped (removed
+            // from the held set first, so that no state in between shows it
+            // back in the queue).
+            self.held.remove(&replaced.id);
+            self.write(
+                Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(replaced.id)),
+            );
+            lost.push(replaced.id);
+        }
+        let entry = WindowEntry {
+            id,
+            qos: held.qos,
+            retain: held.retain,
+            phase,
+            order: self.take_order()?,
+        };
+        // One command moves it: the id stays in the held set, and an id in
+        // the window is not queued.
+        self.put_window(packet_id, entry);
+        Ok(())
+    }
+
+    pub(crate) fn put_window(&mut self, packet_id: PacketId, entry: WindowEntry) {
+        let at = self.writes.len();
+        if self.window.get(&packet_id).is_none() {
+            // The window was read whole (every op that puts reads it), so
+            // no entry here means none in storage either, or only one that
+            // an earlier write of this batch deletes.
+            self.fresh.insert(packet_id, vec![at]);
+        } else if let Some(positions) = self.fresh.get_mut(&packet_id) {
+            positions.push(at);
+        }
+        self.window.insert(packet_id, entry);
+        self.write(
+            Command::new("HSET", &self.keys.window)
+                .arg(&codec::encode_packet_id(packet_id))
+                .arg(codec::encode_window(&entry)),
+        );
+    }
+
+    /// Moves the writes to send to `out`, in batch order. Removals from one
+    /// key that end up next to each other (typically the `ZREM`s of many
+    /// deliveries sent and acknowledged within the batch, whose window
+    /// writes were dropped) become one command.
+    pub(crate) fn take_writes(&mut self, out: &mut Vec<Command>) {
+        self.dropped.sort_unstable();
+        let dropped = std::mem::take(&mut self.dropped);
+        let start = out.len();
+        for (at, command) in self.writes.drain(..).enumerate() {
+            if dropped.binary_search(&at).is_ok() {
+                continue;
+            }
+            if out.len() > start
+                && let Some(last) = out.last_mut()
+                && last.absorb(&command)
+            {
+                continue;
+            }
+            out.push(command);
+        }
+    }
+
+    pub(crate) fn complete_inflight(&mut self, packet_id: PacketId, lost: &mut Vec<MessageId>) {
+        let Some(entry) = self.window.remove(&packet_id) else {
+            return;
+        };
+        self.held.remove(&entry.id);
+        if let Some(positions) = self.fresh.remove(&packet_id) {
+            // Sent and acknowledged within one batch (the journal lags
+            // behind the socket under load): the entry never needs to reach
+            // storage, and the id goes straight from queued to gone. A batch
+            // cut before the `ZREM` leaves it queued, to be sent again.
+            self.dropped.extend(positions);
+            self.write(
+                Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(entry.id)),
+            );
+            lost.push(entry.id);
+            return;
+        }
+        // Held set first: in between, the entry is still in the window (so
+        // not queued) and a replay completes it.
+        self.write(Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(entry.id)));
+        self.write(
+            Command::new("HDEL", &self.keys.window).arg(&codec::encode_packet_id(packet_id)),
+        );
+        lost.push(entry.id);
+    }
+
+    pub(crate) fn see_order(&mut self, order: u64) {
+        self.next_order = self.next_order.max(order.saturating_add(1));
+    }
+}
+
+/// The simulated in-flight window, its ids indexed: whether a client holds
+/// an id is asked for every id a batch enqueues or releases, and scanning
+/// windows of 100 entries for each was a tenth of the broker's CPU in the
+/// original's scenario.
+#[derive(Default)]
+pub(crate) struct Window {
+    pub(crate) by_packet: BTreeMap<PacketId, WindowEntry>,
+    /// How many packet ids name each id (one, unless storage is corrupt).
+    pub(crate) ids: HashMap<MessageId, u32>,
+}
+
+impl Window {
+    pub(crate) fn get(&self, packet_id: &PacketId) -> Option<&WindowEntry> {
+        self.by_packet.get(packet_id)
+    }
+
+    pub(crate) fn holds(&self, id: MessageId) -> bool {
+        // Not even hashed for the many clients of a routing batch, whose
+        // window is not read.
+        !self.ids.is_empty() && self.ids.contains_key(&id)
+    }
+
+    pub(crate) fn ids(&self) -> impl Iterator<Item = MessageId> + '_ {
+        self.ids.keys().copied()
+    }
+
+    pub(crate) fn insert(&mut self, packet_id: PacketId, entry: WindowEntry) {
+        if let Some(replaced) = self.by_packet.insert(packet_id, entry) {
+            self.forget(replaced.id);
+        }
+        *self.ids.entry(entry.id).or_insert(0) += 1;
+    }
+
+    pub(crate) fn remove(&mut self, packet_id: &PacketId) -> Option<WindowEntry> {
+        let entry = self.by_packet.remove(packet_id)?;
+        self.forget(entry.id);
+        Some(entry)
+    }
+
+    pub(crate) fn forget(&mut self, id: MessageId) {
+        if let Some(count) = self.ids.get_mut(&id) {
+            *count -= 1;
+            if *count == 0 {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.by_packet.clear();
+        self.ids.clear();
+    }
+}
+
+pub(crate) struct Batch<'k> {
+    pub(crate) keys: &'k Keys,
+    pub(crate) clients: Vec<Client>,
+    pub(crate) by_id: HashMap<ByteStr, usize>,
+}
+
+impl<'k> Batch<'k> {
+    pub(crate) fn client(&mut self, id: &ByteStr) -> usize {
+        if let Some(index) = self.by_id.get(id) {
+            return *index;
+        }
+        let index = self.clients.len();
+        self.clients
+            .push(Client::new(id, self.keys.session(id.as_str())));
+        self.by_id.insert(id.clone(), index);
+        index
+    }
+}
+
+pub(crate) fn session_id(op: &Op) -> Option<&ByteStr> {
+    match op {
+        Op::PutSession(record) => Some(&record.client_id),
+        Op::DeleteSession { client_id }
+        | Op::Subscribe { client_id, .. }
+        | Op::Unsubscribe { client_id, .. }
+        | Op::Enqueue { client_id, .. }
+        | Op::Dequeue { client_id, .. }
+        | Op::SetInflight { client_id, .. }
+        | Op::CompleteInflight { client_id, .. }
+        | Op::AddInboundQos2 { client_id, .. }
+        | Op::RemoveInboundQos2 { client_id, .. } => Some(client_id),
+        Op::PutMessage { .. } | Op::SetRetained { .. } | Op::Cluster(_) => None,
+    }
+}
+
+pub(crate) fn push_unique<T: Copy + Eq + std::hash::Hash>(
+    list: &mut Vec<T>,
+    seen: &mut HashSet<T>,
+    x: T,
+) {
+    if seen.insert(x) {
+        list.push(x);
+    }
+}
