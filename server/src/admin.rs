@@ -27,8 +27,9 @@ use easy_mqtt_core::{ByteStr, QoS};
 
 use crate::metrics::Metrics;
 use crate::node::{Node, read, write};
+use crate::persist::PreparedRoute;
 use crate::runtime::{Runtime, sleep_until};
-use crate::sessions::{ConnectedInfo, SessionEntry, lock};
+use crate::sessions::{ConnectedInfo, SessionEntry, SessionKey, lock};
 
 /// How often a kick of a client on another node looks for its release.
 const KICK_WAIT_STEP: Duration = Duration::from_millis(100);
@@ -99,6 +100,13 @@ pub enum KickOutcome {
 /// The client id of a one-to-one publish is not a known session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownClient;
+
+/// A write the API could not store, and whether an attempt was made (its
+/// outcome is then unknown: storage may have applied it).
+struct Unstored {
+    error: StorageError,
+    attempted: bool,
+}
 
 /// Why a one-to-one publish through storage failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,20 +292,45 @@ impl<R: Runtime> Node<R> {
     /// Applies `ops`, retried with back-off while storage is unavailable
     /// for up to half the connect timeout (as a CONNECT's load is).
     async fn store(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        self.store_by(ops, None)
+            .await
+            .map_err(|unstored| unstored.error)
+    }
+
+    /// [`Node::store`], not attempted after `write_by` (a publish routed
+    /// with the cluster's routes of then, see
+    /// `ClusterConfig::route_write_window`), nor while a cluster node has
+    /// no lease.
+    async fn store_by(&self, ops: Vec<Op>, write_by: Option<Instant>) -> Result<(), Unstored> {
         if ops.is_empty() {
             return Ok(());
         }
-        let deadline = self.runtime.now() + self.config.connection.connect_timeout / 2;
+        let mut deadline = self.runtime.now() + self.config.connection.connect_timeout / 2;
+        if let Some(write_by) = write_by {
+            deadline = deadline.min(write_by);
+        }
+        let incarnation = self.incarnation();
+        let mut attempted = false;
         let mut attempt = 0;
         loop {
-            match self.storage.apply(ops.clone()).await {
+            let result = match self.may_write_as(incarnation) {
+                Ok(()) if write_by.is_none_or(|by| self.runtime.now() <= by) => {
+                    attempted = true;
+                    self.storage.apply(ops.clone()).await
+                }
+                Ok(()) => Err(StorageError::Unavailable(
+                    "not written in time: routed with routes since outdated".into(),
+                )),
+                Err(error) => Err(error),
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(error) => {
                     self.storage_failed("api", &error);
                     if !matches!(error, StorageError::Unavailable(_))
                         || self.runtime.now() >= deadline
                     {
-                        return Err(error);
+                        return Err(Unstored { error, attempted });
                     }
                     attempt += 1;
                     let at = self.runtime.now() + crate::persist::backoff(attempt);
@@ -334,8 +367,19 @@ impl<R: Runtime> Node<R> {
         }
         Metrics::inc(&self.metrics.api_publishes);
         let (prepared, ops) = self.prepare_route(Arc::new(message), None, &mut Vec::new());
-        self.store(ops).await?;
-        Ok(self.finish_route(prepared))
+        let write_by = self
+            .cluster
+            .as_ref()
+            .map(|cluster| self.runtime.now() + cluster.config.route_write_window());
+        match self.store_by(ops, write_by).await {
+            Ok(()) => Ok(self.finish_route(prepared)),
+            Err(Unstored { error, attempted }) => {
+                if attempted {
+                    self.route_outcome_unknown(prepared, self.runtime.now());
+                }
+                Err(error)
+            }
+        }
     }
 
     /// [`Node::publish_to_client`] through storage on a durable node: a QoS
@@ -388,7 +432,20 @@ impl<R: Runtime> Node<R> {
                     retain: false,
                 },
             ];
-            self.store(ops).await.map_err(ClientPublishError::Storage)?;
+            if let Err(Unstored { error, attempted }) = self.store_by(ops, None).await {
+                if attempted {
+                    // As for a routing batch (see `route_outcome_unknown`).
+                    let prepared = PreparedRoute {
+                        message: delivery.message,
+                        id,
+                        targets: vec![(SessionKey(entry), qos, true)],
+                        ticket: None,
+                        updates_retained: false,
+                    };
+                    self.route_outcome_unknown(prepared, self.runtime.now());
+                }
+                return Err(ClientPublishError::Storage(error));
+            }
             delivery = delivery.stored_as(id);
         }
         Ok(entry.deliver(delivery, &self.metrics))

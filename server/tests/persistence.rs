@@ -477,6 +477,54 @@ fn api_call(broker: &TestBroker, method: &str, path: &str, body: Option<&str>) -
 /// the client, and to a topic it subscribed to) are stored before the API
 /// answers: a new broker on the same storage delivers them. A retained
 /// message deleted through the API stays deleted after the restart.
+/// An API publish whose storage write got no answer (storage hung) gets
+/// 503, and the connected persistent subscriber it was for is closed to
+/// load its session again (storage may hold the message); published again,
+/// it arrives once.
+#[test]
+fn an_api_publish_failed_while_storage_hung_resyncs_its_subscriber() {
+    let redis = Server::standalone();
+    let broker = TestBroker::with(|config| {
+        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
+        config.mqtt.server.connect_timeout = 2;
+        // No lease to lose (which would close every connection).
+        config.mqtt.cluster.enabled = false;
+    });
+    subscribe_persistent(broker.addr(), "ah-sub", &[("ah/#", 1)]);
+    let (mut sub, present) = persistent(broker.addr(), "ah-sub");
+    assert!(present);
+    let publish = |payload: &str| {
+        api_call(
+            &broker,
+            "POST",
+            "/api/v1/publish",
+            Some(&format!(r#"{{"topic":"ah/1","payload":"{payload}","qos":1}}"#)),
+        )
+    };
+
+    redis.freeze(true);
+    let (status, body) = publish("during");
+    assert_eq!(status, 503, "{body}");
+    let packets = sub.expect_closed_within(Duration::from_secs(10));
+    assert!(
+        packets.iter().all(|p: &RawPacket| p.kind() != 3),
+        "nothing delivered from a write that failed: {packets:?}"
+    );
+    redis.freeze(false);
+
+    let (mut sub, present) = persistent_when_back(broker.addr(), "ah-sub");
+    assert!(present);
+    let (status, body) = publish("again");
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":1}"#));
+    // "during" first if storage applied the write it got no answer to.
+    let mut got: Vec<String> = receive(&mut sub, 1).into_iter().map(|m| m.2).collect();
+    if got[0] == "during" {
+        got.extend(receive(&mut sub, 1).into_iter().map(|m| m.2));
+    }
+    assert_eq!(got.last().map(String::as_str), Some("again"), "{got:?}");
+    drain_silent(&mut sub);
+}
+
 #[test]
 fn api_writes_are_stored_before_the_answer() {
     let redis = Server::standalone();
