@@ -40,7 +40,7 @@ use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError, Stored
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::Runtime;
-use crate::sessions::{SessionEntry, SessionInner, SessionKey, lock};
+use crate::sessions::{ConnCell, SessionEntry, SessionInner, SessionKey, lock};
 
 /// A message whose batch is being stored, and where it goes once it is.
 pub struct PreparedRoute {
@@ -393,6 +393,48 @@ impl<R: Runtime> Node<R> {
         }
         inner.start_loading();
         ConnectPlan::Load
+    }
+
+    /// A durable node's CONNECT for a client id whose session a connection
+    /// still holds: that connection is closed, and the CONNECT waits until
+    /// it has let go (once its storage writes are stored or have failed),
+    /// for up to the connect timeout. Taken over at once, the old
+    /// connection's last writes could land after the new one's for the
+    /// same session (a QoS 2 message's phase written back to an older
+    /// one), which a takeover from another node never allows (see
+    /// `release`). `None` when no other connection holds the session.
+    pub(crate) fn takeover_wait(
+        &self,
+        client_id: &ByteStr,
+        cell: &Arc<ConnCell>,
+    ) -> Option<easy_mqtt_core::storage::BoxFuture<'static, ()>> {
+        if !self.durable || client_id.is_empty() {
+            return None;
+        }
+        let entry = lock(&self.registry).get(client_id).cloned()?;
+        let old = match &lock(&entry.inner).attached {
+            Some(old) if !Arc::ptr_eq(old, cell) => old.clone(),
+            _ => return None,
+        };
+        let now = self.runtime.now();
+        {
+            let mut connection = lock(&old.inner);
+            connection.conn.close(CloseReason::TakenOver, now);
+            connection.wake();
+        }
+        let runtime = self.runtime.clone();
+        let deadline = now + self.config.connection.connect_timeout;
+        Some(Box::pin(async move {
+            while lock(&entry.inner)
+                .attached
+                .as_ref()
+                .is_some_and(|attached| Arc::ptr_eq(attached, &old))
+                && runtime.now() < deadline
+            {
+                let at = runtime.now() + Duration::from_millis(5);
+                crate::runtime::sleep_until(&runtime, at).await;
+            }
+        }))
     }
 
     /// The future of a [`ConnectPlan::Load`]: the stored session (if any),

@@ -477,6 +477,52 @@ fn api_call(broker: &TestBroker, method: &str, path: &str, body: Option<&str>) -
 /// the client, and to a topic it subscribed to) are stored before the API
 /// answers: a new broker on the same storage delivers them. A retained
 /// message deleted through the API stays deleted after the restart.
+/// A CONNECT that takes over a session another connection of the same
+/// node still holds waits until that connection's writes are stored (here:
+/// a QoS 2 PUBREC's phase change, while storage hangs): the new
+/// connection's own writes then come after them, never before (a phase
+/// written back to an older one would send the message again on the
+/// next load).
+#[test]
+fn a_takeover_waits_for_the_old_connections_writes() {
+    let redis = Server::standalone();
+    let broker = TestBroker::with(|config| {
+        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
+        // No lease to lose (which would close every connection).
+        config.mqtt.cluster.enabled = false;
+    });
+    subscribe_persistent(broker.addr(), "tw-sub", &[("tw/#", 2)]);
+    let (mut old, present) = persistent(broker.addr(), "tw-sub");
+    assert!(present);
+    let (mut publisher, _) = persistent(broker.addr(), "tw-pub");
+    publish_acked(&mut publisher, "tw/1", 2, 1, "one");
+    let p = old.recv_publish();
+    assert_eq!(p.payload, b"one");
+    let packet_id = p.packet_id.unwrap();
+
+    redis.freeze(true);
+    old.send(&wire::pubrec(packet_id));
+    let mut new = RawClient::open(broker.addr());
+    new.send(&Connect::new("tw-sub").clean(false).encode());
+    match new.read(Duration::from_millis(1500)) {
+        Recv::Timeout => {}
+        other => panic!("no CONNACK before the old connection's writes: {other:?}"),
+    }
+    redis.freeze(false);
+    let connack = new.recv().connack();
+    assert_eq!(connack, (true, 0));
+    old.expect_closed_within(Duration::from_secs(10));
+    // The phase the PUBREC stored: PUBREL, not the PUBLISH again.
+    let rel = new.recv();
+    assert_eq!((rel.kind(), rel.packet_id()), (6, packet_id), "{rel:?}");
+    new.send(&wire::pubcomp(packet_id));
+    new.send(&wire::disconnect());
+    new.expect_closed();
+    let (mut again, present) = persistent(broker.addr(), "tw-sub");
+    assert!(present);
+    again.expect_silence(Duration::from_millis(500));
+}
+
 /// An API publish whose storage write got no answer (storage hung) gets
 /// 503, and the connected persistent subscriber it was for is closed to
 /// load its session again (storage may hold the message); published again,
@@ -498,7 +544,9 @@ fn an_api_publish_failed_while_storage_hung_resyncs_its_subscriber() {
             &broker,
             "POST",
             "/api/v1/publish",
-            Some(&format!(r#"{{"topic":"ah/1","payload":"{payload}","qos":1}}"#)),
+            Some(&format!(
+                r#"{{"topic":"ah/1","payload":"{payload}","qos":1}}"#
+            )),
         )
     };
 

@@ -184,6 +184,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         11469,
         "QoS 2 twice: a publish batch failed after an attempt storage applied; the publisher's session forgot the packet id",
     ),
+    (
+        63495,
+        "QoS 2 twice: a same-node takeover let the old connection's stale phase land after the new one's",
+    ),
 ];
 
 #[test]

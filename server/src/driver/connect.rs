@@ -26,6 +26,9 @@ pub(super) struct Prepared {
     /// The loaded subscriptions' routes, kept from a prune until
     /// `accept` put the subscriptions in the trie.
     routes: crate::cluster::RoutePin,
+    /// The CONNECT waited for the connection it takes over to store its
+    /// writes and let go (see `Node::takeover_wait`): it starts again.
+    restart: bool,
 }
 
 impl<S, R> Driver<S, R>
@@ -133,6 +136,19 @@ where
     /// its stored session on a durable node, and in a cluster claims its
     /// client id; the CONNACK waits for that.
     pub(super) fn start_connect(&mut self, connect: Box<Connect>) {
+        if let Some(wait) = self.node.takeover_wait(&connect.client_id, &self.cell) {
+            let future: BoxFuture<'static, _> = Box::pin(async move {
+                wait.await;
+                Ok(Prepared {
+                    loaded: None,
+                    epoch: None,
+                    routes: crate::cluster::RoutePin::default(),
+                    restart: true,
+                })
+            });
+            self.pending_connect = Some(Box::new((connect, future)));
+            return;
+        }
         let claim = self.node.cluster().is_some() && !connect.client_id.is_empty();
         let plan = match self
             .node
@@ -170,6 +186,7 @@ where
                             loaded: Some(step.await?),
                             epoch: None,
                             routes: crate::cluster::RoutePin::default(),
+                            restart: false,
                         })
                     });
                     self.pending_connect = Some(Box::new((connect, future)));
@@ -229,6 +246,7 @@ where
                 loaded,
                 epoch,
                 routes,
+                restart: false,
             })
         });
         self.pending_connect = Some(Box::new((connect, future)));
@@ -253,6 +271,7 @@ where
         };
         let (connect, _) = *pending;
         match result {
+            Ok(Prepared { restart: true, .. }) => self.start_connect(connect),
             Ok(prepared) if self.node.holds_epoch(&connect.client_id, prepared.epoch) => {
                 let Prepared { loaded, routes, .. } = prepared;
                 self.accept(*connect, loaded);
