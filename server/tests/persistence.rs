@@ -380,6 +380,17 @@ fn storage_down_then_back_recovers_without_restart() {
     assert_eq!(receive(&mut sub, 1)[0].2, "back");
 }
 
+/// A node alone on `redis` (no cluster lease to lose while storage hangs,
+/// which would close every connection), whose failing batches are retried
+/// for `connect_timeout` seconds.
+fn broker_without_lease(redis: &Server, connect_timeout: u32) -> TestBroker {
+    TestBroker::with(|config| {
+        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
+        config.mqtt.server.connect_timeout = connect_timeout;
+        config.mqtt.cluster.enabled = false;
+    })
+}
+
 /// A persistent CONNECT, retried while the node cannot reach storage yet
 /// (CONNACK 3).
 fn persistent_when_back(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
@@ -406,13 +417,7 @@ fn persistent_when_back(addr: SocketAddr, client_id: &str) -> (RawClient, bool) 
 #[test]
 fn a_publish_failed_while_storage_hung_reaches_its_subscriber_once() {
     let redis = Server::standalone();
-    let broker = TestBroker::with(|config| {
-        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
-        // The retry budget of a failing batch (10 s by default).
-        config.mqtt.server.connect_timeout = 2;
-        // No lease to lose (which would close every connection).
-        config.mqtt.cluster.enabled = false;
-    });
+    let broker = broker_without_lease(&redis, 2);
     subscribe_persistent(broker.addr(), "h-sub", &[("h/#", 2)]);
     let (mut sub, present) = persistent(broker.addr(), "h-sub");
     assert!(present);
@@ -486,11 +491,7 @@ fn api_call(broker: &TestBroker, method: &str, path: &str, body: Option<&str>) -
 #[test]
 fn a_takeover_waits_for_the_old_connections_writes() {
     let redis = Server::standalone();
-    let broker = TestBroker::with(|config| {
-        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
-        // No lease to lose (which would close every connection).
-        config.mqtt.cluster.enabled = false;
-    });
+    let broker = broker_without_lease(&redis, 10);
     subscribe_persistent(broker.addr(), "tw-sub", &[("tw/#", 2)]);
     let (mut old, present) = persistent(broker.addr(), "tw-sub");
     assert!(present);
@@ -530,12 +531,7 @@ fn a_takeover_waits_for_the_old_connections_writes() {
 #[test]
 fn an_api_publish_failed_while_storage_hung_resyncs_its_subscriber() {
     let redis = Server::standalone();
-    let broker = TestBroker::with(|config| {
-        config.mqtt.kvrocks.cluster.nodes = vec![redis.node()];
-        config.mqtt.server.connect_timeout = 2;
-        // No lease to lose (which would close every connection).
-        config.mqtt.cluster.enabled = false;
-    });
+    let broker = broker_without_lease(&redis, 2);
     subscribe_persistent(broker.addr(), "ah-sub", &[("ah/#", 1)]);
     let (mut sub, present) = persistent(broker.addr(), "ah-sub");
     assert!(present);
