@@ -318,9 +318,7 @@ impl<R: Runtime> Node<R> {
                     attempted = true;
                     self.storage.apply(ops.clone()).await
                 }
-                Ok(()) => Err(StorageError::Unavailable(
-                    "not written in time: routed with routes since outdated".into(),
-                )),
+                Ok(()) => Err(crate::journal::too_late()),
                 Err(error) => Err(error),
             };
             match result {
@@ -367,11 +365,7 @@ impl<R: Runtime> Node<R> {
         }
         Metrics::inc(&self.metrics.api_publishes);
         let (prepared, ops) = self.prepare_route(Arc::new(message), None, &mut Vec::new());
-        let write_by = self
-            .cluster
-            .as_ref()
-            .map(|cluster| self.runtime.now() + cluster.config.route_write_window());
-        match self.store_by(ops, write_by).await {
+        match self.store_by(ops, self.route_write_by()).await {
             Ok(()) => Ok(self.finish_route(prepared)),
             Err(Unstored { error, attempted }) => {
                 if attempted {

@@ -276,7 +276,8 @@ fn stopped() -> StorageError {
     StorageError::Unavailable("journal writer stopped".into())
 }
 
-fn too_late() -> StorageError {
+/// A write refused past its deadline (see "Deadlines" above).
+pub(crate) fn too_late() -> StorageError {
     StorageError::Unavailable("not written in time: routed with routes since outdated".into())
 }
 

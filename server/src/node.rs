@@ -339,9 +339,7 @@ impl<R: Runtime> Node<R> {
                     let old = self.refuse_to_reload(&mut inner, cell, now);
                     drop(inner);
                     if let Some(old) = old {
-                        let mut old = lock(&old.inner);
-                        old.conn.close(CloseReason::StorageUnavailable, now);
-                        old.wake();
+                        old.close(CloseReason::StorageUnavailable, now);
                     }
                     return None;
                 }

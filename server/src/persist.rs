@@ -245,6 +245,13 @@ impl<R: Runtime> Node<R> {
         MessageId::new(self.node_tag, sequence)
     }
 
+    /// In a cluster, the last instant a publish routed now may be written
+    /// (see `ClusterConfig::route_write_window`).
+    pub(crate) fn route_write_by(&self) -> Option<Instant> {
+        let cluster = self.cluster.as_ref()?;
+        Some(self.runtime.now() + cluster.config.route_write_window())
+    }
+
     /// Writes a connection's batch (made under `incarnation`, to be
     /// written by `write_by` if given) through the node-wide journal
     /// writer, merged with other connections' (see `journal.rs`).
@@ -417,11 +424,7 @@ impl<R: Runtime> Node<R> {
             _ => return None,
         };
         let now = self.runtime.now();
-        {
-            let mut connection = lock(&old.inner);
-            connection.conn.close(CloseReason::TakenOver, now);
-            connection.wake();
-        }
+        old.close(CloseReason::TakenOver, now);
         let runtime = self.runtime.clone();
         let deadline = now + self.config.connection.connect_timeout;
         Some(Box::pin(async move {
@@ -710,9 +713,7 @@ impl<R: Runtime> Node<R> {
                 inner.attached.clone()
             };
             if let Some(cell) = attached {
-                let mut connection = lock(&cell.inner);
-                connection.conn.close(CloseReason::StorageUnavailable, now);
-                connection.wake();
+                cell.close(CloseReason::StorageUnavailable, now);
             }
         }
     }

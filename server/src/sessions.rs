@@ -57,6 +57,14 @@ impl ConnCell {
             inner: Mutex::new(ConnInner { conn, waker: None }),
         }
     }
+
+    /// Closes the connection from outside its driver, and wakes the
+    /// driver to finish it.
+    pub fn close(&self, reason: easy_mqtt_core::session::CloseReason, now: std::time::Instant) {
+        let mut inner = lock(&self.inner);
+        inner.conn.close(reason, now);
+        inner.wake();
+    }
 }
 
 /// The session entries by client id. A set of the entries, looked up by

@@ -100,9 +100,7 @@ impl<R: Runtime> NodeOps for Node<R> {
     fn close_connection_id(&self, id: u64) -> bool {
         let cell = lock(&self.connections).get(&id).and_then(Weak::upgrade);
         let Some(cell) = cell else { return false };
-        let mut inner = lock(&cell.inner);
-        inner.conn.close(CloseReason::Kicked, self.runtime.now());
-        inner.wake();
+        cell.close(CloseReason::Kicked, self.runtime.now());
         true
     }
 

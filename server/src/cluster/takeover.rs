@@ -522,9 +522,7 @@ impl<R: Runtime> Node<R> {
         if let Some(entry) = &entry {
             let cell = lock(&entry.inner).attached.clone();
             if let Some(cell) = cell {
-                let mut c = lock(&cell.inner);
-                c.conn.close(CloseReason::TakenOver, now);
-                c.wake();
+                cell.close(CloseReason::TakenOver, now);
             }
             // The driver detaches once its writes are stored.
             while lock(&entry.inner).attached.is_some() && self.runtime.now() < deadline {

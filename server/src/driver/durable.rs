@@ -199,11 +199,11 @@ where
         }
         let routes = usize::from(matches!(after, After::Route { .. }));
         let incarnation = self.node.incarnation();
-        let write_by = self
-            .node
-            .cluster()
-            .filter(|_| routes > 0)
-            .map(|cluster| self.node.runtime().now() + cluster.config.route_write_window());
+        let write_by = if routes > 0 {
+            self.node.route_write_by()
+        } else {
+            None
+        };
         if let Some(back) = self.storage.back_mut()
             && back.running.is_none()
             && back.failing_since.is_none()
