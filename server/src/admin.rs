@@ -365,7 +365,8 @@ impl<R: Runtime> Node<R> {
         }
         Metrics::inc(&self.metrics.api_publishes);
         let (prepared, ops) = self.prepare_route(Arc::new(message), None, &mut Vec::new());
-        match self.store_by(ops, self.route_write_by()).await {
+        let write_by = self.route_write_by(&ops);
+        match self.store_by(ops, write_by).await {
             Ok(()) => Ok(self.finish_route(prepared)),
             Err(Unstored { error, attempted }) => {
                 if attempted {
@@ -599,7 +600,11 @@ impl<R: Runtime> Node<R> {
                     qos,
                 },
             });
-            self.store(vec![op]).await.map_err(storage)?;
+            let ops = vec![op];
+            let write_by = self.route_write_by(&ops);
+            self.store_by(ops, write_by)
+                .await
+                .map_err(|unstored| storage(unstored.error))?;
             tracing::debug!(client_id, node = %owner, "API publish forwarded to the client's node");
             return Ok(true);
         }

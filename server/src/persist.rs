@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use easy_mqtt_core::ByteStr;
 use easy_mqtt_core::PacketId;
 use easy_mqtt_core::QoS;
+use easy_mqtt_core::cluster::{BusEntry, ClusterOp};
 use easy_mqtt_core::session::{
     CloseReason, Delivery, InflightMessage, Message, OutboundPhase, QueueOverflow, SessionChange,
     SessionLimits, SessionState,
@@ -41,6 +42,18 @@ use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::Runtime;
 use crate::sessions::{ConnCell, SessionEntry, SessionInner, SessionKey, lock};
+
+/// Whether `op` hands a message to another node's inbox (a fan-out there,
+/// or a delivery to one of its sessions).
+fn hands_to_another_node(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Cluster(ClusterOp::Forward {
+            entry: BusEntry::Publish { .. } | BusEntry::Direct { .. },
+            ..
+        })
+    )
+}
 
 /// A message whose batch is being stored, and where it goes once it is.
 pub struct PreparedRoute {
@@ -245,11 +258,19 @@ impl<R: Runtime> Node<R> {
         MessageId::new(self.node_tag, sequence)
     }
 
-    /// In a cluster, the last instant a publish routed now may be written
-    /// (see `ClusterConfig::route_write_window`).
-    pub(crate) fn route_write_by(&self) -> Option<Instant> {
+    /// In a cluster, the last instant a batch of `ops` routed now may be
+    /// written, when it hands messages to other nodes (see
+    /// `ClusterConfig::route_write_window`): they were addressed with the
+    /// routes of now. Deliveries to this node's own sessions have no such
+    /// limit: a session released to another node waits for the routes in
+    /// flight here (`ClusterState::routes_before`), and a storage that is
+    /// slow but answering (a fan-out of millions of deliveries queued in
+    /// the journal) is no reason to refuse a publish.
+    pub(crate) fn route_write_by(&self, ops: &[Op]) -> Option<Instant> {
         let cluster = self.cluster.as_ref()?;
-        Some(self.runtime.now() + cluster.config.route_write_window())
+        ops.iter()
+            .any(hands_to_another_node)
+            .then(|| self.runtime.now() + cluster.config.route_write_window())
     }
 
     /// Writes a connection's batch (made under `incarnation`, to be

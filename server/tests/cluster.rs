@@ -567,3 +567,96 @@ fn a_publisher_is_not_held_by_an_outbox_stalled_on_storage() {
     );
     drop(subscriber);
 }
+
+/// Offline persistent subscribers, publishers, and QoS 1 publications per
+/// publisher of
+/// [`a_local_fan_out_stored_slower_than_the_route_write_window_is_acknowledged`].
+const SLOW_FAN_OUT: (usize, usize, u16) = (300, 100, 10);
+
+/// A fan-out that a healthy storage takes long to store (a backlog in the
+/// journal, not an outage) is acknowledged however long it waits: the
+/// route write window (here `node-timeout` − `heartbeat-interval` =
+/// 450 ms) bounds only what a publish hands to other nodes, whose routes
+/// may move on meanwhile. 100 publishers send 10 publications each at
+/// once to 300 offline persistent subscribers: 300,000 queue entries,
+/// which the journal writer stores 1,000 ops per call (four calls at a
+/// time), so the last publications wait far longer than the window. Each
+/// is acknowledged, and a subscriber that comes back finds all of them,
+/// each publisher's in order.
+#[test]
+fn a_local_fan_out_stored_slower_than_the_route_write_window_is_acknowledged() {
+    let redis = Server::standalone();
+    let nodes = vec![redis.node()];
+    let node = common::TestBroker::with(move |config| {
+        config.mqtt.kvrocks.cluster.nodes = nodes;
+        config.mqtt.kvrocks.write_batch_ops = 1000;
+        config.mqtt.server.node_id = "slow".into();
+        config.mqtt.cluster.heartbeat_interval = 150;
+        config.mqtt.cluster.node_timeout = 600;
+        config.mqtt.cluster.takeover_timeout = 3000;
+    });
+    let (subscribers, publishers, messages) = SLOW_FAN_OUT;
+    let addr = node.addr();
+    let persistent = move |client_id: &str| {
+        let connect = common::wire::Connect::new(client_id).clean(false);
+        let (client, (_, code)) = common::RawClient::connect_with(addr, &connect);
+        assert_eq!(code, 0, "CONNACK of {client_id}");
+        client
+    };
+    for s in 0..subscribers {
+        let mut subscriber = persistent(&format!("slow-sub-{s}"));
+        assert_eq!(subscriber.subscribe(1, &[("slow/t", 1)]), vec![1]);
+        subscriber.send(&common::wire::disconnect());
+        subscriber.expect_closed();
+    }
+
+    let mut clients: Vec<common::RawClient> = (0..publishers)
+        .map(|p| common::RawClient::connect(addr, &format!("slow-pub-{p}")))
+        .collect();
+    let started = Instant::now();
+    for (p, publisher) in clients.iter_mut().enumerate() {
+        let mut burst = Vec::new();
+        for id in 1..=messages {
+            let payload = [(p as u16).to_be_bytes(), id.to_be_bytes()].concat();
+            burst.extend(common::wire::publish("slow/t", 1, id, false, &payload));
+        }
+        publisher.send(&burst);
+    }
+    for (p, publisher) in clients.iter_mut().enumerate() {
+        for id in 1..=messages {
+            match publisher.read(Duration::from_secs(60)) {
+                common::Recv::Packet(packet) if packet.first == 0x40 => {
+                    assert_eq!(packet.packet_id(), id, "PUBACKs of slow-pub-{p} in order");
+                }
+                other => panic!(
+                    "slow-pub-{p}: PUBACK {id} of {messages} expected after {:?}, got {other:?}",
+                    started.elapsed()
+                ),
+            }
+        }
+    }
+    let stored_in = started.elapsed();
+    assert!(
+        stored_in > Duration::from_millis(450),
+        "the fan-out must outlast the window to test it: stored in {stored_in:?}"
+    );
+
+    for s in [0, subscribers - 1] {
+        let mut subscriber = persistent(&format!("slow-sub-{s}"));
+        let mut next = vec![1u16; publishers];
+        for _ in 0..publishers * usize::from(messages) {
+            let publish = subscriber.recv_publish();
+            let p = usize::from(u16::from_be_bytes([publish.payload[0], publish.payload[1]]));
+            let id = u16::from_be_bytes([publish.payload[2], publish.payload[3]]);
+            assert_eq!(
+                id, next[p],
+                "slow-sub-{s}: slow-pub-{p}'s publications in order"
+            );
+            next[p] += 1;
+            if let Some(packet_id) = publish.packet_id {
+                subscriber.send(&common::wire::puback(packet_id));
+            }
+        }
+        subscriber.expect_silence(Duration::from_millis(200));
+    }
+}

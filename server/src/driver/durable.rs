@@ -87,10 +87,11 @@ pub(super) struct StorageBatch {
     /// dead meanwhile (fenced) lost what it held to its adopter, so the
     /// batch is stale and never written.
     pub(super) incarnation: Option<u64>,
-    /// For a batch routing a publish on a cluster node: the last instant
-    /// at which it may be written (`ClusterConfig::route_write_window`
-    /// after its first route). Its inbox entries for other nodes were
-    /// addressed with the routes of that time; written later (a node that
+    /// For a batch routing a publish to other cluster nodes: the last
+    /// instant at which it may be written (`ClusterConfig::route_write_window`
+    /// after its first such route; see `Node::route_write_by`). Its inbox
+    /// entries for other nodes were addressed with the routes of that
+    /// time; written later (a node that
     /// cannot hear storage retries for a long time, and its later batches
     /// wait behind), an entry could reach a node that has since let the
     /// subscriber go and no longer forwards for it: lost, though PUBACKed
@@ -200,7 +201,7 @@ where
         let routes = usize::from(matches!(after, After::Route { .. }));
         let incarnation = self.node.incarnation();
         let write_by = if routes > 0 {
-            self.node.route_write_by()
+            self.node.route_write_by(&ops)
         } else {
             None
         };
