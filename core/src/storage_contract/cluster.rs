@@ -52,6 +52,10 @@ use crate::cluster::{BusEntry, Cluster, ClusterOp, InboxId, Liveness, Member, Pr
 use crate::packet::{ByteStr, QoS};
 use crate::storage::{BoxFuture, MessageId, Op, Storage};
 
+use super::cluster_data::{
+    add_route, inbox_order_and_ack, logs_capped_newest_first, presence, presence_set_and_clear,
+    records_with_ttl, routes, set_presence,
+};
 use super::support::{apply, binary_message, message};
 
 /// Waits for a duration on the backend's clock (sleeps, or advances a
@@ -59,21 +63,21 @@ use super::support::{apply, binary_message, message};
 pub type Sleep = dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync;
 
 /// The time to live of the checks on expiry.
-const TTL: Duration = Duration::from_millis(300);
+pub(super) const TTL: Duration = Duration::from_millis(300);
 /// Long enough for [`TTL`] to pass, with a margin for a slow machine.
-const PAST_TTL: Duration = Duration::from_millis(700);
+pub(super) const PAST_TTL: Duration = Duration::from_millis(700);
 /// A time to live no check outlives.
-const LONG_TTL: Duration = Duration::from_secs(60);
+pub(super) const LONG_TTL: Duration = Duration::from_secs(60);
 
-fn cluster_op(op: ClusterOp) -> Op {
+pub(super) fn cluster_op(op: ClusterOp) -> Op {
     Op::Cluster(op)
 }
 
-fn b(text: &str) -> ByteStr {
+pub(super) fn b(text: &str) -> ByteStr {
     ByteStr::from(text)
 }
 
-async fn members(cluster: &dyn Cluster, check: &str, prefix: &str) -> Vec<Member> {
+pub(super) async fn members(cluster: &dyn Cluster, check: &str, prefix: &str) -> Vec<Member> {
     let mut members = match cluster.members().await {
         Ok(members) => members,
         Err(error) => panic!("{check}: members: {error}"),
@@ -83,7 +87,7 @@ async fn members(cluster: &dyn Cluster, check: &str, prefix: &str) -> Vec<Member
     members
 }
 
-async fn heartbeat(
+pub(super) async fn heartbeat(
     cluster: &dyn Cluster,
     check: &str,
     node: &str,
@@ -96,20 +100,26 @@ async fn heartbeat(
     }
 }
 
-async fn adopt(cluster: &dyn Cluster, check: &str, dead: &str, incarnation: u64, by: &str) -> bool {
+pub(super) async fn adopt(
+    cluster: &dyn Cluster,
+    check: &str,
+    dead: &str,
+    incarnation: u64,
+    by: &str,
+) -> bool {
     match cluster.claim_adoption(dead, incarnation, by).await {
         Ok(won) => won,
         Err(error) => panic!("{check}: claim_adoption({dead}, {incarnation}, {by}): {error}"),
     }
 }
 
-async fn forget(cluster: &dyn Cluster, check: &str, node: &str) {
+pub(super) async fn forget(cluster: &dyn Cluster, check: &str, node: &str) {
     if let Err(error) = cluster.forget_member(node).await {
         panic!("{check}: forget_member({node}): {error}");
     }
 }
 
-async fn inbox(
+pub(super) async fn inbox(
     cluster: &dyn Cluster,
     check: &str,
     node: &str,
@@ -122,7 +132,7 @@ async fn inbox(
     }
 }
 
-async fn routes_of(
+pub(super) async fn routes_of(
     cluster: &dyn Cluster,
     check: &str,
     prefix: &str,
@@ -141,7 +151,7 @@ async fn routes_of(
     routes
 }
 
-async fn presence_of(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<Presence> {
+pub(super) async fn presence_of(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<Presence> {
     let mut presence = match cluster.presence(node).await {
         Ok(presence) => presence,
         Err(error) => panic!("{check}: presence({node}): {error}"),
@@ -150,7 +160,7 @@ async fn presence_of(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<Pres
     presence
 }
 
-async fn owned(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<ByteStr> {
+pub(super) async fn owned(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<ByteStr> {
     let mut owned = match cluster.owned_by(node).await {
         Ok(owned) => owned,
         Err(error) => panic!("{check}: owned_by({node}): {error}"),
@@ -159,14 +169,23 @@ async fn owned(cluster: &dyn Cluster, check: &str, node: &str) -> Vec<ByteStr> {
     owned
 }
 
-async fn record(cluster: &dyn Cluster, check: &str, space: &str, key: &str) -> Option<Bytes> {
+pub(super) async fn record(
+    cluster: &dyn Cluster,
+    check: &str,
+    space: &str,
+    key: &str,
+) -> Option<Bytes> {
     match cluster.get_record(space, key).await {
         Ok(value) => value,
         Err(error) => panic!("{check}: get_record({space}, {key}): {error}"),
     }
 }
 
-async fn records(cluster: &dyn Cluster, check: &str, space: &str) -> Vec<(ByteStr, Bytes)> {
+pub(super) async fn records(
+    cluster: &dyn Cluster,
+    check: &str,
+    space: &str,
+) -> Vec<(ByteStr, Bytes)> {
     let mut records = match cluster.scan_records(space).await {
         Ok(records) => records,
         Err(error) => panic!("{check}: scan_records({space}): {error}"),
@@ -175,7 +194,13 @@ async fn records(cluster: &dyn Cluster, check: &str, space: &str) -> Vec<(ByteSt
     records
 }
 
-async fn log(cluster: &dyn Cluster, check: &str, space: &str, key: &str, max: usize) -> Vec<Bytes> {
+pub(super) async fn log(
+    cluster: &dyn Cluster,
+    check: &str,
+    space: &str,
+    key: &str,
+    max: usize,
+) -> Vec<Bytes> {
     match cluster.read_log(space, key, max).await {
         Ok(entries) => entries,
         Err(error) => panic!("{check}: read_log({space}, {key}, {max}): {error}"),
@@ -184,7 +209,7 @@ async fn log(cluster: &dyn Cluster, check: &str, space: &str, key: &str, max: us
 
 /// An incarnation no earlier run used (runs take more than a
 /// microsecond): microseconds since the Unix epoch, times 10.
-fn fresh_incarnation() -> u64 {
+pub(super) fn fresh_incarnation() -> u64 {
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|time| time.as_micros())
@@ -192,7 +217,7 @@ fn fresh_incarnation() -> u64 {
     u64::try_from(micros).unwrap_or(u64::MAX / 20) * 10
 }
 
-fn member(node: &str, alive: Option<u64>, incarnation: u64) -> Member {
+pub(super) fn member(node: &str, alive: Option<u64>, incarnation: u64) -> Member {
     Member {
         node: b(node),
         alive,
@@ -327,7 +352,7 @@ pub async fn membership(_storage: &dyn Storage, cluster: &dyn Cluster, sleep: &S
     );
 }
 
-async fn responsible(cluster: &dyn Cluster, check: &str, client: &str) -> Vec<ByteStr> {
+pub(super) async fn responsible(cluster: &dyn Cluster, check: &str, client: &str) -> Vec<ByteStr> {
     let mut nodes = match cluster.responsible(client).await {
         Ok(nodes) => nodes,
         Err(error) => panic!("{check}: responsible({client}): {error}"),
@@ -336,7 +361,7 @@ async fn responsible(cluster: &dyn Cluster, check: &str, client: &str) -> Vec<By
     nodes
 }
 
-fn disown(node: &str, client_id: &str) -> Op {
+pub(super) fn disown(node: &str, client_id: &str) -> Op {
     cluster_op(ClusterOp::Disown {
         node: b(node),
         client_id: b(client_id),
@@ -485,7 +510,7 @@ pub async fn ownership(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sl
     );
 }
 
-fn entries() -> Vec<BusEntry> {
+pub(super) fn entries() -> Vec<BusEntry> {
     let bytes: Vec<u8> = (0..=255).rev().collect();
     let binary = binary_message("contract/inbox/ü/{x}", &bytes, QoS::ExactlyOnce);
     let mut retained = (*message("contract/inbox/r", "", QoS::AtLeastOnce)).clone();
@@ -516,436 +541,18 @@ fn entries() -> Vec<BusEntry> {
     ]
 }
 
-fn forward(node: &str, entry: BusEntry) -> Op {
+pub(super) fn forward(node: &str, entry: BusEntry) -> Op {
     cluster_op(ClusterOp::Forward {
         node: b(node),
         entry,
     })
 }
 
-fn ack(node: &str, entry: InboxId) -> Op {
+pub(super) fn ack(node: &str, entry: InboxId) -> Op {
     cluster_op(ClusterOp::InboxAck {
         node: b(node),
         entry,
     })
-}
-
-/// Inbox order, paging, acknowledgement; entries read back exactly.
-pub async fn inbox_order_and_ack(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
-    const CHECK: &str = "inbox_order_and_ack";
-    let node = "contract-inbox-n";
-    let other = "contract-inbox-o";
-    let sent = entries();
-    assert_eq!(
-        inbox(cluster, CHECK, node, None, 100).await,
-        vec![],
-        "{CHECK}: empty at first"
-    );
-    let waited = cluster
-        .read_inbox(node, None, 10, Duration::from_millis(50))
-        .await;
-    assert!(
-        matches!(waited.as_deref(), Ok([])),
-        "{CHECK}: waiting on an empty inbox: {waited:?}"
-    );
-
-    let (first, rest) = sent.split_at(2);
-    let mut batch: Vec<Op> = first.iter().map(|e| forward(node, e.clone())).collect();
-    batch.push(forward(other, sent[4].clone()));
-    apply(storage, CHECK, batch).await;
-    apply(
-        storage,
-        CHECK,
-        rest.iter().map(|e| forward(node, e.clone())).collect(),
-    )
-    .await;
-
-    let read = inbox(cluster, CHECK, node, None, 100).await;
-    let got: Vec<BusEntry> = read.iter().map(|(_, entry)| entry.clone()).collect();
-    assert_eq!(got, sent, "{CHECK}: entries in append order");
-    let ids: Vec<InboxId> = read.iter().map(|(id, _)| *id).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "{CHECK}: ids not increasing: {ids:?}"
-    );
-    let others = inbox(cluster, CHECK, other, None, 100).await;
-    assert_eq!(others.len(), 1, "{CHECK}: another node's inbox: {others:?}");
-
-    assert_eq!(
-        inbox(cluster, CHECK, node, None, 2).await,
-        read[..2],
-        "{CHECK}: max"
-    );
-    assert_eq!(
-        inbox(cluster, CHECK, node, Some(ids[1]), 2).await,
-        read[2..4],
-        "{CHECK}: after"
-    );
-    assert_eq!(
-        inbox(cluster, CHECK, node, Some(ids[4]), 10).await,
-        vec![],
-        "{CHECK}: after the last"
-    );
-
-    // Acknowledged entries go; acknowledging again or an unknown id is a no-op.
-    let unknown = InboxId { ms: 1, seq: 1 };
-    let acks = vec![ack(node, ids[0]), ack(node, ids[2]), ack(node, unknown)];
-    apply(storage, CHECK, acks.clone()).await;
-    apply(storage, CHECK, acks).await;
-    let left = inbox(cluster, CHECK, node, None, 100).await;
-    let expected: Vec<(InboxId, BusEntry)> = [1, 3, 4].iter().map(|i| read[*i].clone()).collect();
-    assert_eq!(left, expected, "{CHECK}: after the acks");
-    assert_eq!(
-        inbox(cluster, CHECK, node, Some(ids[0]), 1).await,
-        expected[..1],
-        "{CHECK}: after an acked id"
-    );
-
-    // A later entry comes after every earlier one, acknowledged or not.
-    apply(storage, CHECK, vec![forward(node, sent[3].clone())]).await;
-    let last = inbox(cluster, CHECK, node, Some(ids[4]), 10).await;
-    assert_eq!(last.len(), 1, "{CHECK}: the later entry: {last:?}");
-    assert!(last[0].0 > ids[4], "{CHECK}: a later entry has a lower id");
-
-    forget(cluster, CHECK, node).await;
-    forget(cluster, CHECK, other).await;
-    assert_eq!(
-        inbox(cluster, CHECK, node, None, 100).await,
-        vec![],
-        "{CHECK}: forgotten"
-    );
-    assert_eq!(
-        inbox(cluster, CHECK, other, None, 100).await,
-        vec![],
-        "{CHECK}: forgotten"
-    );
-}
-
-fn add_route(node: &str, filter: &str) -> Op {
-    cluster_op(ClusterOp::AddRoute {
-        node: b(node),
-        filter: b(filter),
-    })
-}
-
-fn remove_route(node: &str, filter: &str) -> Op {
-    cluster_op(ClusterOp::RemoveRoute {
-        node: b(node),
-        filter: b(filter),
-    })
-}
-
-/// Routes form a set per node; listed for members.
-pub async fn routes(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
-    const CHECK: &str = "routes";
-    let prefix = "contract-routes-";
-    let [n, m] = ["contract-routes-n", "contract-routes-m"];
-    heartbeat(cluster, CHECK, n, 1, LONG_TTL).await;
-    heartbeat(cluster, CHECK, m, 1, LONG_TTL).await;
-    let batch = vec![
-        add_route(n, "a/+"),
-        add_route(n, "a/+"),
-        add_route(n, "#"),
-        add_route(n, "gone"),
-        remove_route(n, "gone"),
-        remove_route(n, "never"),
-        add_route(m, "b/{x}/ü"),
-    ];
-    apply(storage, CHECK, batch.clone()).await;
-    apply(storage, CHECK, batch).await;
-    let expected = vec![(b(m), vec![b("b/{x}/ü")]), (b(n), vec![b("#"), b("a/+")])];
-    assert_eq!(routes_of(cluster, CHECK, prefix).await, expected, "{CHECK}");
-
-    apply(
-        storage,
-        CHECK,
-        vec![remove_route(m, "b/{x}/ü"), remove_route(n, "#")],
-    )
-    .await;
-    apply(storage, CHECK, vec![remove_route(m, "b/{x}/ü")]).await;
-    let expected = vec![(b(n), vec![b("a/+")])];
-    assert_eq!(
-        routes_of(cluster, CHECK, prefix).await,
-        expected,
-        "{CHECK}: removed"
-    );
-
-    forget(cluster, CHECK, n).await;
-    forget(cluster, CHECK, m).await;
-    assert_eq!(
-        routes_of(cluster, CHECK, prefix).await,
-        vec![],
-        "{CHECK}: forgotten"
-    );
-}
-
-fn presence(client_id: &str, epoch: u64, will: bool) -> Presence {
-    let will = will.then(|| {
-        let bytes: Vec<u8> = (0..=255).collect();
-        binary_message("contract/presence/will", &bytes, QoS::AtLeastOnce)
-    });
-    Presence {
-        client_id: b(client_id),
-        epoch,
-        will,
-        since_ms: 1_700_000_000_000 + epoch,
-    }
-}
-
-fn set_presence(node: &str, presence: Presence) -> Op {
-    cluster_op(ClusterOp::SetPresence {
-        node: b(node),
-        presence,
-    })
-}
-
-fn clear_presence(node: &str, client_id: &str) -> Op {
-    cluster_op(ClusterOp::ClearPresence {
-        node: b(node),
-        client_id: b(client_id),
-    })
-}
-
-/// Presence is set, replaced and cleared per client.
-pub async fn presence_set_and_clear(storage: &dyn Storage, cluster: &dyn Cluster, _sleep: &Sleep) {
-    const CHECK: &str = "presence_set_and_clear";
-    let [n, m] = ["contract-presence-n", "contract-presence-m"];
-    let [c1, c2, c3] = [
-        "contract-presence-1",
-        "contract-presence-{2}",
-        "contract-presence-3",
-    ];
-    let batch = vec![
-        set_presence(n, presence(c1, 1, true)),
-        set_presence(n, presence(c2, 2, false)),
-        set_presence(n, presence(c3, 3, false)),
-        clear_presence(n, c3),
-        clear_presence(n, "contract-presence-never"),
-        set_presence(m, presence(c3, 4, true)),
-    ];
-    apply(storage, CHECK, batch.clone()).await;
-    apply(storage, CHECK, batch).await;
-    assert_eq!(
-        presence_of(cluster, CHECK, n).await,
-        vec![presence(c1, 1, true), presence(c2, 2, false)],
-        "{CHECK}"
-    );
-    assert_eq!(
-        presence_of(cluster, CHECK, m).await,
-        vec![presence(c3, 4, true)],
-        "{CHECK}"
-    );
-
-    apply(
-        storage,
-        CHECK,
-        vec![
-            set_presence(n, presence(c1, 5, false)),
-            clear_presence(n, c2),
-        ],
-    )
-    .await;
-    assert_eq!(
-        presence_of(cluster, CHECK, n).await,
-        vec![presence(c1, 5, false)],
-        "{CHECK}: replaced and cleared"
-    );
-
-    forget(cluster, CHECK, n).await;
-    apply(storage, CHECK, vec![clear_presence(m, c3)]).await;
-    assert_eq!(
-        presence_of(cluster, CHECK, n).await,
-        vec![],
-        "{CHECK}: forgotten"
-    );
-    assert_eq!(
-        presence_of(cluster, CHECK, m).await,
-        vec![],
-        "{CHECK}: cleared"
-    );
-}
-
-fn put_record(space: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Op {
-    cluster_op(ClusterOp::PutRecord {
-        space: b(space),
-        key: b(key),
-        value: Bytes::copy_from_slice(value),
-        ttl,
-    })
-}
-
-fn delete_record(space: &str, key: &str) -> Op {
-    cluster_op(ClusterOp::DeleteRecord {
-        space: b(space),
-        key: b(key),
-    })
-}
-
-/// Records are set, replaced, deleted and expire.
-pub async fn records_with_ttl(storage: &dyn Storage, cluster: &dyn Cluster, sleep: &Sleep) {
-    const CHECK: &str = "records_with_ttl";
-    let space = "contract-records-{s}";
-    let other = "contract-records-o";
-    let binary: Vec<u8> = (0..=255).collect();
-    let [k1, k2, k3] = ["k1", "k/{2}", "k3"];
-    let batch = vec![
-        put_record(space, k1, b"one", None),
-        put_record(space, k1, &binary, None),
-        put_record(space, k2, b"two", Some(TTL)),
-        put_record(space, k3, b"three", Some(TTL)),
-        put_record(space, k3, b"three", None),
-        put_record(space, "gone", b"gone", None),
-        delete_record(space, "gone"),
-        delete_record(space, "never"),
-        put_record(other, k1, b"other", Some(LONG_TTL)),
-    ];
-    apply(storage, CHECK, batch.clone()).await;
-    apply(storage, CHECK, batch).await;
-    let value = |v: &[u8]| Some(Bytes::copy_from_slice(v));
-    assert_eq!(
-        record(cluster, CHECK, space, k1).await,
-        value(&binary),
-        "{CHECK}"
-    );
-    assert_eq!(
-        record(cluster, CHECK, space, k2).await,
-        value(b"two"),
-        "{CHECK}"
-    );
-    assert_eq!(
-        record(cluster, CHECK, space, "gone").await,
-        None,
-        "{CHECK}: deleted"
-    );
-    assert_eq!(
-        record(cluster, CHECK, other, k1).await,
-        value(b"other"),
-        "{CHECK}"
-    );
-    let listed = |pairs: &[(&str, &[u8])]| -> Vec<(ByteStr, Bytes)> {
-        let mut pairs: Vec<(ByteStr, Bytes)> = pairs
-            .iter()
-            .map(|(k, v)| (b(k), Bytes::copy_from_slice(v)))
-            .collect();
-        pairs.sort();
-        pairs
-    };
-    assert_eq!(
-        records(cluster, CHECK, space).await,
-        listed(&[(k1, &binary), (k2, b"two"), (k3, b"three")]),
-        "{CHECK}: scan"
-    );
-
-    sleep(PAST_TTL).await;
-    assert_eq!(
-        record(cluster, CHECK, space, k2).await,
-        None,
-        "{CHECK}: expired"
-    );
-    assert_eq!(
-        record(cluster, CHECK, space, k3).await,
-        value(b"three"),
-        "{CHECK}: TTL removed"
-    );
-    assert_eq!(
-        records(cluster, CHECK, space).await,
-        listed(&[(k1, &binary), (k3, b"three")]),
-        "{CHECK}: scan after expiry"
-    );
-
-    let cleanup = vec![
-        delete_record(space, k1),
-        delete_record(space, k2),
-        delete_record(space, k3),
-        delete_record(other, k1),
-    ];
-    apply(storage, CHECK, cleanup.clone()).await;
-    apply(storage, CHECK, cleanup).await;
-    assert_eq!(
-        records(cluster, CHECK, space).await,
-        vec![],
-        "{CHECK}: deleted"
-    );
-    assert_eq!(
-        records(cluster, CHECK, other).await,
-        vec![],
-        "{CHECK}: deleted"
-    );
-}
-
-fn push_log(space: &str, key: &str, entry: &str, keep: u32) -> Op {
-    cluster_op(ClusterOp::PushLog {
-        space: b(space),
-        key: b(key),
-        entry: Bytes::copy_from_slice(entry.as_bytes()),
-        keep,
-    })
-}
-
-/// Logs read newest first, capped.
-pub async fn logs_capped_newest_first(
-    storage: &dyn Storage,
-    cluster: &dyn Cluster,
-    _sleep: &Sleep,
-) {
-    const CHECK: &str = "logs_capped_newest_first";
-    let space = "contract-logs-{s}";
-    let [k, other] = ["k/{1}", "k2"];
-    let batch: Vec<Op> = ["e1", "e2", "e3", "e4", "e5"]
-        .iter()
-        .map(|entry| push_log(space, k, entry, 3))
-        .chain([push_log(space, other, "x", 10)])
-        .collect();
-    apply(storage, CHECK, batch).await;
-    let texts = |entries: Vec<Bytes>| -> Vec<String> {
-        entries
-            .iter()
-            .map(|entry| String::from_utf8_lossy(entry).into_owned())
-            .collect()
-    };
-    assert_eq!(
-        texts(log(cluster, CHECK, space, k, 10).await),
-        ["e5", "e4", "e3"],
-        "{CHECK}"
-    );
-    assert_eq!(
-        texts(log(cluster, CHECK, space, k, 2).await),
-        ["e5", "e4"],
-        "{CHECK}: max"
-    );
-    assert_eq!(
-        texts(log(cluster, CHECK, space, other, 10).await),
-        ["x"],
-        "{CHECK}"
-    );
-    assert_eq!(
-        log(cluster, CHECK, space, "never", 10).await,
-        Vec::<Bytes>::new(),
-        "{CHECK}"
-    );
-
-    apply(storage, CHECK, vec![push_log(space, k, "e6", 1)]).await;
-    assert_eq!(
-        texts(log(cluster, CHECK, space, k, 10).await),
-        ["e6"],
-        "{CHECK}: keep 1"
-    );
-    apply(
-        storage,
-        CHECK,
-        vec![push_log(space, k, "e7", 0), push_log(space, other, "y", 0)],
-    )
-    .await;
-    assert_eq!(
-        log(cluster, CHECK, space, k, 10).await,
-        Vec::<Bytes>::new(),
-        "{CHECK}: keep 0"
-    );
-    assert_eq!(
-        log(cluster, CHECK, space, other, 10).await,
-        Vec::<Bytes>::new(),
-        "{CHECK}: keep 0"
-    );
 }
 
 /// `forget_member` removes a node's membership, inbox, routes, presence and

@@ -42,6 +42,7 @@
 
 mod batches;
 mod cluster;
+mod cluster_data;
 mod messages;
 mod sessions;
 mod support;
@@ -49,9 +50,9 @@ mod support;
 use crate::storage::Storage;
 
 pub use batches::{batch_applied_in_order, idempotence};
-pub use cluster::{
-    Sleep, forget_member_removes_everything, inbox_order_and_ack, logs_capped_newest_first,
-    membership, ownership, presence_set_and_clear, records_with_ttl, routes, run_cluster,
+pub use cluster::{Sleep, forget_member_removes_everything, membership, ownership, run_cluster};
+pub use cluster_data::{
+    inbox_order_and_ack, logs_capped_newest_first, presence_set_and_clear, records_with_ttl, routes,
 };
 pub use messages::{inflight_window, message_times, queue_order_and_shared_bodies, retained};
 pub use sessions::{
