@@ -319,13 +319,7 @@ impl<R: Runtime> Node<R> {
         if lock(&cluster.epochs).get(&client_id) != Some(&epoch) || self.holds_client(&client_id) {
             return;
         }
-        let filters: Vec<ByteStr> = stored
-            .subscriptions
-            .iter()
-            .map(|(f, _)| f.clone())
-            .collect();
-        self.hold_offline_session(&client_id, stored.subscriptions);
-        let ops = self.route_ops_for(filters, cluster);
+        let ops = self.hold_loaded_offline(&client_id, stored.subscriptions, cluster);
         if let Err(error) = self.store(ops).await {
             // The route refresh writes them again (`written_routes`).
             tracing::warn!(%error, client_id = %client_id, "routes of a kicked session not stored yet");

@@ -396,6 +396,19 @@ impl<R: Runtime> Node<R> {
         }
     }
 
+    /// [`Node::hold_offline_session`] for a session loaded from storage,
+    /// returning the route ops that make it reachable from other nodes.
+    pub(crate) fn hold_loaded_offline(
+        &self,
+        client_id: &ByteStr,
+        subscriptions: Vec<(ByteStr, easy_mqtt_core::QoS)>,
+        cluster: &super::ClusterState,
+    ) -> Vec<Op> {
+        let filters: Vec<ByteStr> = subscriptions.iter().map(|(f, _)| f.clone()).collect();
+        self.hold_offline_session(client_id, subscriptions);
+        self.route_ops_for(filters, cluster)
+    }
+
     /// At start: this node id's previous incarnation, if storage still
     /// knows it, is adopted (by this node when no other node did), then
     /// this incarnation registers.

@@ -352,13 +352,7 @@ impl<R: Runtime> Node<R> {
             return;
         }
         tracing::info!(client_id = %client_id, epoch, "holding a released session offline");
-        let filters: Vec<ByteStr> = stored
-            .subscriptions
-            .iter()
-            .map(|(f, _)| f.clone())
-            .collect();
-        self.hold_offline_session(&client_id, stored.subscriptions);
-        let ops = self.route_ops_for(filters, cluster);
+        let ops = self.hold_loaded_offline(&client_id, stored.subscriptions, cluster);
         if !ops.is_empty() {
             apply_until_stored(&self, ops).await;
         }
