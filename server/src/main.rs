@@ -17,6 +17,24 @@ const USAGE: &str = "usage: easy-mqtt [-c|--config FILE]   (default: conf/conf.y
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once as it initialises. `oversize_threshold:0`:
+/// no dedicated arena for allocations of 8 MiB and more. That arena hands
+/// freed pages back to the kernel at once, so on Kvrocks the journal's
+/// batches of up to a million ops (vectors of tens of MB, made and
+/// dropped many times a second) were faulted in and zeroed afresh each
+/// time: a third of the broker's CPU in the kernel's `clear_page_erms`.
+/// In the ordinary arenas their pages are reused, and purged after the
+/// usual decay. (The original's scenario on Kvrocks: 17 % less broker CPU,
+/// 17 % more deliveries/s; BENCHMARKS.md, "Session 13".)
+// SAFETY: jemalloc reads `malloc_conf` (its prefixed name in
+// tikv-jemalloc-sys: `_rjem_malloc_conf`), a `const char *`, once while
+// it initialises, and never writes it. This is a thin pointer to a
+// NUL-terminated byte string that lives for the whole program. The
+// binary test `jemalloc_takes_the_options` checks that jemalloc sees it.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 21] = b"oversize_threshold:0\0";
+
 /// Time given to open connections to close on SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

@@ -290,3 +290,30 @@ fn binary_exits_cleanly_on_sigint() {
         broker.stderr()
     );
 }
+
+/// The broker's jemalloc options (`MALLOC_CONF` in `main.rs`) reach
+/// jemalloc: no dedicated arena for big allocations, whose pages it would
+/// give back and fault in again for every big storage batch. Read from
+/// jemalloc's own statistics, printed at exit on request.
+#[test]
+fn jemalloc_takes_the_options() {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("--version")
+        .env_remove("RUST_LOG")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true");
+    let output = run_with_timeout(command, WAIT);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("Global variable malloc_conf: \"oversize_threshold:0\""),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("opt.oversize_threshold: 0\n"),
+        "{}",
+        output.stderr
+    );
+}
