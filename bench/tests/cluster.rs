@@ -14,9 +14,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{InProcessBroker, options};
+use common::{InProcessBroker, options, run_exact};
 use easy_mqtt_bench::args::Scenario;
-use easy_mqtt_bench::{parse_result, run};
+use easy_mqtt_bench::run;
 use easy_mqtt_core::packet::QoS;
 
 /// A `redis-server` on a free loopback port, in memory; killed on drop.
@@ -83,18 +83,10 @@ fn fanout_across_two_cluster_nodes_is_exact() {
         o.inflight = 4;
         o.broker_pids = vec![std::process::id(), std::process::id()];
         assert_eq!(o.probes(), vec![n2.addr]);
-        let report = run(o).expect("fanout runs");
-        let line = report.result_line();
-        let result = parse_result(&line).expect("a RESULT line");
         // Exactly the timed phase's messages: the probes are not counted.
-        assert_eq!(result["received"], "400", "{line}");
-        assert_eq!(result["lost"], "0", "{line}");
-        assert_eq!(result["dup"], "0", "{line}");
-        assert_eq!(result["unexpected"], "0", "{line}");
-        assert_eq!(result["errors"], "0", "{line}");
+        let (line, result) = run_exact(o, 400);
         assert!(result.contains_key("probe_secs"), "{line}");
         assert!(result["node_cpu_s"].split(',').count() == 2, "{line}");
-        assert_eq!(report.exit_code(), 0, "{line}");
     }
 }
 
@@ -146,12 +138,5 @@ fn the_originals_scenario_in_miniature_on_kvrocks_is_exact() {
     o.publishers = 100;
     o.messages = 1;
     o.broker_pids = vec![std::process::id()];
-    let report = run(o).expect("fanout runs");
-    let line = report.result_line();
-    let result = parse_result(&line).expect("a RESULT line");
-    assert_eq!(result["received"], "100000", "{line}");
-    assert_eq!(result["lost"], "0", "{line}");
-    assert_eq!(result["dup"], "0", "{line}");
-    assert_eq!(result["errors"], "0", "{line}");
-    assert_eq!(report.exit_code(), 0, "{line}");
+    run_exact(o, 100_000);
 }

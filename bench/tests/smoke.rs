@@ -9,9 +9,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{InProcessBroker, options};
+use common::{InProcessBroker, options, run_exact};
 use easy_mqtt_bench::args::Scenario;
-use easy_mqtt_bench::{parse_result, run};
+use easy_mqtt_bench::run;
 use easy_mqtt_core::packet::QoS;
 
 #[test]
@@ -27,16 +27,9 @@ fn every_scenario_accounts_exactly() {
         o.messages = 10;
         o.inflight = 4; // smaller than the messages: the window turns over
         o.broker_pids = vec![pid];
-        let report = run(o).expect("fanout runs");
-        let line = report.result_line();
-        let result = parse_result(&line).expect("a RESULT line");
-        assert_eq!(result["received"], "100", "{line}");
-        assert_eq!(result["lost"], "0", "{line}");
-        assert_eq!(result["dup"], "0", "{line}");
-        assert_eq!(result["errors"], "0", "{line}");
+        let (line, result) = run_exact(o, 100);
         assert_eq!(result["qos"], (qos as u8).to_string(), "{line}");
         assert!(result.contains_key("p99_us") && result.contains_key("broker_rss_kb"));
-        assert_eq!(report.exit_code(), 0, "{line}");
     }
 
     let mut fanin = options(Scenario::Fanin, broker.addr);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,4 +85,19 @@ pub fn options(scenario: Scenario, addr: SocketAddr) -> Options {
     options.hold = Duration::ZERO;
     options.source_addrs = 4;
     options
+}
+
+/// Runs `options` and checks that the accounting is exact: `received`
+/// deliveries, none lost, duplicated, unexpected or failed, exit code 0.
+/// Returns the RESULT line and its fields, for the caller's own checks.
+pub fn run_exact(options: Options, received: u64) -> (String, HashMap<String, String>) {
+    let report = easy_mqtt_bench::run(options).expect("the bench runs");
+    let line = report.result_line();
+    let result = easy_mqtt_bench::parse_result(&line).expect("a RESULT line");
+    assert_eq!(result["received"], received.to_string(), "{line}");
+    for field in ["lost", "dup", "unexpected", "errors"] {
+        assert_eq!(result[field], "0", "{field}: {line}");
+    }
+    assert_eq!(report.exit_code(), 0, "{line}");
+    (line, result)
 }
