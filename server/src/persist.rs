@@ -43,18 +43,6 @@ use crate::node::{Node, write};
 use crate::runtime::Runtime;
 use crate::sessions::{ConnCell, SessionEntry, SessionInner, SessionKey, lock};
 
-/// Whether `op` hands a message to another node's inbox (a fan-out there,
-/// or a delivery to one of its sessions).
-fn hands_to_another_node(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Cluster(ClusterOp::Forward {
-            entry: BusEntry::Publish { .. } | BusEntry::Direct { .. },
-            ..
-        })
-    )
-}
-
 /// A message whose batch is being stored, and where it goes once it is.
 pub struct PreparedRoute {
     pub message: Arc<Message>,
@@ -266,10 +254,20 @@ impl<R: Runtime> Node<R> {
     /// flight here (`ClusterState::routes_before`), and a storage that is
     /// slow but answering (a fan-out of millions of deliveries queued in
     /// the journal) is no reason to refuse a publish.
+    /// A message put in this node's own inbox (a point-to-point message
+    /// for a client held elsewhere) is addressed when it is read, not now:
+    /// it needs no limit either.
     pub(crate) fn route_write_by(&self, ops: &[Op]) -> Option<Instant> {
         let cluster = self.cluster.as_ref()?;
+        let mut own = None;
         ops.iter()
-            .any(hands_to_another_node)
+            .any(|op| match op {
+                Op::Cluster(ClusterOp::Forward {
+                    node,
+                    entry: BusEntry::Publish { .. } | BusEntry::Direct { .. },
+                }) => *node != *own.get_or_insert_with(|| cluster.name()),
+                _ => false,
+            })
             .then(|| self.runtime.now() + cluster.config.route_write_window())
     }
 
