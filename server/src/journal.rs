@@ -120,7 +120,9 @@ struct State {
 }
 
 struct Submission {
-    ops: Vec<Op>,
+    /// Shared with the connection that wrote it, which keeps it to write
+    /// it again after a failure: merged, it is not copied.
+    ops: Arc<Vec<Op>>,
     incarnation: Option<u64>,
     write_by: Option<Instant>,
     done: Arc<Done>,
@@ -194,7 +196,7 @@ impl JournalWriter {
     /// `start`, `fence` deciding whether an incarnation may be written.
     pub fn write(
         &self,
-        ops: Vec<Op>,
+        ops: Arc<Vec<Op>>,
         incarnation: Option<u64>,
         write_by: Option<Instant>,
         start: impl FnOnce(BoxFuture<'static, ()>),
@@ -281,19 +283,19 @@ pub(crate) fn too_late() -> StorageError {
     StorageError::Unavailable("not written in time: routed with routes since outdated".into())
 }
 
-/// A batch being written and the submissions it holds (their ops kept only
-/// when there are several: to write them again one at a time).
+/// A batch being written and the submissions it holds (their ops, to
+/// write them again one at a time).
 struct Running {
     future: BoxFuture<'static, Result<(), StorageError>>,
-    contributors: Vec<(Vec<Op>, Arc<Done>)>,
+    contributors: Vec<(Arc<Vec<Op>>, Arc<Done>)>,
 }
 
 fn start_apply(
     storage: &Arc<dyn Storage>,
-    ops: Vec<Op>,
+    parts: Vec<Arc<Vec<Op>>>,
 ) -> BoxFuture<'static, Result<(), StorageError>> {
     let storage = storage.clone();
-    Box::pin(async move { storage.apply(ops).await })
+    Box::pin(async move { storage.apply_parts(parts).await })
 }
 
 /// The writer's task: forms merged batches from the queue and writes up to
@@ -402,25 +404,14 @@ fn take_batch(state: &mut State, max_ops: usize) -> Option<Vec<Submission>> {
     Some(batch)
 }
 
-fn merge(storage: &Arc<dyn Storage>, mut batch: Vec<Submission>, shared: &Shared) -> Running {
+fn merge(storage: &Arc<dyn Storage>, batch: Vec<Submission>, shared: &Shared) -> Running {
     shared.batches.fetch_add(1, Ordering::Relaxed);
-    if batch.len() == 1
-        && let Some(alone) = batch.pop()
-    {
-        // Alone: nothing to write again apart, so its ops are not kept.
-        return Running {
-            future: start_apply(storage, alone.ops),
-            contributors: vec![(Vec::new(), alone.done)],
-        };
+    if batch.len() > 1 {
+        (shared.merged).fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
-    (shared.merged).fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let total = batch.iter().map(|s| s.ops.len()).sum();
-    let mut ops = Vec::with_capacity(total);
-    for submission in &batch {
-        ops.extend(submission.ops.iter().cloned());
-    }
+    let parts = batch.iter().map(|s| s.ops.clone()).collect();
     Running {
-        future: start_apply(storage, ops),
+        future: start_apply(storage, parts),
         contributors: batch.into_iter().map(|s| (s.ops, s.done)).collect(),
     }
 }
@@ -445,8 +436,8 @@ fn finish(
         for (ops, contributor) in done.contributors {
             shared.batches.fetch_add(1, Ordering::Relaxed);
             running.push(Running {
-                future: start_apply(storage, ops),
-                contributors: vec![(Vec::new(), contributor)],
+                future: start_apply(storage, vec![ops.clone()]),
+                contributors: vec![(ops, contributor)],
             });
         }
         return;

@@ -75,7 +75,7 @@ fn by_body(pairs: &[(usize, MessageId)]) -> Vec<(MessageId, Vec<usize>)> {
     groups
 }
 
-pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<(), StorageError> {
+pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(), StorageError> {
     if ops.is_empty() {
         return Ok(());
     }
@@ -89,10 +89,10 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
     // done: a batch cut short in between must leave the inbox entry to be
     // served again, not gone with its delivery unwritten. Batch order holds
     // within each group (see the `cluster` module).
-    let is_cluster = |op: &Op| matches!(op, Op::Cluster(_));
+    let is_cluster = |op: &&Op| matches!(op, Op::Cluster(_));
     // A routing batch holds a million ops and most batches no cluster op:
     // split only when there is something to split.
-    let (cluster_ops, ops): (Vec<Op>, Vec<Op>) = if ops.iter().any(is_cluster) {
+    let (cluster_ops, ops): (Vec<&Op>, Vec<&Op>) = if ops.iter().any(is_cluster) {
         ops.into_iter().partition(is_cluster)
     } else {
         (Vec::new(), ops)
@@ -101,7 +101,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<Op>) -> Result<()
     let mut trailing_writes: Vec<Command> = Vec::new();
     for op in cluster_ops {
         if let Op::Cluster(op) = op {
-            let leads = crate::cluster::leads(&op);
+            let leads = crate::cluster::leads(op);
             let commands = crate::cluster::writes(keys, op);
             if leads {
                 cluster_writes.extend(commands);

@@ -93,36 +93,35 @@ pub(crate) fn leads(op: &ClusterOp) -> bool {
 
 /// The commands of one cluster op, for `apply` (see [`leads`]). Each
 /// sets or removes a definite value, except `XADD` (see the module docs).
-pub(crate) fn writes(keys: &Keys, op: ClusterOp) -> Vec<Command> {
+pub(crate) fn writes(keys: &Keys, op: &ClusterOp) -> Vec<Command> {
     match op {
         ClusterOp::Forward { node, entry } => vec![
-            Command::new("XADD", &keys.node(&node).inbox)
+            Command::new("XADD", &keys.node(node).inbox)
                 .arg("*")
                 .arg(ENTRY_FIELD)
-                .arg(codec::encode_bus_entry(&entry)),
+                .arg(codec::encode_bus_entry(entry)),
         ],
         ClusterOp::InboxAck { node, entry } => vec![
-            Command::new("XDEL", &keys.node(&node).inbox)
-                .arg(format!("{}-{}", entry.ms, entry.seq)),
+            Command::new("XDEL", &keys.node(node).inbox).arg(format!("{}-{}", entry.ms, entry.seq)),
         ],
         ClusterOp::AddRoute { node, filter } => vec![
-            Command::new("HSET", &keys.node(&node).routes)
+            Command::new("HSET", &keys.node(node).routes)
                 .arg(filter.as_str())
                 .arg("1"),
         ],
         ClusterOp::RemoveRoute { node, filter } => {
-            vec![Command::new("HDEL", &keys.node(&node).routes).arg(filter.as_str())]
+            vec![Command::new("HDEL", &keys.node(node).routes).arg(filter.as_str())]
         }
         ClusterOp::SetPresence { node, presence } => vec![
-            Command::new("HSET", &keys.node(&node).presence)
+            Command::new("HSET", &keys.node(node).presence)
                 .arg(presence.client_id.as_str())
-                .arg(codec::encode_presence(&presence)),
+                .arg(codec::encode_presence(presence)),
         ],
         ClusterOp::Disown { node, client_id } => {
-            vec![Command::new("SREM", &keys.node(&node).owned).arg(client_id.as_str())]
+            vec![Command::new("SREM", &keys.node(node).owned).arg(client_id.as_str())]
         }
         ClusterOp::ClearPresence { node, client_id } => {
-            vec![Command::new("HDEL", &keys.node(&node).presence).arg(client_id.as_str())]
+            vec![Command::new("HDEL", &keys.node(node).presence).arg(client_id.as_str())]
         }
         ClusterOp::PutRecord {
             space,
@@ -130,22 +129,22 @@ pub(crate) fn writes(keys: &Keys, op: ClusterOp) -> Vec<Command> {
             value,
             ttl,
         } => {
-            let record = keys.record(&space, &key);
-            let index = keys.record_index(&space);
+            let record = keys.record(space, key);
+            let index = keys.record_index(space);
             match ttl {
                 // Under a millisecond: expired at once.
-                Some(ttl) if ttl < Duration::from_millis(1) => vec![
+                Some(ttl) if *ttl < Duration::from_millis(1) => vec![
                     Command::new("DEL", &record),
                     Command::new("ZREM", &index).arg(key.as_str()),
                 ],
                 Some(ttl) => {
-                    let expires = unix_ms().saturating_add(millis(ttl));
+                    let expires = unix_ms().saturating_add(millis(*ttl));
                     vec![
                         Command::new("ZADD", &index).arg(expires).arg(key.as_str()),
                         Command::new("SET", &record)
                             .arg(value.as_ref())
                             .arg("PX")
-                            .arg(millis(ttl)),
+                            .arg(millis(*ttl)),
                     ]
                 }
                 None => vec![
@@ -155,8 +154,8 @@ pub(crate) fn writes(keys: &Keys, op: ClusterOp) -> Vec<Command> {
             }
         }
         ClusterOp::DeleteRecord { space, key } => vec![
-            Command::new("DEL", &keys.record(&space, &key)),
-            Command::new("ZREM", &keys.record_index(&space)).arg(key.as_str()),
+            Command::new("DEL", &keys.record(space, key)),
+            Command::new("ZREM", &keys.record_index(space)).arg(key.as_str()),
         ],
         ClusterOp::PushLog {
             space,
@@ -164,13 +163,13 @@ pub(crate) fn writes(keys: &Keys, op: ClusterOp) -> Vec<Command> {
             entry,
             keep,
         } => {
-            let log = keys.log(&space, &key);
-            if keep == 0 {
+            let log = keys.log(space, key);
+            if *keep == 0 {
                 return vec![Command::new("DEL", &log)];
             }
             vec![
                 Command::new("LPUSH", &log).arg(entry.as_ref()),
-                Command::new("LTRIM", &log).arg(0).arg(i64::from(keep) - 1),
+                Command::new("LTRIM", &log).arg(0).arg(i64::from(*keep) - 1),
             ]
         }
     }

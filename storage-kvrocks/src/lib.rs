@@ -262,7 +262,15 @@ impl Storage for KvrocksStorage {
     }
 
     fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StorageError>> {
-        Box::pin(apply::apply(&self.redis, &self.keys, ops))
+        Box::pin(async move { apply::apply(&self.redis, &self.keys, ops.iter().collect()).await })
+    }
+
+    /// By reference: the journal writer's merged batch is not copied.
+    fn apply_parts(&self, parts: Vec<Arc<Vec<Op>>>) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let ops = parts.iter().flat_map(|part| part.iter()).collect();
+            apply::apply(&self.redis, &self.keys, ops).await
+        })
     }
 
     fn load_session<'a>(

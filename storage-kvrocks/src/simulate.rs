@@ -175,23 +175,23 @@ impl Client {
     /// receives the ids this client stops holding.
     pub(crate) fn simulate(
         &mut self,
-        op: Op,
+        op: &Op,
         stored: &dyn Fn(&MessageId) -> bool,
         lost: &mut Vec<MessageId>,
     ) -> Result<(), StorageError> {
         match op {
-            Op::PutSession(record) => self.put_session(&record, lost),
+            Op::PutSession(record) => self.put_session(record, lost),
             Op::DeleteSession { .. } => self.delete_session(lost),
             _ if !self.exists => {}
             Op::Subscribe { filter, qos, .. } => self.write(
                 Command::new("HSET", &self.keys.subscriptions)
                     .arg(filter.as_str())
-                    .arg(codec::qos_digit(qos)),
+                    .arg(codec::qos_digit(*qos)),
             ),
             Op::Unsubscribe { filter, .. } => {
                 self.write(Command::new("HDEL", &self.keys.subscriptions).arg(filter.as_str()));
             }
-            Op::Enqueue {
+            &Op::Enqueue {
                 id, qos, retain, ..
             } => {
                 if stored(&id) && !self.held.contains_key(&id) && !self.in_window(id) {
@@ -207,18 +207,18 @@ impl Client {
                     self.enqueue(held, id);
                 }
             }
-            Op::Dequeue { id, .. } => self.dequeue(id, lost),
-            Op::SetInflight {
+            &Op::Dequeue { id, .. } => self.dequeue(id, lost),
+            &Op::SetInflight {
                 packet_id,
                 id,
                 phase,
                 ..
             } => self.set_inflight(packet_id, id, phase, lost)?,
-            Op::CompleteInflight { packet_id, .. } => self.complete_inflight(packet_id, lost),
-            Op::AddInboundQos2 { packet_id, .. } => self.write(
+            &Op::CompleteInflight { packet_id, .. } => self.complete_inflight(packet_id, lost),
+            &Op::AddInboundQos2 { packet_id, .. } => self.write(
                 Command::new("SADD", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
             ),
-            Op::RemoveInboundQos2 { packet_id, .. } => self.write(
+            &Op::RemoveInboundQos2 { packet_id, .. } => self.write(
                 Command::new("SREM", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
             ),
             Op::PutMessage { .. } | Op::SetRetained { .. } | Op::Cluster(_) => {}

@@ -73,7 +73,9 @@ impl StorageQueue {
 /// One storage write of this connection; they are applied one at a time,
 /// in order (a FIFO), and writes queued meanwhile share one batch.
 pub(super) struct StorageBatch {
-    pub(super) ops: Vec<Op>,
+    /// Shared with the journal writer while written (see `journal.rs`):
+    /// written again after a failure without a copy.
+    pub(super) ops: Arc<Vec<Op>>,
     pub(super) after: Vec<After>,
     /// Holds back the bytes written meanwhile: it assigns a packet id to a
     /// QoS 2 PUBLISH.
@@ -210,7 +212,8 @@ where
             && back.failing_since.is_none()
             && back.incarnation == incarnation
         {
-            back.ops.extend(ops);
+            // Never written yet, so not shared: no copy.
+            Arc::make_mut(&mut back.ops).extend(ops);
             back.after.push(after);
             back.gates |= gates;
             back.routes += routes;
@@ -219,7 +222,7 @@ where
             return;
         }
         self.storage.push_back(StorageBatch {
-            ops,
+            ops: Arc::new(ops),
             after: vec![after],
             gates,
             routes,

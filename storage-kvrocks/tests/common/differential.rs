@@ -155,10 +155,25 @@ pub async fn run(storage: &dyn Storage, seed: u64, batches: usize) {
         let len = 1 + rng.below(14);
         let batch: Vec<Op> = (0..len).map(|_| op(&mut rng, seed)).collect();
         let times = if rng.below(4) == 0 { 2 } else { 1 };
+        // A third of them as parts (the journal writer's merged batches):
+        // the backend must read them as the one batch they make.
+        let parts = if rng.below(3) == 0 {
+            split(&mut rng, &batch)
+        } else {
+            Vec::new()
+        };
         for _ in 0..times {
             reference.apply(batch.clone()).await.unwrap();
-            if let Err(error) = storage.apply(batch.clone()).await {
-                panic!("seed {seed} batch {batch_index}: apply: {error}; {batch:#?}");
+            let result = if parts.is_empty() {
+                storage.apply(batch.clone()).await
+            } else {
+                storage.apply_parts(parts.clone()).await
+            };
+            if let Err(error) = result {
+                panic!(
+                    "seed {seed} batch {batch_index}: apply ({} parts): {error}; {batch:#?}",
+                    parts.len()
+                );
             }
         }
         let expected = snapshot(&reference).await;
@@ -181,6 +196,19 @@ pub async fn run(storage: &dyn Storage, seed: u64, batches: usize) {
     storage.apply(cleanup.clone()).await.unwrap();
     reference.apply(cleanup).await.unwrap();
     assert_eq!(reference.message_count(), 0);
+}
+
+/// `batch` cut at random places into shared parts.
+fn split(rng: &mut Rng, batch: &[Op]) -> Vec<std::sync::Arc<Vec<Op>>> {
+    let mut parts = Vec::new();
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let len = 1 + usize::try_from(rng.below(rest.len() as u64)).unwrap();
+        let (part, after) = rest.split_at(len);
+        parts.push(std::sync::Arc::new(part.to_vec()));
+        rest = after;
+    }
+    parts
 }
 
 /// Every message id some session holds (queued or in flight).
