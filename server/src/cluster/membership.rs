@@ -120,7 +120,7 @@ async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
             }
         }
         node.expire_forwards(now);
-        lock(&cluster.handovers).retain(|_, h| h.until > now);
+        cluster.expire_handovers(now);
         cluster.expire_adopted(now);
         node.prune_routes();
         let next = started + config.heartbeat_interval.min(config.route_refresh);

@@ -145,7 +145,7 @@ impl<R: Runtime> Node<R> {
                 for id in node.held_ids(&client_id) {
                     delivered.insert(id);
                 }
-                lock(&cluster.handovers).insert(
+                cluster.watch_handover(
                     client_id.clone(),
                     super::Handover {
                         until: node.runtime.now()
@@ -393,14 +393,14 @@ impl<R: Runtime> Node<R> {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        if let Some(handover) = lock(&cluster.handovers).get_mut(client_id) {
+        cluster.with_handover(client_id, |handover| {
             let ids = (stored.queue.iter().map(|d| d.id))
                 .chain(stored.inflight.iter().map(|m| m.delivery.id))
                 .chain(received);
             for id in ids {
                 handover.delivered.insert(id);
             }
-        }
+        });
     }
 
     /// Whether `epoch` is still the one this node holds `client_id` under
