@@ -61,18 +61,36 @@ use crate::simulate::{Batch, Client, push_unique, session_id};
 /// At most this many fields in one `HSET`/`HDEL` of holder fields.
 const FIELDS_PER_COMMAND: usize = 1024;
 
-/// (client, message) pairs grouped by message, in first-seen order.
-fn by_body(pairs: &[(usize, MessageId)]) -> Vec<(MessageId, Vec<usize>)> {
-    let mut groups: Vec<(MessageId, Vec<usize>)> = Vec::new();
-    let mut at: HashMap<MessageId, usize> = HashMap::default();
-    for (index, id) in pairs {
-        let group = *at.entry(*id).or_insert_with(|| {
-            groups.push((*id, Vec::new()));
-            groups.len() - 1
-        });
-        groups[group].1.push(*index);
+/// Each body of `items` (sorted by body, `id`) with the runs of its
+/// items, at most [`FIELDS_PER_COMMAND`] in each.
+fn by_body<T>(
+    items: &[T],
+    id: impl Fn(&T) -> MessageId + Copy,
+) -> impl Iterator<Item = (MessageId, &[T])> {
+    items
+        .chunk_by(move |a, b| id(a) == id(b))
+        .flat_map(|run| run.chunks(FIELDS_PER_COMMAND))
+        .map(move |chunk| (id(&chunk[0]), chunk))
+}
+
+/// The positions of the ops that name a client, grouped by client (in
+/// the order of `clients`), in batch order within each client.
+fn by_client(op_clients: &[Option<usize>], clients: usize) -> Vec<usize> {
+    let mut starts = vec![0; clients + 1];
+    for index in op_clients.iter().flatten() {
+        starts[index + 1] += 1;
     }
-    groups
+    for index in 1..starts.len() {
+        starts[index] += starts[index - 1];
+    }
+    let mut order = vec![0; starts[clients]];
+    for (at, index) in op_clients.iter().enumerate() {
+        if let Some(index) = index {
+            order[starts[*index]] = at;
+            starts[*index] += 1;
+        }
+    }
+    order
 }
 
 pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(), StorageError> {
@@ -111,31 +129,29 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
     let deadline = redis.deadline();
-    let mut batch = Batch {
-        keys,
-        clients: Vec::new(),
-        by_id: HashMap::default(),
-    };
+    let mut batch = Batch::new(keys);
 
     // What the batch needs to read, and what it writes up front.
     let mut enqueued_ids = Vec::new();
     let mut enqueued_seen = HashSet::default();
     let mut put_ids = Vec::new();
     let mut put_seen = HashSet::default();
-    let mut pins: Vec<(usize, MessageId)> = Vec::new();
-    // Sized up front: a routing batch pins one body per op, and growing a
-    // table of a million entries rehashes it a dozen times.
+    // Sized up front: a routing batch pins one body per op.
     let enqueues = ops
         .iter()
         .filter(|op| matches!(op, Op::Enqueue { .. }))
         .count();
-    let mut pins_seen =
-        HashSet::with_capacity_and_hasher(enqueues, foldhash::fast::RandomState::default());
+    // (body, client, position of the op) of every `Enqueue`. Sorted and
+    // deduplicated once all are in, not through a hash set: a routing batch
+    // pins a million pairs, and each insert into a set that size missed the
+    // cache (7 % of a fan-out's CPU). They come as runs already sorted (one
+    // publication's subscribers), which the stable sort merges.
+    let mut pins: Vec<(MessageId, usize, usize)> = Vec::with_capacity(enqueues);
     let mut score_seen: HashSet<(usize, MessageId)> = HashSet::default();
     // The client of each op, looked up once (hashing the client id was a
     // sixth of a routing batch's CPU when done again in phase 2).
     let mut op_clients: Vec<Option<usize>> = Vec::with_capacity(ops.len());
-    for op in &ops {
+    for (at, op) in ops.iter().enumerate() {
         let Some(client_id) = session_id(op) else {
             op_clients.push(None);
             if let Op::PutMessage { id, .. } = op {
@@ -173,7 +189,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                 if enqueued_ids.last() != Some(id) {
                     push_unique(&mut enqueued_ids, &mut enqueued_seen, *id);
                 }
-                push_unique(&mut pins, &mut pins_seen, (index, *id));
+                pins.push((*id, index, at));
             }
             Op::SetInflight { id, .. } => {
                 client.needs_window = true;
@@ -301,16 +317,16 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             _ => {}
         }
     }
-    for (id, holders) in by_body(&pins) {
-        for chunk in holders.chunks(FIELDS_PER_COMMAND) {
-            let mut command = Command::new("HSET", &keys.body(id));
-            for index in chunk {
-                command = command
-                    .arg(keys::holder_field(&batch.clients[*index].id))
-                    .arg("1");
-            }
-            phase1.push(command);
+    pins.sort();
+    pins.dedup_by_key(|(id, index, _)| (*id, *index));
+    for (id, holders) in by_body(&pins, |pin| pin.0) {
+        let mut command = Command::new("HSET", &keys.body(id));
+        for (_, index, _) in holders {
+            command = command
+                .arg(keys::holder_field(&batch.clients[*index].id))
+                .arg("1");
         }
+        phase1.push(command);
     }
     phase1.extend(cluster_writes);
     let values = redis.run(&phase1, deadline).await?;
@@ -390,24 +406,44 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
 
-    // Phase 2: simulate, emitting the writes of each effective op.
-    let mut released: Vec<(usize, MessageId)> = Vec::new();
-    let mut put_so_far = HashSet::default();
-    for client in &mut batch.clients {
-        client.held.reserve(client.enqueued.len());
-    }
-    for (op, index) in ops.into_iter().zip(op_clients) {
-        if let Op::PutMessage { id, .. } = &op {
-            put_so_far.insert(*id);
-            continue;
+    // Phase 2: simulate, emitting the writes of each effective op, client
+    // by client (each client's ops in batch order). A client's state then
+    // stays in cache for all its ops: in batch order, a routing batch
+    // visits all its sessions once per publication, and reading each one's
+    // held set again missed the cache (a sixth of a fan-out's CPU).
+    // Clients touch different keys, so their writes need no order between
+    // them; an op sees a body as stored if it was before the batch or an
+    // op before it (in batch order) put it.
+    let mut put_first: HashMap<MessageId, usize> = HashMap::default();
+    for (at, op) in ops.iter().enumerate() {
+        if let Op::PutMessage { id, .. } = op {
+            put_first.entry(*id).or_insert(at);
         }
-        let Some(index) = index else {
+    }
+    // Whether the client of each `Enqueue` holds its body after the batch,
+    // and each (body, client, held after the batch) that an op let go.
+    let mut pin_held = vec![false; ops.len()];
+    let mut released: Vec<(MessageId, usize, bool)> = Vec::new();
+    let mut lost = Vec::new();
+    let order = by_client(&op_clients, batch.clients.len());
+    for run in order.chunk_by(|a, b| op_clients[*a] == op_clients[*b]) {
+        let Some(index) = op_clients[run[0]] else {
             continue;
         };
-        let stored = |id: &MessageId| body_before.contains(id) || put_so_far.contains(id);
-        let mut lost = Vec::new();
-        batch.clients[index].simulate(op, &stored, &mut lost)?;
-        released.extend(lost.into_iter().map(|id| (index, id)));
+        let client = &mut batch.clients[index];
+        client.held.reserve(client.enqueued.len());
+        for &at in run {
+            let stored = |id: &MessageId| {
+                body_before.contains(id) || put_first.get(id).is_some_and(|first| *first < at)
+            };
+            client.simulate(ops[at], &stored, &mut lost)?;
+        }
+        for &at in run {
+            if let Op::Enqueue { id, .. } = ops[at] {
+                pin_held[at] = client.holds(*id);
+            }
+        }
+        released.extend(lost.drain(..).map(|id| (id, index, client.holds(id))));
     }
 
     // Each client's writes in batch order; different clients' writes touch
@@ -422,33 +458,45 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     let mut kept = HashSet::default();
     let mut candidates = Vec::new();
     let mut candidates_seen = HashSet::default();
-    let mut touched: Vec<(usize, MessageId)> = Vec::new();
-    // Pins are unique already (`pins_seen`): only released pairs need a
-    // check, against the pins and each other.
-    let mut released_seen = HashSet::default();
-    let released = released
-        .into_iter()
-        .filter(|pair| !pins_seen.contains(pair) && released_seen.insert(*pair));
+    let mut touched: Vec<(MessageId, usize)> = Vec::new();
+    // The released pairs not pinned too (both sorted: one pass).
+    released.sort();
+    released.dedup_by_key(|(id, index, _)| (*id, *index));
+    let mut pin_at = 0;
+    released.retain(|(id, index, _)| {
+        while pins
+            .get(pin_at)
+            .is_some_and(|pin| (pin.0, pin.1) < (*id, *index))
+        {
+            pin_at += 1;
+        }
+        pins.get(pin_at)
+            .is_none_or(|pin| (pin.0, pin.1) != (*id, *index))
+    });
     let mut last_kept = None;
-    for (index, id) in pins.into_iter().chain(released) {
-        if batch.clients[index].holds(id) {
+    let pairs = (pins
+        .iter()
+        .map(|&(id, index, at)| (id, index, pin_held[at])))
+    .chain(released.iter().copied());
+    for (id, index, held) in pairs {
+        if held {
             // Consecutive pins mostly name one body (a routing batch).
             if last_kept != Some(id) {
                 kept.insert(id);
                 last_kept = Some(id);
             }
         } else {
-            touched.push((index, id));
+            touched.push((id, index));
         }
     }
-    for (id, holders) in by_body(&touched) {
-        for chunk in holders.chunks(FIELDS_PER_COMMAND) {
-            let mut command = Command::new("HDEL", &keys.body(id));
-            for index in chunk {
-                command = command.arg(keys::holder_field(&batch.clients[*index].id));
-            }
-            releases.push(command);
+    // Two sorted runs (from the pins, from the releases).
+    touched.sort();
+    for (id, holders) in by_body(&touched, |pair| pair.0) {
+        let mut command = Command::new("HDEL", &keys.body(id));
+        for (_, index) in holders {
+            command = command.arg(keys::holder_field(&batch.clients[*index].id));
         }
+        releases.push(command);
         push_unique(&mut candidates, &mut candidates_seen, id);
     }
     for id in put_ids {
