@@ -56,7 +56,7 @@ use crate::conn::{Command, Redis};
 use crate::keys::{self, BODY_FIELD, Keys};
 use crate::load;
 use crate::reply;
-use crate::simulate::{Batch, Client, push_unique, session_id};
+use crate::simulate::{Batch, Client, Step, push_unique, session_id};
 
 /// At most this many fields in one `HSET`/`HDEL` of holder fields.
 const FIELDS_PER_COMMAND: usize = 1024;
@@ -73,9 +73,15 @@ fn by_body<T>(
         .map(move |chunk| (id(&chunk[0]), chunk))
 }
 
-/// The positions of the ops that name a client, grouped by client (in
-/// the order of `clients`), in batch order within each client.
-fn by_client(op_clients: &[Option<usize>], clients: usize) -> Vec<usize> {
+/// The ops that name a client as (client, position, step), grouped by
+/// client (in the order of `clients`), in batch order within each client.
+/// A counting sort: the batch is read in order once more, and each op
+/// written where its client's run goes.
+fn by_client<'o>(
+    ops: &[&'o Op],
+    op_clients: &[Option<usize>],
+    clients: usize,
+) -> Vec<(usize, usize, Step<'o>)> {
     let mut starts = vec![0; clients + 1];
     for index in op_clients.iter().flatten() {
         starts[index + 1] += 1;
@@ -83,14 +89,15 @@ fn by_client(op_clients: &[Option<usize>], clients: usize) -> Vec<usize> {
     for index in 1..starts.len() {
         starts[index] += starts[index - 1];
     }
-    let mut order = vec![0; starts[clients]];
-    for (at, index) in op_clients.iter().enumerate() {
-        if let Some(index) = index {
-            order[starts[*index]] = at;
-            starts[*index] += 1;
+    let mut order = vec![None; starts[clients]];
+    for (at, (op, index)) in ops.iter().zip(op_clients).enumerate() {
+        if let Some(index) = *index {
+            order[starts[index]] = Some((index, at, Step::of(op)));
+            starts[index] += 1;
         }
     }
-    order
+    // Every slot was filled: the runs' lengths are the counts above.
+    order.into_iter().flatten().collect()
 }
 
 pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(), StorageError> {
@@ -425,22 +432,20 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     let mut pin_held = vec![false; ops.len()];
     let mut released: Vec<(MessageId, usize, bool)> = Vec::new();
     let mut lost = Vec::new();
-    let order = by_client(&op_clients, batch.clients.len());
-    for run in order.chunk_by(|a, b| op_clients[*a] == op_clients[*b]) {
-        let Some(index) = op_clients[run[0]] else {
-            continue;
-        };
+    let order = by_client(&ops, &op_clients, batch.clients.len());
+    for run in order.chunk_by(|a, b| a.0 == b.0) {
+        let index = run[0].0;
         let client = &mut batch.clients[index];
         client.held.reserve(client.enqueued.len());
-        for &at in run {
+        for &(_, at, step) in run {
             let stored = |id: &MessageId| {
                 body_before.contains(id) || put_first.get(id).is_some_and(|first| *first < at)
             };
-            client.simulate(ops[at], &stored, &mut lost)?;
+            client.simulate_step(step, &stored, &mut lost)?;
         }
-        for &at in run {
-            if let Op::Enqueue { id, .. } = ops[at] {
-                pin_held[at] = client.holds(*id);
+        for &(_, at, step) in run {
+            if let Step::Enqueue { id, .. } = step {
+                pin_held[at] = client.holds(id);
             }
         }
         released.extend(lost.drain(..).map(|id| (id, index, client.holds(id))));
