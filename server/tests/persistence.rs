@@ -503,6 +503,12 @@ fn a_takeover_waits_for_the_old_connections_writes() {
 
     redis.freeze(true);
     old.send(&wire::pubrec(packet_id));
+    // Time for the broker to handle the PUBREC (its write then waits for
+    // storage) before the new CONNECT arrives: on a busy machine it once
+    // took the CONNECT first, with nothing to wait for, and rightly
+    // answered at once. Nothing the client sees tells when it is handled:
+    // every answer on that connection waits for the write.
+    std::thread::sleep(Duration::from_millis(300));
     let mut new = RawClient::open(broker.addr());
     new.send(&Connect::new("tw-sub").clean(false).encode());
     match new.read(Duration::from_millis(1500)) {
