@@ -191,7 +191,6 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                 client.needs_window = true;
             }
             Op::Enqueue { id, .. } => {
-                client.enqueued.push(*id);
                 // Consecutive enqueues mostly name one body (a routing batch).
                 if enqueued_ids.last() != Some(id) {
                     push_unique(&mut enqueued_ids, &mut enqueued_seen, *id);
@@ -228,17 +227,23 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     // at most (`SetInflight`, which reads the whole window, moves only an
     // id that is not in it), so the entries not read cannot make a
     // completed id still held.
-    for (index, client) in batch.clients.iter_mut().enumerate() {
+    //
+    // Each client named by some op has a run of ops, in client order.
+    let order = by_client(&ops, &op_clients, batch.clients.len());
+    let runs = order.chunk_by(|a, b| a.0 == b.0);
+    for ((index, client), run) in batch.clients.iter_mut().enumerate().zip(runs) {
         if !client.only_complete && !client.completed.is_empty() {
             client.needs_window = true;
         }
         if client.only_enqueue {
             continue;
         }
-        for id in std::mem::take(&mut client.enqueued) {
-            client.needs_window = true;
-            if score_seen.insert((index, id)) {
-                client.score_ids.push(id);
+        for &(_, _, step) in run {
+            if let Step::Enqueue { id, .. } = step {
+                client.needs_window = true;
+                if score_seen.insert((index, id)) {
+                    client.score_ids.push(id);
+                }
             }
         }
     }
@@ -432,11 +437,10 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     let mut pin_held = vec![false; ops.len()];
     let mut released: Vec<(MessageId, usize, bool)> = Vec::new();
     let mut lost = Vec::new();
-    let order = by_client(&ops, &op_clients, batch.clients.len());
     for run in order.chunk_by(|a, b| a.0 == b.0) {
         let index = run[0].0;
         let client = &mut batch.clients[index];
-        client.held.reserve(client.enqueued.len());
+        client.held.reserve(run.len());
         for &(_, at, step) in run {
             let stored = |id: &MessageId| {
                 body_before.contains(id) || put_first.get(id).is_some_and(|first| *first < at)

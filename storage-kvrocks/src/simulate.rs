@@ -35,9 +35,6 @@ pub(crate) struct Client {
     /// batch): nothing but the session's existence is read (see
     /// [`apply`]).
     pub(crate) only_enqueue: bool,
-    /// The ids this client's `Enqueue`s name (read with `ZMSCORE` unless
-    /// `only_enqueue`).
-    pub(crate) enqueued: Vec<MessageId>,
     /// Every op of the batch for this client is a `CompleteInflight` (a
     /// journal batch acknowledging): only the window entries it names are
     /// read (`HMGET`), not the whole window.
@@ -83,7 +80,6 @@ impl Client {
             lifecycle: false,
             score_ids: Vec::new(),
             only_enqueue: true,
-            enqueued: Vec::new(),
             only_complete: true,
             completed: Vec::new(),
             record_at: 0,

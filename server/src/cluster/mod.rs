@@ -520,10 +520,10 @@ impl ClusterState {
     /// Whether `id` already went to `client_id` during its handover, or
     /// since it was adopted (and records it when not).
     pub(crate) fn delivered_in_handover(&self, client_id: &ByteStr, id: MessageId) -> Watched {
-        if self.handover_count.load(Ordering::Acquire) > 0
-            && let Some(handover) = lock(&self.handovers).get_mut(client_id)
-        {
-            return Watched::seen_before(!handover.delivered.insert(id));
+        if let Some(watched) = self.with_handover(client_id, |handover| {
+            Watched::seen_before(!handover.delivered.insert(id))
+        }) {
+            return watched;
         }
         if self.adopted_count.load(Ordering::Acquire) == 0
             || !lock(&self.adopted_sessions).contains_key(client_id)
