@@ -2,11 +2,11 @@
 //!
 //! 1. **Read and pin** (one round trip): every touched session's existence
 //!    (`EXISTS`) and in-flight window (only the entries named, `HMGET`, for
-//!    a session the batch only completes deliveries of), the held-set
-//!    entries the batch names (`ZMSCORE`; the whole held set when the batch
-//!    deletes the session; neither window nor entries for a session the
-//!    batch only enqueues to)
-//!    and, when the batch sends, its highest order; whether each enqueued
+//!    a session the batch only completes deliveries of and enqueues to),
+//!    the held-set entries the batch's sends and drops name (`ZMSCORE`; the
+//!    whole held set when the batch deletes the session; an `Enqueue` reads
+//!    nothing more than its session's existence) and, when the batch sends,
+//!    its highest order; whether each enqueued
 //!    body is stored. Queue positions do not depend on these reads: an
 //!    enqueued id's order is its sequence number (see
 //!    [`MessageId::queue_order`]), so concurrent batches enqueuing to one
@@ -174,10 +174,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                 client.score_ids.push(id);
             }
         };
-        if !matches!(op, Op::Enqueue { .. }) {
-            client.only_enqueue = false;
-        }
-        if !matches!(op, Op::CompleteInflight { .. }) {
+        if !matches!(op, Op::CompleteInflight { .. } | Op::Enqueue { .. }) {
             client.only_complete = false;
         }
         match op {
@@ -213,38 +210,25 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
 
-    // A client whose ops are all `Enqueue`s reads its existence only: each
-    // of its writes is a `ZADD NX`, which already leaves an id the session
-    // holds (queued or in flight: the held set has both) as it is, and the
-    // simulated state is used for nothing else than telling which holder
-    // fields to release (an enqueued id is held either way). Mixed with
-    // other ops, the queue state before the batch decides what they do
-    // (and an `Enqueue` of an id already held must not change its QoS),
-    // so it is read.
+    // An `Enqueue` reads nothing but its session's existence. Its write
+    // is a `ZADD NX`, which leaves an id the session already holds (queued
+    // or in flight: the held set has both) as it is, and in the simulation
+    // it makes the id held either way. What the simulation cannot know
+    // unread (whether the id was held before, in the window or not, with
+    // which QoS) matters only to a later op of the batch that names the
+    // id (`SetInflight`, `Dequeue`), and that op reads it. So a routing
+    // batch reads one `EXISTS` per session, and a session that also sends
+    // or acknowledges in the batch reads no more than those ops need.
     //
-    // A client whose ops are all `CompleteInflight`s reads the window
-    // entries they name only: an id is in the window under one packet id
-    // at most (`SetInflight`, which reads the whole window, moves only an
-    // id that is not in it), so the entries not read cannot make a
+    // A client whose other ops are all `CompleteInflight`s reads the
+    // window entries they name only: an id is in the window under one
+    // packet id at most (`SetInflight`, which reads the whole window, moves
+    // only an id that is not in it), so the entries not read cannot make a
     // completed id still held.
-    //
-    // Each client named by some op has a run of ops, in client order.
     let order = by_client(&ops, &op_clients, batch.clients.len());
-    let runs = order.chunk_by(|a, b| a.0 == b.0);
-    for ((index, client), run) in batch.clients.iter_mut().enumerate().zip(runs) {
+    for client in &mut batch.clients {
         if !client.only_complete && !client.completed.is_empty() {
             client.needs_window = true;
-        }
-        if client.only_enqueue {
-            continue;
-        }
-        for &(_, _, step) in run {
-            if let Step::Enqueue { id, .. } = step {
-                client.needs_window = true;
-                if score_seen.insert((index, id)) {
-                    client.score_ids.push(id);
-                }
-            }
         }
     }
 
@@ -335,13 +319,13 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         let mut command = Command::new("HSET", &keys.body(id));
         for (_, index, _) in holders {
             command = command
-                .arg(keys::holder_field(&batch.clients[*index].id))
+                .arg(keys::HolderField(&batch.clients[*index].id))
                 .arg("1");
         }
         phase1.push(command);
     }
     phase1.extend(cluster_writes);
-    let values = redis.run(&phase1, deadline).await?;
+    let values = redis.run_owned(phase1, deadline).await?;
 
     // What was read.
     let mut values: Vec<Option<Value>> = values.into_iter().map(Some).collect();
@@ -503,7 +487,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     for (id, holders) in by_body(&touched, |pair| pair.0) {
         let mut command = Command::new("HDEL", &keys.body(id));
         for (_, index) in holders {
-            command = command.arg(keys::holder_field(&batch.clients[*index].id));
+            command = command.arg(keys::HolderField(&batch.clients[*index].id));
         }
         releases.push(command);
         push_unique(&mut candidates, &mut candidates_seen, id);
@@ -529,17 +513,17 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     // not stop the ones after it: the trailing cluster writes wait for the
     // session writes' answers.
     let checks = if redis.is_cluster() || (!trailing_writes.is_empty() && !writes.is_empty()) {
-        redis.run(&writes, deadline).await?;
+        redis.run_owned(writes, deadline).await?;
         let skip = trailing_writes.len() + checks_at;
         trailing_writes.extend(releases);
-        let mut values = redis.run(&trailing_writes, deadline).await?;
+        let mut values = redis.run_owned(trailing_writes, deadline).await?;
         values.drain(..skip.min(values.len()));
         values
     } else {
         writes.extend(trailing_writes);
         let offset = writes.len() + checks_at;
         writes.extend(releases);
-        let mut values = redis.run(&writes, deadline).await?;
+        let mut values = redis.run_owned(writes, deadline).await?;
         values.drain(..offset.min(values.len()));
         values
     };
@@ -555,6 +539,6 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             collect.push(Command::new("DEL", &key));
         }
     }
-    redis.run(&collect, deadline).await?;
+    redis.run_owned(collect, deadline).await?;
     Ok(())
 }

@@ -59,10 +59,12 @@
 //! - `Subscribe`/`Unsubscribe`: `HSET`/`HDEL`.
 //! - `PutMessage`: `HSETNX m:<id> b`, before anything refers to it.
 //! - `Enqueue`: the holder field `h:<client>` is set first (`HSET`), then
-//!   `ZADD q NX`, which never moves or changes an id already held. A
-//!   session touched by nothing but `Enqueue`s in the batch (a routing
-//!   batch) reads only its existence (`EXISTS r`): two commands per
-//!   enqueue plus one `HSET` of up to 1,024 holder fields per body.
+//!   `ZADD q NX`, which never moves or changes an id already held. It reads
+//!   nothing but its session's existence (`EXISTS r`): what it would learn
+//!   from the held set only matters to a later op naming the id, which
+//!   reads it. A routing batch therefore costs one `EXISTS` and one
+//!   `ZADD` per session (one member per publication) plus one `HSET` of up
+//!   to 1,024 holder fields per body.
 //! - `Dequeue`: `ZREM q`, then the holder field goes.
 //! - `SetInflight`: one `HSET w` (the id stays in the held set; an id in
 //!   the window is not queued), so the move from queue to window is a
@@ -74,8 +76,9 @@
 //!   `HSET` is dropped and the `ZREM` alone takes the id from queued to
 //!   gone (the journal lags behind the socket under load, so a PUBLISH
 //!   and its PUBACK often share a batch). A session
-//!   touched by nothing but `CompleteInflight`s in the batch reads the
-//!   window entries they name (`HMGET`), not the whole window.
+//!   touched by nothing but `CompleteInflight`s (and `Enqueue`s) in the
+//!   batch reads the window entries they name (`HMGET`), not the whole
+//!   window.
 //! - Inbound QoS 2: `SADD`/`SREM`. Retained: `HSET`/`HDEL` in the shard.
 //!
 //! Sending a phase again after a partial failure is therefore harmless (the

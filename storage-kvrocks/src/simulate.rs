@@ -31,13 +31,10 @@ pub(crate) struct Client {
     pub(crate) lifecycle: bool,
     /// Held-set entries to read (`ZMSCORE`, when not `full`).
     pub(crate) score_ids: Vec<MessageId>,
-    /// Every op of the batch for this client is an `Enqueue` (a routing
-    /// batch): nothing but the session's existence is read (see
-    /// [`apply`]).
-    pub(crate) only_enqueue: bool,
-    /// Every op of the batch for this client is a `CompleteInflight` (a
-    /// journal batch acknowledging): only the window entries it names are
-    /// read (`HMGET`), not the whole window.
+    /// Every op of the batch for this client is a `CompleteInflight` or an
+    /// `Enqueue` (a journal batch acknowledging, a routing batch): only the
+    /// window entries the completions name are read (`HMGET`), not the
+    /// whole window (see `apply`).
     pub(crate) only_complete: bool,
     /// The packet ids this client's `CompleteInflight`s name.
     pub(crate) completed: Vec<PacketId>,
@@ -79,7 +76,6 @@ impl Client {
             needs_window: false,
             lifecycle: false,
             score_ids: Vec::new(),
-            only_enqueue: true,
             only_complete: true,
             completed: Vec::new(),
             record_at: 0,

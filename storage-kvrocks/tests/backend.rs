@@ -450,6 +450,106 @@ fn sent_and_acknowledged_in_one_batch_skips_the_window() {
     assert!(dump(&[server()], &prefix(name)).is_empty());
 }
 
+/// An `Enqueue` reads nothing but its session's existence, also in a batch
+/// with other ops for the session: enqueuing an id the session already
+/// holds, queued or in flight, with another QoS must change nothing, and an
+/// op after it that names the id (a send) must see the stored entry, not
+/// the enqueue's. The same batches on the reference backend load the same.
+#[test]
+fn enqueuing_a_held_id_again_changes_nothing() {
+    let name = "reenqueue";
+    let storage = storage(name);
+    let reference = easy_mqtt_storage_memory::MemoryStorage::new();
+    let c = "c";
+    let m = |n| MessageId::new(9, n);
+    let enqueue_at = |id: MessageId, qos: QoS, retain: bool| Op::Enqueue {
+        client_id: client(c),
+        id,
+        qos,
+        retain,
+    };
+    let set = |packet: u16, id: MessageId| Op::SetInflight {
+        client_id: client(c),
+        packet_id: pid(packet),
+        id,
+        phase: OutboundPhase::Published,
+    };
+    let complete = |packet: u16| Op::CompleteInflight {
+        client_id: client(c),
+        packet_id: pid(packet),
+    };
+    let subscribe = Op::Subscribe {
+        client_id: client(c),
+        filter: ByteStr::from("t/#"),
+        qos: QoS::ExactlyOnce,
+    };
+    let put = |n: u64| Op::PutMessage {
+        id: m(n),
+        message: message("t/1", format!("{n}").as_bytes()),
+        at_ms: 0,
+    };
+    let mut first = vec![put_session(c), put(1), put(2)];
+    first.push(enqueue_at(m(1), QoS::AtLeastOnce, false));
+    first.push(enqueue_at(m(2), QoS::AtLeastOnce, false));
+    first.push(set(1, m(2)));
+    let batches = vec![
+        first,
+        // Held ids (m1 queued, m2 in flight) enqueued again with QoS 2 and
+        // RETAIN, beside another op and a new id.
+        vec![
+            subscribe,
+            put(3),
+            enqueue_at(m(1), QoS::ExactlyOnce, true),
+            enqueue_at(m(2), QoS::ExactlyOnce, true),
+            enqueue_at(m(3), QoS::ExactlyOnce, false),
+        ],
+        // Enqueued again, then sent in the same batch: sent at QoS 1.
+        vec![enqueue_at(m(1), QoS::ExactlyOnce, true), set(2, m(1))],
+        // Completed, then enqueued again: queued anew, at the new QoS; an
+        // id enqueued after its completion in flight keeps its body.
+        vec![
+            complete(1),
+            enqueue_at(m(2), QoS::ExactlyOnce, false),
+            put(4),
+            enqueue_at(m(4), QoS::AtMostOnce, false),
+            enqueue_at(m(3), QoS::AtLeastOnce, true),
+        ],
+    ];
+    for batch in batches {
+        smol::block_on(reference.apply(batch.clone())).unwrap();
+        apply(&storage, batch);
+        let expected = smol::block_on(reference.load_session(c)).unwrap();
+        assert_eq!(smol::block_on(storage.load_session(c)).unwrap(), expected);
+    }
+
+    let session = load(&storage, c);
+    let inflight: Vec<(PacketId, MessageId, QoS, bool)> = session
+        .inflight
+        .iter()
+        .map(|entry| {
+            let delivery = &entry.delivery;
+            (entry.packet_id, delivery.id, delivery.qos, delivery.retain)
+        })
+        .collect();
+    assert_eq!(inflight, vec![(pid(2), m(1), QoS::AtLeastOnce, false)]);
+    let queue: Vec<(MessageId, QoS, bool)> = session
+        .queue
+        .iter()
+        .map(|delivery| (delivery.id, delivery.qos, delivery.retain))
+        .collect();
+    assert_eq!(
+        queue,
+        vec![
+            (m(2), QoS::ExactlyOnce, false),
+            (m(3), QoS::ExactlyOnce, false),
+            (m(4), QoS::AtMostOnce, false),
+        ]
+    );
+    assert_eq!(count_keys(&[server()], &format!("{}:m:*", prefix(name))), 4);
+    apply(&storage, vec![delete_session(c)]);
+    assert!(dump(&[server()], &prefix(name)).is_empty());
+}
+
 /// Many big routing batches at once (the original's scenario in small: a
 /// publication to thousands of persistent sessions, from many publishers)
 /// with a short timeout: each batch is sent as bounded pipelines, in turn,
