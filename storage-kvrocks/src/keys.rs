@@ -166,12 +166,25 @@ impl NodeKeys {
     }
 }
 
-/// The holder field of a client in a body's hash.
-pub(crate) fn holder_field(client_id: &str) -> Vec<u8> {
-    let mut field = Vec::with_capacity(HOLDER_PREFIX.len() + client_id.len());
-    field.extend_from_slice(HOLDER_PREFIX);
-    field.extend_from_slice(client_id.as_bytes());
-    field
+/// The holder field of a client in a body's hash, as a command argument
+/// written straight into the command (a routing batch names one per
+/// delivery: building each in a buffer of its own first was an allocation
+/// per delivery).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HolderField<'a>(pub &'a str);
+
+impl redis::ToRedisArgs for HolderField<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write as _;
+        let mut writer = out.writer_for_next_arg();
+        // The writer appends to the command's buffer in memory, which
+        // cannot fail (short of allocation failure, which aborts).
+        let _ = writer.write_all(HOLDER_PREFIX);
+        let _ = writer.write_all(self.0.as_bytes());
+    }
 }
 
 /// Escapes `%`, `{` and `}` as `%25`, `%7B`, `%7D`, so that the hash tag of
@@ -234,6 +247,31 @@ mod tests {
         assert_eq!(keys.log("s:{", "k}"), "emq:l:s:%7B:{k%7D}");
         assert_ne!(keys.log("a", "b"), keys.log("a:{b}", ""));
         assert_eq!(keys.members(), "emq:{n}:members");
+    }
+
+    #[test]
+    fn a_holder_field_is_the_prefix_and_the_client_id() {
+        use redis::ToRedisArgs as _;
+        let field = HolderField("c{1}");
+        assert_eq!(field.to_redis_args(), vec![b"h:c{1}".to_vec()]);
+        let mut command = redis::cmd("HDEL");
+        command.arg("k").arg(field).arg(HolderField(""));
+        let args: Vec<Vec<u8>> = command
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"?".to_vec(),
+            })
+            .collect();
+        assert_eq!(
+            args,
+            vec![
+                b"HDEL".to_vec(),
+                b"k".to_vec(),
+                b"h:c{1}".to_vec(),
+                b"h:".to_vec()
+            ]
+        );
     }
 
     #[test]
