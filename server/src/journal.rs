@@ -40,9 +40,19 @@
 //! - **Deadlines.** A submission may carry the instant after which it must
 //!   not be written (a publish routed with the cluster's routes of that
 //!   time: see `StorageBatch::write_by` in `driver/durable.rs`); one taken
-//!   into a batch after it is failed, never written.
+//!   into a batch after it is failed, never written. So that a busy
+//!   journal (seconds of routing batches queued) does not fail every
+//!   publish to other nodes' subscribers, these do not queue behind the
+//!   others: they skip the queue and its bound, and are merged among
+//!   themselves into a batch written in a slot of their own, beside the
+//!   `concurrency` others. Still bounded: a connection has one submission
+//!   at a time. Skipping ahead changes no guarantee: merged batches
+//!   already run concurrently, so submissions of different connections
+//!   are never ordered by the queue (a connection's deliveries wait for
+//!   its routing batch to be stored before they are sent).
 //! - **Bounded.** The queue holds at most [`WriterLimits::max_queued_ops`]
-//!   ops; a submission that does not fit waits (its connection's FIFO with
+//!   ops (besides the submissions with a deadline, one per connection at
+//!   most); a submission that does not fit waits (its connection's FIFO with
 //!   it, which stops the connection's reading once its backlog is full).
 
 use std::collections::VecDeque;
@@ -69,7 +79,8 @@ pub struct WriterLimits {
     /// Ops queued and not yet taken into a batch; a submission waits for
     /// room beyond this (one alone is always let in).
     pub max_queued_ops: usize,
-    /// Merged batches written at once.
+    /// Merged batches written at once (besides one of submissions with a
+    /// deadline: see the module documentation).
     pub concurrency: usize,
 }
 
@@ -113,6 +124,9 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Submission>,
+    /// Submissions with a deadline (see "Deadlines"): not counted in
+    /// `queued_ops`.
+    urgent: VecDeque<Submission>,
     queued_ops: usize,
     task: Option<Waker>,
     /// The writer is gone (its node was dropped): nothing more is written.
@@ -225,6 +239,13 @@ impl JournalWriter {
                     if state.closed {
                         return Err(stopped());
                     }
+                    if waiting.write_by.is_some() {
+                        state.urgent.push_back(waiting);
+                        if let Some(task) = &state.task {
+                            task.wake_by_ref();
+                        }
+                        break;
+                    }
                     if state.queued_ops == 0
                         || state.queued_ops + size <= shared.limits.max_queued_ops
                     {
@@ -288,6 +309,8 @@ pub(crate) fn too_late() -> StorageError {
 struct Running {
     future: BoxFuture<'static, Result<(), StorageError>>,
     contributors: Vec<(Arc<Vec<Op>>, Arc<Done>)>,
+    /// Formed from the submissions with a deadline, in their own slot.
+    urgent: bool,
 }
 
 fn start_apply(
@@ -321,7 +344,8 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
                 _ => state.task = Some(cx.waker().clone()),
             }
             if state.closed {
-                let queued = std::mem::take(&mut state.queue);
+                let mut queued = std::mem::take(&mut state.queue);
+                queued.extend(std::mem::take(&mut state.urgent));
                 state.queued_ops = 0;
                 drop(state);
                 for submission in queued {
@@ -338,11 +362,23 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
                 continue;
             }
             let mut batches = Vec::new();
-            while running.len() + batches.len() < shared.limits.concurrency {
-                let Some(batch) = take_batch(&mut state, shared.limits.max_merged_ops) else {
+            if !running.iter().any(|r| r.urgent)
+                && let Some(batch) =
+                    take_batch(&mut state.urgent, &mut 0, shared.limits.max_merged_ops)
+            {
+                batches.push((batch, true));
+            }
+            let mut slots = running.iter().filter(|r| !r.urgent).count();
+            while slots < shared.limits.concurrency {
+                let State {
+                    queue, queued_ops, ..
+                } = &mut *state;
+                let Some(batch) = take_batch(queue, queued_ops, shared.limits.max_merged_ops)
+                else {
                     break;
                 };
-                batches.push(batch);
+                batches.push((batch, false));
+                slots += 1;
             }
             // The fence is asked without the lock: it may drop the last
             // handle on the node, whose writer then takes the lock.
@@ -351,7 +387,7 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
                 progress = true;
                 shared.room.notify(usize::MAX);
             }
-            for mut batch in batches {
+            for (mut batch, urgent) in batches {
                 let incarnation = batch.first().and_then(|s| s.incarnation);
                 let now = match fence(incarnation) {
                     Ok(now) => now,
@@ -374,7 +410,7 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
                         continue;
                     }
                 }
-                running.push(merge(&storage, batch, &shared));
+                running.push(merge(&storage, batch, urgent, &shared));
             }
             if !progress {
                 return Poll::Pending;
@@ -384,27 +420,36 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
     .await;
 }
 
-/// The queue's first submissions of one incarnation, up to `max_ops` ops
-/// (at least one submission).
-fn take_batch(state: &mut State, max_ops: usize) -> Option<Vec<Submission>> {
-    let first = state.queue.pop_front()?;
+/// The first submissions of `queue` of one incarnation, up to `max_ops`
+/// ops (at least one submission), taken off `queued_ops`.
+fn take_batch(
+    queue: &mut VecDeque<Submission>,
+    queued_ops: &mut usize,
+    max_ops: usize,
+) -> Option<Vec<Submission>> {
+    let first = queue.pop_front()?;
     let incarnation = first.incarnation;
     let mut ops = first.ops.len();
     let mut batch = vec![first];
-    while let Some(next) = state.queue.front() {
+    while let Some(next) = queue.front() {
         if next.incarnation != incarnation || ops + next.ops.len() > max_ops {
             break;
         }
         ops += next.ops.len();
-        if let Some(next) = state.queue.pop_front() {
+        if let Some(next) = queue.pop_front() {
             batch.push(next);
         }
     }
-    state.queued_ops = state.queued_ops.saturating_sub(ops);
+    *queued_ops = queued_ops.saturating_sub(ops);
     Some(batch)
 }
 
-fn merge(storage: &Arc<dyn Storage>, batch: Vec<Submission>, shared: &Shared) -> Running {
+fn merge(
+    storage: &Arc<dyn Storage>,
+    batch: Vec<Submission>,
+    urgent: bool,
+    shared: &Shared,
+) -> Running {
     shared.batches.fetch_add(1, Ordering::Relaxed);
     if batch.len() > 1 {
         (shared.merged).fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -413,6 +458,7 @@ fn merge(storage: &Arc<dyn Storage>, batch: Vec<Submission>, shared: &Shared) ->
     Running {
         future: start_apply(storage, parts),
         contributors: batch.into_iter().map(|s| (s.ops, s.done)).collect(),
+        urgent,
     }
 }
 
@@ -438,6 +484,7 @@ fn finish(
             running.push(Running {
                 future: start_apply(storage, vec![ops.clone()]),
                 contributors: vec![(ops, contributor)],
+                urgent: done.urgent,
             });
         }
         return;

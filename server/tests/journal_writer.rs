@@ -447,3 +447,43 @@ fn corrupt_session_fails_its_contributor_only() {
     let sessions = future::block_on(storage.load_subscriptions()).unwrap();
     assert_eq!(sessions.len(), 4);
 }
+
+/// A submission with a deadline (a publish to other nodes' subscribers)
+/// does not wait behind a full queue: it is let in without room, not
+/// counted in the queue's bound, and written in a batch of its own beside
+/// the others, first here, where it would otherwise come last (the queue
+/// holds three batches' worth, written one at a time).
+#[test]
+fn a_submission_with_a_deadline_skips_the_queue() {
+    let storage = Arc::new(Recorded::default());
+    let harness = Harness::new(
+        storage.clone(),
+        WriterLimits {
+            max_merged_ops: 2,
+            max_queued_ops: 6,
+            concurrency: 1,
+        },
+    );
+    let mut writes: Vec<Write> = (0..3)
+        .map(|i| {
+            let client = format!("c{i}");
+            harness.write(vec![put(&client), subscribe(&client, "t")], None, always())
+        })
+        .collect();
+    harness.submit(&mut writes);
+    assert_eq!(harness.writer.queued_ops(), 6, "the queue is full");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut urgent = vec![
+        harness.write_by(vec![put("u1")], None, Some(deadline), always()),
+        harness.write_by(vec![put("u2")], None, Some(deadline), always()),
+    ];
+    harness.submit(&mut urgent);
+    assert_eq!(harness.writer.queued_ops(), 6, "not counted in the bound");
+    writes.extend(urgent);
+    let results = harness.finish(writes);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let batches = storage.batches();
+    assert_eq!(batches.len(), 4, "{batches:?}");
+    assert_eq!(batches[0], vec![put("u1"), put("u2")], "merged, first");
+    assert_eq!(batches.concat().len(), 8);
+}
