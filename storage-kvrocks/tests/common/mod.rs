@@ -109,6 +109,7 @@ impl Server {
     fn start_fresh(cluster: bool, extra: &[&str]) -> Server {
         require("redis-server");
         let dir = temp_dir();
+        let mut errors = Vec::new();
         for _ in 0..10 {
             let port = free_port();
             let cluster_port = cluster.then(free_port);
@@ -120,11 +121,12 @@ impl Server {
                 process: None,
                 pid: 0,
             };
-            if server.start().is_ok() {
-                return server;
+            match server.start() {
+                Ok(()) => return server,
+                Err(error) => errors.push(error),
             }
         }
-        panic!("could not start redis-server on a free port (10 attempts)");
+        panic!("could not start redis-server on a free port (10 attempts): {errors:?}");
     }
 
     fn args(&self) -> Vec<String> {
