@@ -190,7 +190,22 @@ pub enum Op {
     },
     /// A write of the cluster state ([`crate::cluster`]); backends without
     /// [`Storage::cluster`] reject it as [`StorageError::Invalid`].
-    Cluster(ClusterOp),
+    ///
+    /// Boxed: the cluster ops are few and large (up to 120 bytes), and
+    /// inline they made every op that size, `Enqueue`s (48 bytes) too, of
+    /// which a routing batch holds one per subscriber.
+    Cluster(Box<ClusterOp>),
+}
+
+// A routing batch holds an op per subscriber: an op grown past this (a
+// large variant added inline) costs every batch that much memory.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Op>() <= 72);
+
+impl From<ClusterOp> for Op {
+    fn from(op: ClusterOp) -> Op {
+        Op::Cluster(Box::new(op))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

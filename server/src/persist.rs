@@ -262,10 +262,13 @@ impl<R: Runtime> Node<R> {
         let mut own = None;
         ops.iter()
             .any(|op| match op {
-                Op::Cluster(ClusterOp::Forward {
-                    node,
-                    entry: BusEntry::Publish { .. } | BusEntry::Direct { .. },
-                }) => *node != *own.get_or_insert_with(|| cluster.name()),
+                Op::Cluster(op) => match &**op {
+                    ClusterOp::Forward {
+                        node,
+                        entry: BusEntry::Publish { .. } | BusEntry::Direct { .. },
+                    } => *node != *own.get_or_insert_with(|| cluster.name()),
+                    _ => false,
+                },
                 _ => false,
             })
             .then(|| self.runtime.now() + cluster.config.route_write_window())
@@ -826,7 +829,7 @@ mod journal_tests {
         expected.extend_from_slice(&9u64.to_be_bytes());
         assert_eq!(
             ops.last(),
-            Some(&Op::Cluster(ClusterOp::PushLog {
+            Some(&Op::from(ClusterOp::PushLog {
                 space: ByteStr::from(crate::cluster::RECEIVED_SPACE),
                 key: client.clone(),
                 entry: bytes::Bytes::from(expected),

@@ -1022,7 +1022,7 @@ fn an_inbox_entry_outlives_a_batch_cut_before_its_deliveries() {
         &storage,
         vec![
             put_session("c"),
-            Op::Cluster(ClusterOp::Forward {
+            Op::from(ClusterOp::Forward {
                 node: inbox.into(),
                 entry: BusEntry::RoutesChanged { node: "w".into() },
             }),
@@ -1047,7 +1047,7 @@ fn an_inbox_entry_outlives_a_batch_cut_before_its_deliveries() {
             at_ms: 0,
         },
         enqueue("c", id),
-        Op::Cluster(ClusterOp::InboxAck {
+        Op::from(ClusterOp::InboxAck {
             node: inbox.into(),
             entry,
         }),
@@ -1069,7 +1069,7 @@ fn an_inbox_entry_outlives_a_batch_cut_before_its_deliveries() {
         &storage,
         vec![
             enqueue("c", id),
-            Op::Cluster(ClusterOp::InboxAck {
+            Op::from(ClusterOp::InboxAck {
                 node: inbox.into(),
                 entry,
             }),

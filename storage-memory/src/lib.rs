@@ -536,7 +536,7 @@ impl Inner {
                     self.retained.remove(topic.as_str());
                 }
             },
-            Op::Cluster(op) => self.cluster.apply(op, now),
+            Op::Cluster(op) => self.cluster.apply(*op, now),
         }
     }
 

@@ -70,7 +70,7 @@ pub(super) const PAST_TTL: Duration = Duration::from_millis(700);
 pub(super) const LONG_TTL: Duration = Duration::from_secs(60);
 
 pub(super) fn cluster_op(op: ClusterOp) -> Op {
-    Op::Cluster(op)
+    Op::from(op)
 }
 
 pub(super) fn b(text: &str) -> ByteStr {

@@ -158,7 +158,7 @@ impl<R: Runtime> Node<R> {
             }
             Metrics::inc(&self.metrics.api_publishes);
             let id = self.next_message_id();
-            let op = Op::Cluster(ClusterOp::Forward {
+            let op = Op::from(ClusterOp::Forward {
                 node: owner.clone(),
                 entry: BusEntry::Direct {
                     client_id: client,
@@ -239,7 +239,7 @@ impl<R: Runtime> Node<R> {
             .unwrap_or(remote.name);
         lock(&cluster.epochs).insert(client.clone(), claim.epoch);
         lock(&cluster.releases).insert(client.clone(), (claim.epoch, false));
-        let kick = Op::Cluster(ClusterOp::Forward {
+        let kick = Op::from(ClusterOp::Forward {
             node: previous.clone(),
             entry: BusEntry::Kick {
                 client_id: client.clone(),

@@ -166,7 +166,7 @@ fn own_inbox_direct(
 ) -> Op {
     tracing::debug!(client_id = %client_id, topic = %message.topic, "p2p message for a client held elsewhere");
     let qos = message.qos;
-    Op::Cluster(ClusterOp::Forward {
+    Op::from(ClusterOp::Forward {
         node: cluster.name(),
         entry: BusEntry::Direct {
             client_id,

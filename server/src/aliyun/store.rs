@@ -50,7 +50,7 @@ impl Shared {
     pub async fn apply(&self, ops: Vec<ClusterOp>) -> Result<(), StorageError> {
         self.cluster()?;
         self.storage
-            .apply(ops.into_iter().map(Op::Cluster).collect())
+            .apply(ops.into_iter().map(Op::from).collect())
             .await
     }
 

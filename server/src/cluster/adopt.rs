@@ -94,7 +94,7 @@ impl<R: Runtime> Node<R> {
                 }
             }
             if finished && let Some(store) = self.storage.cluster() {
-                let forget_served = Op::Cluster(ClusterOp::PushLog {
+                let forget_served = Op::from(ClusterOp::PushLog {
                     space: ByteStr::from(super::bus::SERVED_SPACE),
                     key: dead.node.clone(),
                     entry: bytes::Bytes::new(),
@@ -266,7 +266,7 @@ impl<R: Runtime> Node<R> {
                     // is let go when its kick is served.
                     let owner = store.owner(client_id).await?;
                     if owner.is_none_or(|o| o.node == *dead) {
-                        ops.push(Op::Cluster(ClusterOp::Disown {
+                        ops.push(Op::from(ClusterOp::Disown {
                             node: dead.clone(),
                             client_id: client_id.clone(),
                         }));
@@ -295,7 +295,7 @@ impl<R: Runtime> Node<R> {
                 ops.extend(more);
                 prepared = Some(route);
             }
-            ops.push(Op::Cluster(ClusterOp::ClearPresence {
+            ops.push(Op::from(ClusterOp::ClearPresence {
                 node: dead.clone(),
                 client_id: presence.client_id.clone(),
             }));
@@ -328,7 +328,7 @@ impl<R: Runtime> Node<R> {
                     .filters_of(dead)
                     .iter()
                     .map(|filter| {
-                        Op::Cluster(ClusterOp::RemoveRoute {
+                        Op::from(ClusterOp::RemoveRoute {
                             node: dead.clone(),
                             filter: filter.clone(),
                         })

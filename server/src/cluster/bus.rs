@@ -130,7 +130,7 @@ impl<R: Runtime> Node<R> {
             super::Watched::No => false,
             super::Watched::First => {
                 if qos == QoS::ExactlyOnce {
-                    ops.push(Op::Cluster(ClusterOp::PushLog {
+                    ops.push(Op::from(ClusterOp::PushLog {
                         space: ByteStr::from(SERVED_SPACE),
                         key: cluster.name(),
                         entry: encode_served(&[(client_key(client_id), id)]),
@@ -155,7 +155,7 @@ impl<R: Runtime> Node<R> {
         let Some(to) = self.cluster.as_ref().and_then(|c| c.forward_of(client_id)) else {
             return false;
         };
-        ops.push(Op::Cluster(ClusterOp::Forward {
+        ops.push(Op::from(ClusterOp::Forward {
             node: to,
             entry: BusEntry::Direct {
                 client_id: client_id.clone(),
@@ -185,7 +185,7 @@ impl<R: Runtime> Node<R> {
         if qos == QoS::AtMostOnce {
             return;
         }
-        ops.push(Op::Cluster(ClusterOp::Forward {
+        ops.push(Op::from(ClusterOp::Forward {
             node: to,
             entry: BusEntry::Direct {
                 client_id,
@@ -210,7 +210,7 @@ impl<R: Runtime> Node<R> {
         self.remote_nodes(&message.topic, message.retain, &mut nodes);
         tracing::trace!(topic = %message.topic, ?nodes, "forwarding to nodes");
         for node in nodes {
-            ops.push(Op::Cluster(ClusterOp::Forward {
+            ops.push(Op::from(ClusterOp::Forward {
                 node,
                 entry: BusEntry::Publish {
                     id,
@@ -280,7 +280,7 @@ impl<R: Runtime> Node<R> {
                 })
             });
             if repeated {
-                ops.push(Op::Cluster(ClusterOp::InboxAck {
+                ops.push(Op::from(ClusterOp::InboxAck {
                     node: inbox.clone(),
                     entry: entry_id,
                 }));
@@ -367,7 +367,7 @@ impl<R: Runtime> Node<R> {
                 BusEntry::Released { client_id, epoch } => self.released(&client_id, epoch),
                 BusEntry::RoutesChanged { .. } => self.routes_stale(),
             }
-            ops.push(Op::Cluster(ClusterOp::InboxAck {
+            ops.push(Op::from(ClusterOp::InboxAck {
                 node: inbox.clone(),
                 entry: entry_id,
             }));
@@ -375,7 +375,7 @@ impl<R: Runtime> Node<R> {
         if !served_qos2.is_empty() {
             // After the acknowledgements: a backend that stops half-way
             // through the batch never logs an entry it left unacknowledged.
-            ops.push(Op::Cluster(ClusterOp::PushLog {
+            ops.push(Op::from(ClusterOp::PushLog {
                 space: ByteStr::from(SERVED_SPACE),
                 key: inbox.clone(),
                 entry: encode_served(&served_qos2),
@@ -408,7 +408,7 @@ impl<R: Runtime> Node<R> {
         {
             // Sent here by a node whose view was stale (a forward to an
             // owner that moved on): to the owner of record.
-            ops.push(Op::Cluster(ClusterOp::Forward {
+            ops.push(Op::from(ClusterOp::Forward {
                 node: owner.clone(),
                 entry: BusEntry::Direct {
                     client_id,
@@ -648,7 +648,10 @@ pub(super) async fn run_outbox<R: Runtime>(node: Arc<Node<R>>) {
         let removed_routes: Vec<ByteStr> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::Cluster(ClusterOp::RemoveRoute { filter, .. }) => Some(filter.clone()),
+                Op::Cluster(op) => match &**op {
+                    ClusterOp::RemoveRoute { filter, .. } => Some(filter.clone()),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect();

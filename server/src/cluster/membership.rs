@@ -231,7 +231,7 @@ impl<R: Runtime> Node<R> {
             .cluster
             .as_ref()
             .map_or_else(|| ByteStr::from(self.config.node_id.clone()), |c| c.name());
-        Op::Cluster(ClusterOp::ClearPresence {
+        Op::from(ClusterOp::ClearPresence {
             node,
             client_id: client_id.clone(),
         })

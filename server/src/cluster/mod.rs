@@ -592,7 +592,7 @@ impl ClusterState {
         self.peers()
             .into_iter()
             .map(|node| {
-                Op::Cluster(ClusterOp::Forward {
+                Op::from(ClusterOp::Forward {
                     node,
                     entry: easy_mqtt_core::cluster::BusEntry::RoutesChanged { node: self.name() },
                 })
@@ -644,7 +644,7 @@ mod outbox_tests {
     use futures_lite::future::{block_on, poll_once};
 
     fn forward() -> Op {
-        Op::Cluster(ClusterOp::Forward {
+        Op::from(ClusterOp::Forward {
             node: "b".into(),
             entry: BusEntry::RoutesChanged { node: "a".into() },
         })

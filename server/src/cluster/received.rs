@@ -39,7 +39,7 @@ pub const RECEIVED_KEEP: u32 = 1024;
 /// The op that logs `ids` (8 bytes big-endian each) as received by
 /// `client_id`.
 pub fn log_received(client_id: &ByteStr, ids: Vec<u8>) -> Op {
-    Op::Cluster(ClusterOp::PushLog {
+    Op::from(ClusterOp::PushLog {
         space: ByteStr::from(RECEIVED_SPACE),
         key: client_id.clone(),
         entry: bytes::Bytes::from(ids),
@@ -49,7 +49,7 @@ pub fn log_received(client_id: &ByteStr, ids: Vec<u8>) -> Op {
 
 /// The op that deletes the log of `client_id` (its session ended).
 pub fn forget_received(client_id: &ByteStr) -> Op {
-    Op::Cluster(ClusterOp::PushLog {
+    Op::from(ClusterOp::PushLog {
         space: ByteStr::from(RECEIVED_SPACE),
         key: client_id.clone(),
         entry: bytes::Bytes::new(),

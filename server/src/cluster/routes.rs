@@ -74,7 +74,7 @@ impl RouteCache {
 
 /// The op that stores this node's route for `filter`.
 fn add_route(cluster: &super::ClusterState, filter: ByteStr) -> Op {
-    Op::Cluster(ClusterOp::AddRoute {
+    Op::from(ClusterOp::AddRoute {
         node: cluster.name(),
         filter,
     })
@@ -82,7 +82,7 @@ fn add_route(cluster: &super::ClusterState, filter: ByteStr) -> Op {
 
 /// The op that removes this node's route for `filter`.
 fn remove_route(cluster: &super::ClusterState, filter: ByteStr) -> Op {
-    Op::Cluster(ClusterOp::RemoveRoute {
+    Op::from(ClusterOp::RemoveRoute {
         node: cluster.name(),
         filter,
     })

@@ -68,7 +68,7 @@ impl Drop for OwnershipGuard {
 }
 
 pub(super) fn kick(node: ByteStr, client_id: ByteStr, epoch: u64, from: ByteStr) -> Op {
-    Op::Cluster(ClusterOp::Forward {
+    Op::from(ClusterOp::Forward {
         node,
         entry: BusEntry::Kick {
             client_id,
@@ -160,7 +160,7 @@ impl<R: Runtime> Node<R> {
                     ops.push(kick(holder.clone(), client_id.clone(), epoch, own.clone()));
                 }
             }
-            ops.push(Op::Cluster(ClusterOp::SetPresence {
+            ops.push(Op::from(ClusterOp::SetPresence {
                 node: own,
                 presence: Presence {
                     client_id: client_id.clone(),
@@ -433,21 +433,21 @@ impl<R: Runtime> Node<R> {
         // that claim's responsibility.
         let _guard = self.ownership_guard(&client_id).await;
         let own = cluster.name();
-        let ack = Op::Cluster(ClusterOp::InboxAck {
+        let ack = Op::from(ClusterOp::InboxAck {
             node: inbox.clone(),
             entry,
         });
         let answer = |inbox: &ByteStr, to: ByteStr, client_id: &ByteStr| {
             vec![
-                Op::Cluster(ClusterOp::ClearPresence {
+                Op::from(ClusterOp::ClearPresence {
                     node: inbox.clone(),
                     client_id: client_id.clone(),
                 }),
-                Op::Cluster(ClusterOp::Disown {
+                Op::from(ClusterOp::Disown {
                     node: inbox.clone(),
                     client_id: client_id.clone(),
                 }),
-                Op::Cluster(ClusterOp::Forward {
+                Op::from(ClusterOp::Forward {
                     node: to,
                     entry: BusEntry::Released {
                         client_id: client_id.clone(),
@@ -545,7 +545,7 @@ impl<R: Runtime> Node<R> {
             spaces.push(own.clone());
         }
         for space in spaces {
-            ops.push(Op::Cluster(ClusterOp::PutRecord {
+            ops.push(Op::from(ClusterOp::PutRecord {
                 space: super::forwards_space(&space),
                 key: client_id.clone(),
                 value: bytes::Bytes::copy_from_slice(to.as_bytes()),

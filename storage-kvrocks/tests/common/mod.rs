@@ -681,7 +681,7 @@ pub fn check_read_inbox_blocks(reader: &KvrocksStorage, writer: KvrocksStorage) 
     let sent = entry.clone();
     let thread = std::thread::spawn(move || {
         sleep(Duration::from_millis(400));
-        let op = Op::Cluster(ClusterOp::Forward {
+        let op = Op::from(ClusterOp::Forward {
             node: "r".into(),
             entry: sent,
         });
