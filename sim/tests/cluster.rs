@@ -188,6 +188,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         63495,
         "QoS 2 twice: a same-node takeover let the old connection's stale phase land after the new one's",
     ),
+    (
+        117597,
+        "QoS 2 lost: a release stopped waiting for the routes in flight after the takeover timeout; one stored later reached a session held elsewhere",
+    ),
 ];
 
 #[test]

@@ -461,14 +461,7 @@ impl<R: Runtime> Node<R> {
             // of the inbox entries ahead of it included) may still write to it:
             // they finish first, so that whoever loads it next sees them.
             let horizon = cluster.route_horizon();
-            let deadline = self.runtime.now() + cluster.config.takeover_timeout;
-            while let Err(listener) = cluster.routes_before(horizon) {
-                if self.runtime.now() >= deadline {
-                    break;
-                }
-                let step = (self.runtime.now() + WAIT_STEP).min(deadline);
-                futures_lite::future::or(listener, sleep_until(&self.runtime, step)).await;
-            }
+            self.routes_done_before(cluster, horizon, &client_id).await;
             // This node's own claim, read from a dead node's inbox it
             // serves: everything before the kick was served, so the dead
             // node lets go; the session itself stays (it is this node's).
@@ -504,14 +497,8 @@ impl<R: Runtime> Node<R> {
         // Routes that matched the session before it was marked given up may
         // still write to it: they finish first, so the new owner loads them.
         let horizon = cluster.route_horizon();
-        let deadline = now + cluster.config.takeover_timeout;
-        while let Err(listener) = cluster.routes_before(horizon) {
-            if self.runtime.now() >= deadline {
-                break;
-            }
-            let step = (self.runtime.now() + WAIT_STEP).min(deadline);
-            futures_lite::future::or(listener, sleep_until(&self.runtime, step)).await;
-        }
+        self.routes_done_before(cluster, horizon, &client_id).await;
+        let deadline = self.runtime.now() + cluster.config.takeover_timeout;
         let entry = lock(&self.registry).get(&client_id).cloned();
         if let Some(entry) = &entry {
             let cell = lock(&entry.inner).attached.clone();
@@ -557,6 +544,35 @@ impl<R: Runtime> Node<R> {
     }
 
     /// Serializes this node's claims and releases of one client id.
+    /// Waits until every route started before `horizon` is stored or
+    /// failed: until then one of them may still write to a session this
+    /// node lets go, and the next owner must load what it wrote. Not
+    /// bounded by the takeover timeout: let go past it, a route stored
+    /// later (its node cut off from storage for longer, then back) wrote to
+    /// a session another node already held in memory, which never saw it
+    /// (simulator seed 117597: a QoS 2 message acknowledged to its
+    /// publisher and never delivered). A route ends once its connection's
+    /// batches are stored or given up (each after the connect timeout of
+    /// failing), or when the node is declared dead (its writes are then
+    /// fenced).
+    async fn routes_done_before(
+        &self,
+        cluster: &super::ClusterState,
+        horizon: u64,
+        client_id: &ByteStr,
+    ) {
+        let warn_at = self.runtime.now() + cluster.config.takeover_timeout;
+        let mut warned = false;
+        while let Err(listener) = cluster.routes_before(horizon) {
+            let now = self.runtime.now();
+            if !warned && now >= warn_at {
+                tracing::warn!(client_id = %client_id, "a release waits for routes still being stored");
+                warned = true;
+            }
+            futures_lite::future::or(listener, sleep_until(&self.runtime, now + WAIT_STEP)).await;
+        }
+    }
+
     pub(crate) async fn ownership_guard(&self, client_id: &ByteStr) -> OwnershipGuard {
         loop {
             if let Some(guard) = self.try_ownership_guard(client_id) {
