@@ -363,20 +363,18 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
             }
             let mut batches = Vec::new();
             if !running.iter().any(|r| r.urgent)
-                && let Some(batch) =
-                    take_batch(&mut state.urgent, &mut 0, shared.limits.max_merged_ops)
+                && let Some((batch, _)) =
+                    take_batch(&mut state.urgent, shared.limits.max_merged_ops)
             {
                 batches.push((batch, true));
             }
             let mut slots = running.iter().filter(|r| !r.urgent).count();
             while slots < shared.limits.concurrency {
-                let State {
-                    queue, queued_ops, ..
-                } = &mut *state;
-                let Some(batch) = take_batch(queue, queued_ops, shared.limits.max_merged_ops)
+                let Some((batch, ops)) = take_batch(&mut state.queue, shared.limits.max_merged_ops)
                 else {
                     break;
                 };
+                state.queued_ops = state.queued_ops.saturating_sub(ops);
                 batches.push((batch, false));
                 slots += 1;
             }
@@ -421,12 +419,11 @@ async fn run(shared: Arc<Shared>, storage: Arc<dyn Storage>, fence: Fence) {
 }
 
 /// The first submissions of `queue` of one incarnation, up to `max_ops`
-/// ops (at least one submission), taken off `queued_ops`.
+/// ops (at least one submission), with their count of ops.
 fn take_batch(
     queue: &mut VecDeque<Submission>,
-    queued_ops: &mut usize,
     max_ops: usize,
-) -> Option<Vec<Submission>> {
+) -> Option<(Vec<Submission>, usize)> {
     let first = queue.pop_front()?;
     let incarnation = first.incarnation;
     let mut ops = first.ops.len();
@@ -440,8 +437,7 @@ fn take_batch(
             batch.push(next);
         }
     }
-    *queued_ops = queued_ops.saturating_sub(ops);
-    Some(batch)
+    Some((batch, ops))
 }
 
 fn merge(

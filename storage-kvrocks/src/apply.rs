@@ -225,7 +225,6 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     // packet id at most (`SetInflight`, which reads the whole window, moves
     // only an id that is not in it), so the entries not read cannot make a
     // completed id still held.
-    let order = by_client(&ops, &op_clients, batch.clients.len());
     for client in &mut batch.clients {
         if !client.only_complete && !client.completed.is_empty() {
             client.needs_window = true;
@@ -418,6 +417,9 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     }
     // Whether the client of each `Enqueue` holds its body after the batch,
     // and each (body, client, held after the batch) that an op let go.
+    // Built after the reads' round trip, not beside its commands and
+    // replies: a routing batch's runs are tens of MB.
+    let order = by_client(&ops, &op_clients, batch.clients.len());
     let mut pin_held = vec![false; ops.len()];
     let mut released: Vec<(MessageId, usize, bool)> = Vec::new();
     let mut lost = Vec::new();

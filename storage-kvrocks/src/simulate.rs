@@ -204,7 +204,7 @@ impl Client {
         }
     }
 
-    pub(crate) fn simulate(
+    fn simulate(
         &mut self,
         op: &Op,
         stored: &dyn Fn(&MessageId) -> bool,
