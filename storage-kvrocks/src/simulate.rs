@@ -38,6 +38,14 @@ pub(crate) struct Client {
     pub(crate) only_complete: bool,
     /// The packet ids this client's `CompleteInflight`s name.
     pub(crate) completed: Vec<PacketId>,
+    /// This client's `SetInflight`s, in batch order; once its reads are
+    /// planned, those whose id is not read (see `apply`'s "Unread sends").
+    pub(crate) sends: Vec<Send>,
+    /// What the batch did last with each packet id it names, in batch
+    /// order (which of `sends` used it, or completed it).
+    pub(crate) packets: HashMap<PacketId, PacketUse>,
+    /// Ids the simulation takes as queued without having read them.
+    pub(crate) assumed: Vec<MessageId>,
 
     // Where phase 1 put each read.
     pub(crate) record_at: usize,
@@ -78,6 +86,9 @@ impl Client {
             score_ids: Vec::new(),
             only_complete: true,
             completed: Vec::new(),
+            sends: Vec::new(),
+            packets: HashMap::default(),
+            assumed: Vec::new(),
             record_at: 0,
             window_at: None,
             completed_at: None,
@@ -403,6 +414,27 @@ impl Client {
     pub(crate) fn see_order(&mut self, order: u64) {
         self.next_order = self.next_order.max(order.saturating_add(1));
     }
+}
+
+/// A `SetInflight` of the batch, as `apply` plans its reads.
+#[derive(Clone, Copy)]
+pub(crate) struct Send {
+    pub(crate) packet_id: PacketId,
+    pub(crate) id: MessageId,
+    /// The next op of the client naming the packet id is its
+    /// `CompleteInflight`.
+    pub(crate) completed: bool,
+    /// An earlier op of the batch completed the packet id: it is free
+    /// when this send uses it, whatever storage held.
+    pub(crate) after_complete: bool,
+}
+
+/// The last op of a batch naming a packet id of a client.
+#[derive(Clone, Copy)]
+pub(crate) enum PacketUse {
+    /// `SetInflight`: the send at this index of `Client::sends`.
+    Sent(usize),
+    Completed,
 }
 
 /// The simulated in-flight window, its ids indexed: whether a client holds
