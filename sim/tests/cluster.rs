@@ -192,6 +192,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         117597,
         "QoS 2 lost: a release stopped waiting for the routes in flight after the takeover timeout; one stored later reached a session held elsewhere",
     ),
+    (
+        79105,
+        "QoS 2 lost: adopting a dead adopter removed the routes it held for another dead node's session before the adoption it inherited routed that session again",
+    ),
 ];
 
 #[test]

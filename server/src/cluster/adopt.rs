@@ -164,15 +164,58 @@ impl<R: Runtime> Node<R> {
         }
     }
 
-    /// Takes over what `dead` held (wills, persistent sessions, inbox).
+    /// Takes over what `dead` held (wills, persistent sessions, inbox),
+    /// after the adoptions it won and did not finish: those are this
+    /// node's now, and taken up first. The dead node's routes, removed in
+    /// the last step, may be all that routes for the sessions it held on
+    /// their behalf (claimed away from them while they could not answer),
+    /// until this node holds those sessions and routes for them itself. One
+    /// that fails is taken up again next round, and so is this adoption,
+    /// whose routes stay meanwhile.
     pub(crate) async fn adopt(self: &Arc<Self>, dead: &ByteStr) -> Result<(), StorageError> {
-        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+        let Some(cluster) = self.cluster.as_ref() else {
             return Ok(());
         };
-        Metrics::inc(&self.metrics.cluster_adoptions);
-        // 0. The adoptions it won and did not finish are this node's now
-        // (taken up in the next rounds, like this node's own unfinished
-        // ones): otherwise what those nodes held would have no holder.
+        // Depth first, the inherited ones before their adopter (a chain of
+        // adopters that died in turn). Not a recursive call: its future
+        // would have to be boxed, and the compiler cannot then see it is
+        // `Send`.
+        let mut order = Vec::new();
+        let mut stack = vec![(dead.clone(), false)];
+        let mut seen = std::collections::HashSet::new();
+        while let Some((node, expanded)) = stack.pop() {
+            if expanded {
+                order.push(node);
+                continue;
+            }
+            if !seen.insert(node.clone()) {
+                continue;
+            }
+            let inherited = self.unfinished_adoptions_of(&node).await?;
+            stack.push((node, true));
+            stack.extend(inherited.into_iter().map(|n| (n, false)));
+        }
+        for node in order {
+            let result = self.adopt_one(&node).await;
+            if node != *dead {
+                let mut unfinished = lock(&cluster.unfinished_adoptions);
+                unfinished.retain(|n| *n != node);
+                if result.is_err() {
+                    unfinished.push(node);
+                }
+            }
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The adoptions `dead` won and did not finish (it died while serving
+    /// the inbox it adopted, or before).
+    async fn unfinished_adoptions_of(&self, dead: &ByteStr) -> Result<Vec<ByteStr>, StorageError> {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return Ok(Vec::new());
+        };
+        let mut inherited = Vec::new();
         for member in store.members().await? {
             if member.alive.is_some()
                 || member.node == *dead
@@ -187,12 +230,18 @@ impl<R: Runtime> Node<R> {
                 .is_some_and(|adopter| adopter == *dead)
             {
                 tracing::warn!(node = %member.node, from = %dead, "taking over an unfinished adoption");
-                let mut unfinished = lock(&cluster.unfinished_adoptions);
-                if !unfinished.contains(&member.node) {
-                    unfinished.push(member.node);
-                }
+                inherited.push(member.node);
             }
         }
+        Ok(inherited)
+    }
+
+    /// [`Node::adopt`] of `dead` alone.
+    async fn adopt_one(self: &Arc<Self>, dead: &ByteStr) -> Result<(), StorageError> {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
+            return Ok(());
+        };
+        Metrics::inc(&self.metrics.cluster_adoptions);
         // 1. Its persistent sessions first, so that the wills (and the
         // inbox) reach the subscribers among them.
         let mut adopted_sessions = std::collections::HashSet::new();
