@@ -119,6 +119,30 @@ fn op(rng: &mut Rng, seed: u64) -> Op {
     }
 }
 
+/// 1 to 14 random ops, half the sends acknowledged at once (the journal
+/// writer merges a send with its acknowledgement when storage lags).
+fn random_batch(rng: &mut Rng, seed: u64) -> Vec<Op> {
+    let len = 1 + rng.below(14);
+    let mut batch = Vec::new();
+    for _ in 0..len {
+        let op = op(rng, seed);
+        let acknowledged = match &op {
+            Op::SetInflight {
+                client_id,
+                packet_id,
+                ..
+            } if rng.below(2) == 0 => Some(Op::CompleteInflight {
+                client_id: client_id.clone(),
+                packet_id: *packet_id,
+            }),
+            _ => None,
+        };
+        batch.push(op);
+        batch.extend(acknowledged);
+    }
+    batch
+}
+
 type Snapshot = (
     Vec<Option<StoredSession>>,
     Vec<SessionSubscriptions>,
@@ -152,26 +176,7 @@ pub async fn run(storage: &dyn Storage, seed: u64, batches: usize) {
     let reference = MemoryStorage::new();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     for batch_index in 0..batches {
-        let len = 1 + rng.below(14);
-        let mut batch: Vec<Op> = Vec::new();
-        for _ in 0..len {
-            let op = op(&mut rng, seed);
-            // Half the sends acknowledged at once (the journal writer
-            // merges a send with its acknowledgement when storage lags).
-            let acknowledged = match &op {
-                Op::SetInflight {
-                    client_id,
-                    packet_id,
-                    ..
-                } if rng.below(2) == 0 => Some(Op::CompleteInflight {
-                    client_id: client_id.clone(),
-                    packet_id: *packet_id,
-                }),
-                _ => None,
-            };
-            batch.push(op);
-            batch.extend(acknowledged);
-        }
+        let batch = random_batch(&mut rng, seed);
         let times = if rng.below(4) == 0 { 2 } else { 1 };
         // A third of them as parts (the journal writer's merged batches):
         // the backend must read them as the one batch they make.
@@ -309,26 +314,7 @@ pub async fn run_with_cuts(
         // state for it applied once and twice.
         let held = held_ids(&reference).await;
         let batch = loop {
-            let len = 1 + rng.below(14);
-            let mut batch: Vec<Op> = Vec::new();
-            for _ in 0..len {
-                let op = op(&mut rng, seed);
-                // Half the sends acknowledged at once (the journal writer
-                // merges a send with its acknowledgement when storage lags).
-                let acknowledged = match &op {
-                    Op::SetInflight {
-                        client_id,
-                        packet_id,
-                        ..
-                    } if rng.below(2) == 0 => Some(Op::CompleteInflight {
-                        client_id: client_id.clone(),
-                        packet_id: *packet_id,
-                    }),
-                    _ => None,
-                };
-                batch.push(op);
-                batch.extend(acknowledged);
-            }
+            let mut batch = random_batch(&mut rng, seed);
             // One body and time per id, as the broker's ids are unique: a
             // body that a cut leaked (documented) keeps the body and time
             // it was first stored with, which a later `PutMessage` of the
