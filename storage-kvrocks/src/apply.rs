@@ -60,7 +60,7 @@ use crate::conn::{Command, Redis};
 use crate::keys::{self, BODY_FIELD, Keys};
 use crate::load;
 use crate::reply;
-use crate::simulate::{Batch, Client, PacketUse, Send, Step, push_unique, session_id};
+use crate::simulate::{Batch, Client, PacketUse, PlannedSend, Step, push_unique, session_id};
 
 /// At most this many fields in one `HSET`/`HDEL` of holder fields.
 const FIELDS_PER_COMMAND: usize = 1024;
@@ -229,7 +229,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                         .insert(*packet_id, PacketUse::Sent(client.sends.len())),
                     Some(PacketUse::Completed)
                 );
-                client.sends.push(Send {
+                client.sends.push(PlannedSend {
                     packet_id: *packet_id,
                     id: *id,
                     completed: false,
@@ -280,11 +280,12 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     // An id already in the window (read whole) is not queued, whatever
     // the held set says: such a send is no move, and the simulation sees
     // that without the assumption.
+    let mut named: HashMap<MessageId, u32> = HashMap::default();
     for (index, client) in batch.clients.iter_mut().enumerate() {
         if client.sends.is_empty() {
             continue;
         }
-        let mut named: HashMap<MessageId, u32> = HashMap::default();
+        named.clear();
         for send in &client.sends {
             *named.entry(send.id).or_insert(0) += 1;
         }
@@ -520,23 +521,28 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                 command = command.arg(&codec::encode_message_id(*id));
             }
             commands.push(command);
-            // The highest order, which a send that moves one needs.
-            commands.push(
-                Command::new("ZRANGE", &client.keys.held)
-                    .arg(-1)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-            );
+            if client.max_at.is_none() && client.full_at.is_none() {
+                // The highest order, which a send that moves one needs
+                // (not read in phase 1 if every send was unread).
+                commands.push(
+                    Command::new("ZRANGE", &client.keys.held)
+                        .arg(-1)
+                        .arg(-1)
+                        .arg("WITHSCORES"),
+                );
+            }
         }
         let mut values = redis.run_owned(commands, deadline).await?.into_iter();
         for (index, ids) in &late {
             let client = &mut batch.clients[*index];
             let read = values.next().unwrap_or(Value::Nil);
             let mut held = scores(&client.keys.held, ids, read)?;
-            held.extend(load::held(
-                &client.keys,
-                values.next().unwrap_or(Value::Nil),
-            )?);
+            if client.max_at.is_none() && client.full_at.is_none() {
+                held.extend(load::held(
+                    &client.keys,
+                    values.next().unwrap_or(Value::Nil),
+                )?);
+            }
             for (id, entry) in held {
                 client.see_order(entry.order);
                 client.held.entry(id).or_insert(entry);

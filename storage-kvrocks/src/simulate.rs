@@ -40,7 +40,7 @@ pub(crate) struct Client {
     pub(crate) completed: Vec<PacketId>,
     /// This client's `SetInflight`s, in batch order; once its reads are
     /// planned, those whose id is not read (see `apply`'s "Unread sends").
-    pub(crate) sends: Vec<Send>,
+    pub(crate) sends: Vec<PlannedSend>,
     /// What the batch did last with each packet id it names, in batch
     /// order (which of `sends` used it, or completed it).
     pub(crate) packets: HashMap<PacketId, PacketUse>,
@@ -418,7 +418,7 @@ impl Client {
 
 /// A `SetInflight` of the batch, as `apply` plans its reads.
 #[derive(Clone, Copy)]
-pub(crate) struct Send {
+pub(crate) struct PlannedSend {
     pub(crate) packet_id: PacketId,
     pub(crate) id: MessageId,
     /// The next op of the client naming the packet id is its

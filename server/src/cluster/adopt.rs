@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easy_mqtt_core::ByteStr;
-use easy_mqtt_core::cluster::{ClusterOp, InboxId};
+use easy_mqtt_core::cluster::{ClusterOp, InboxId, Member};
 use easy_mqtt_core::storage::{Op, StorageError};
 
 use super::apply_while_leased;
@@ -173,9 +173,10 @@ impl<R: Runtime> Node<R> {
     /// that fails is taken up again next round, and so is this adoption,
     /// whose routes stay meanwhile.
     pub(crate) async fn adopt(self: &Arc<Self>, dead: &ByteStr) -> Result<(), StorageError> {
-        let Some(cluster) = self.cluster.as_ref() else {
+        let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
             return Ok(());
         };
+        let members = store.members().await?;
         // Depth first, the inherited ones before their adopter (a chain of
         // adopters that died in turn). Not a recursive call: its future
         // would have to be boxed, and the compiler cannot then see it is
@@ -191,7 +192,7 @@ impl<R: Runtime> Node<R> {
             if !seen.insert(node.clone()) {
                 continue;
             }
-            let inherited = self.unfinished_adoptions_of(&node).await?;
+            let inherited = self.unfinished_adoptions_of(&node, &members).await?;
             stack.push((node, true));
             stack.extend(inherited.into_iter().map(|n| (n, false)));
         }
@@ -211,12 +212,16 @@ impl<R: Runtime> Node<R> {
 
     /// The adoptions `dead` won and did not finish (it died while serving
     /// the inbox it adopted, or before).
-    async fn unfinished_adoptions_of(&self, dead: &ByteStr) -> Result<Vec<ByteStr>, StorageError> {
+    async fn unfinished_adoptions_of(
+        &self,
+        dead: &ByteStr,
+        members: &[Member],
+    ) -> Result<Vec<ByteStr>, StorageError> {
         let (Some(cluster), Some(store)) = (self.cluster.as_ref(), self.storage.cluster()) else {
             return Ok(Vec::new());
         };
         let mut inherited = Vec::new();
-        for member in store.members().await? {
+        for member in members {
             if member.alive.is_some()
                 || member.node == *dead
                 || member.node == cluster.name()
@@ -230,7 +235,7 @@ impl<R: Runtime> Node<R> {
                 .is_some_and(|adopter| adopter == *dead)
             {
                 tracing::warn!(node = %member.node, from = %dead, "taking over an unfinished adoption");
-                inherited.push(member.node);
+                inherited.push(member.node.clone());
             }
         }
         Ok(inherited)

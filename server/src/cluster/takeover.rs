@@ -543,7 +543,6 @@ impl<R: Runtime> Node<R> {
         apply_until_stored(&self, ops).await;
     }
 
-    /// Serializes this node's claims and releases of one client id.
     /// Waits until every route started before `horizon` is stored or
     /// failed: until then one of them may still write to a session this
     /// node lets go, and the next owner must load what it wrote. Not
@@ -573,6 +572,7 @@ impl<R: Runtime> Node<R> {
         }
     }
 
+    /// Serializes this node's claims and releases of one client id.
     pub(crate) async fn ownership_guard(&self, client_id: &ByteStr) -> OwnershipGuard {
         loop {
             if let Some(guard) = self.try_ownership_guard(client_id) {
