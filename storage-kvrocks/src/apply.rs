@@ -67,6 +67,11 @@ const FIELDS_PER_COMMAND: usize = 1024;
 
 /// Each body of `items` (sorted by body, `id`) with the runs of its
 /// items, at most [`FIELDS_PER_COMMAND`] in each.
+/// The length of a client's holder field.
+fn holder_len(client: &Client) -> usize {
+    keys::HOLDER_PREFIX.len() + client.id.len()
+}
+
 fn by_body<T>(
     items: &[T],
     id: impl Fn(&T) -> MessageId + Copy,
@@ -93,15 +98,23 @@ fn by_client<'o>(
     for index in 1..starts.len() {
         starts[index] += starts[index - 1];
     }
-    let mut order = vec![None; starts[clients]];
+    // Every slot is filled below (the runs' lengths are the counts above),
+    // so the placeholder never survives; an `Option` per slot cost a
+    // second list of a million ops to take it off.
+    let placeholder = Step::Enqueue {
+        id: MessageId(0),
+        qos: QoS::AtMostOnce,
+        retain: false,
+    };
+    let mut order = vec![(usize::MAX, 0, placeholder); starts[clients]];
     for (at, (op, index)) in ops.iter().zip(op_clients).enumerate() {
         if let Some(index) = *index {
-            order[starts[index]] = Some((index, at, Step::of(op)));
+            order[starts[index]] = (index, at, Step::of(op));
             starts[index] += 1;
         }
     }
-    // Every slot was filled: the runs' lengths are the counts above.
-    order.into_iter().flatten().collect()
+    debug_assert!(order.iter().all(|(index, ..)| *index != usize::MAX));
+    order
 }
 
 /// The entries of `ids` in a held set (a `ZMSCORE` answer), for those it
@@ -414,11 +427,12 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
     for (id, holders) in by_body(&pins, |pin| pin.0) {
-        let mut command = Command::new("HSET", &keys.body(id));
-        for (_, index, _) in holders {
-            command = command
-                .arg(keys::HolderField(&batch.clients[*index].id))
-                .arg("1");
+        let clients = holders.iter().map(|(_, index, _)| &batch.clients[*index]);
+        let bytes = clients.clone().map(|client| holder_len(client) + 1).sum();
+        let mut command = Command::with_capacity("HSET", &keys.body(id), 2 * holders.len(), bytes);
+        for client in clients {
+            command.push_arg(keys::HolderField(&client.id));
+            command.push_arg("1");
         }
         phase1.push(command);
     }
@@ -646,9 +660,11 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     // Two sorted runs (from the pins, from the releases).
     touched.sort();
     for (id, holders) in by_body(&touched, |pair| pair.0) {
-        let mut command = Command::new("HDEL", &keys.body(id));
-        for (_, index) in holders {
-            command = command.arg(keys::HolderField(&batch.clients[*index].id));
+        let clients = holders.iter().map(|(_, index)| &batch.clients[*index]);
+        let bytes = clients.clone().map(holder_len).sum();
+        let mut command = Command::with_capacity("HDEL", &keys.body(id), holders.len(), bytes);
+        for client in clients {
+            command.push_arg(keys::HolderField(&client.id));
         }
         releases.push(command);
         push_unique(&mut candidates, &mut candidates_seen, id);

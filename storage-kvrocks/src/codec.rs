@@ -160,16 +160,19 @@ pub(crate) struct WindowEntry {
     pub order: u64,
 }
 
-pub(crate) fn encode_window(entry: &WindowEntry) -> Vec<u8> {
+/// Length of an encoded window entry.
+pub(crate) const WINDOW_ENTRY_LEN: usize = 18;
+
+pub(crate) fn encode_window(entry: &WindowEntry) -> [u8; WINDOW_ENTRY_LEN] {
     let phase = match entry.phase {
         OutboundPhase::Published => 0,
         OutboundPhase::Released => 0b1000,
     };
-    let mut out = Vec::with_capacity(18);
-    out.push(VERSION);
-    out.extend_from_slice(&entry.id.0.to_be_bytes());
-    out.push(flags(entry.qos, entry.retain) | phase);
-    out.extend_from_slice(&entry.order.to_be_bytes());
+    let mut out = [0; WINDOW_ENTRY_LEN];
+    out[0] = VERSION;
+    out[1..9].copy_from_slice(&entry.id.0.to_be_bytes());
+    out[9] = flags(entry.qos, entry.retain) | phase;
+    out[10..].copy_from_slice(&entry.order.to_be_bytes());
     out
 }
 
@@ -205,7 +208,13 @@ pub(crate) fn decode_window(key: &str, bytes: &[u8]) -> Result<WindowEntry, Stor
     })
 }
 
-pub(crate) fn encode_packet_id(packet_id: PacketId) -> [u8; 2] {
+/// Length of an encoded packet id.
+pub(crate) const PACKET_ID_LEN: usize = 2;
+
+/// Length of an encoded message id.
+pub(crate) const MESSAGE_ID_LEN: usize = 8;
+
+pub(crate) fn encode_packet_id(packet_id: PacketId) -> [u8; PACKET_ID_LEN] {
     packet_id.get().to_be_bytes()
 }
 
@@ -216,7 +225,7 @@ pub(crate) fn decode_packet_id(key: &str, bytes: &[u8]) -> Result<PacketId, Stor
     PacketId::new(u16::from_be_bytes(bytes)).ok_or_else(|| corrupt(key, "packet id 0"))
 }
 
-pub(crate) fn encode_message_id(id: MessageId) -> [u8; 8] {
+pub(crate) fn encode_message_id(id: MessageId) -> [u8; MESSAGE_ID_LEN] {
     id.0.to_be_bytes()
 }
 

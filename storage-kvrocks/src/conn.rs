@@ -56,6 +56,21 @@ impl Command {
         }
     }
 
+    /// [`new`](Command::new) with room for `args` more arguments of
+    /// `bytes` bytes in all: a command of thousands of members (a body's
+    /// holders, a session's removals) grown one argument at a time
+    /// reallocated and copied its buffers a dozen times, and the copies
+    /// touched fresh pages.
+    pub fn with_capacity(name: &'static str, key: &str, args: usize, bytes: usize) -> Command {
+        let mut cmd = redis::Cmd::with_capacity(args + 2, name.len() + key.len() + bytes);
+        cmd.arg(name).arg(key);
+        Command {
+            name,
+            key: key.to_owned(),
+            cmd,
+        }
+    }
+
     /// Appends `next`'s members to this command when both remove members
     /// of the same key (`ZREM`, `HDEL`, `SREM`) and the result stays within
     /// [`MAX_MERGED_ARGS`]: one command then does what the two did, in the

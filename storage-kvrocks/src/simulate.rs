@@ -8,8 +8,8 @@ use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::OutboundPhase;
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
 
-use crate::codec::{self, Held, MAX_ORDER, WindowEntry};
-use crate::conn::Command;
+use crate::codec::{self, Held, MAX_ORDER, MESSAGE_ID_LEN, PACKET_ID_LEN, WindowEntry};
+use crate::conn::{Command, MAX_MERGED_ARGS};
 use crate::keys::{Keys, SessionKeys};
 
 /// Keyed per process (client ids come from peers).
@@ -62,7 +62,7 @@ pub(crate) struct Client {
     pub(crate) next_order: u64,
 
     /// Writes of this client, in batch order.
-    pub(crate) writes: Vec<Command>,
+    pub(crate) writes: Vec<Write>,
     /// Positions in `writes` of commands made useless by a later op of the
     /// batch, not sent.
     pub(crate) dropped: Vec<usize>,
@@ -70,8 +70,37 @@ pub(crate) struct Client {
     /// there when the batch began, or this batch deleted it first), with
     /// the positions of their `HSET`s in `writes`.
     pub(crate) fresh: HashMap<PacketId, Vec<usize>>,
-    /// Whether the last write is a `ZADD NX` that the next enqueue extends.
-    pub(crate) open_zadd: bool,
+}
+
+/// A write of the simulation, kept as data until [`Client::take_writes`]
+/// builds the commands: most window entries a journal batch puts are
+/// dropped again by their completion (sent and acknowledged within the
+/// batch), and runs of writes to one key become one command. Built at
+/// once, each was a command of its own (a key, a buffer and an argument
+/// list apiece), then dropped or copied into the one before it.
+pub(crate) enum Write {
+    /// `ZADD held NX score member`.
+    Hold(Held, MessageId),
+    /// `ZREM held member`.
+    Unhold(MessageId),
+    /// `HSET window packet-id entry`.
+    PutWindow(PacketId, WindowEntry),
+    /// `HDEL window packet-id`.
+    DeleteWindow(PacketId),
+    Other(Command),
+}
+
+impl Write {
+    /// Whether `next` joins this write's command (a run of one kind).
+    fn joins(&self, next: &Write) -> bool {
+        matches!(
+            (self, next),
+            (Write::Hold(..), Write::Hold(..))
+                | (Write::Unhold(_), Write::Unhold(_))
+                | (Write::PutWindow(..), Write::PutWindow(..))
+                | (Write::DeleteWindow(_), Write::DeleteWindow(_))
+        )
+    }
 }
 
 impl Client {
@@ -98,7 +127,6 @@ impl Client {
             writes: Vec::new(),
             dropped: Vec::new(),
             fresh: HashMap::default(),
-            open_zadd: false,
             exists: false,
             held: HashMap::default(),
             window: Window::default(),
@@ -150,28 +178,13 @@ impl Client {
     }
 
     pub(crate) fn write(&mut self, command: Command) {
-        self.writes.push(command);
-        self.open_zadd = false;
+        self.writes.push(Write::Other(command));
     }
 
     /// `ZADD NX`; consecutive enqueues share one command (same effect: the
     /// pairs are added in order, none replacing an existing member).
     pub(crate) fn enqueue(&mut self, held: Held, id: MessageId) {
-        let member = codec::encode_message_id(id);
-        if self.open_zadd
-            && let Some(last) = self.writes.last_mut()
-        {
-            last.push_arg(held.score());
-            last.push_arg(&member);
-            return;
-        }
-        self.writes.push(
-            Command::new("ZADD", &self.keys.held)
-                .arg("NX")
-                .arg(held.score())
-                .arg(&member),
-        );
-        self.open_zadd = true;
+        self.writes.push(Write::Hold(held, id));
     }
 
     /// Applies one op to the simulated state and emits its writes; `lost`
@@ -298,7 +311,7 @@ impl Client {
             return;
         }
         self.held.remove(&id);
-        self.write(Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(id)));
+        self.writes.push(Write::Unhold(id));
         lost.push(id);
     }
 
@@ -327,9 +340,7 @@ impl Client {
             // from the held set first, so that no state in between shows it
             // back in the queue).
             self.held.remove(&replaced.id);
-            self.write(
-                Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(replaced.id)),
-            );
+            self.writes.push(Write::Unhold(replaced.id));
             lost.push(replaced.id);
         }
         let entry = WindowEntry {
@@ -356,30 +367,80 @@ impl Client {
             positions.push(at);
         }
         self.window.insert(packet_id, entry);
-        self.write(
-            Command::new("HSET", &self.keys.window)
-                .arg(&codec::encode_packet_id(packet_id))
-                .arg(codec::encode_window(&entry)),
-        );
+        self.writes.push(Write::PutWindow(packet_id, entry));
     }
 
-    /// Moves the writes to send to `out`, in batch order. Removals from one
-    /// key that end up next to each other (typically the `ZREM`s of many
-    /// deliveries sent and acknowledged within the batch, whose window
-    /// writes were dropped) become one command.
+    /// Moves the writes to send to `out`, in batch order, as commands.
+    /// Writes of one kind that end up next to each other become one
+    /// command: typically the `ZREM`s of many deliveries sent and
+    /// acknowledged within the batch, whose window writes were dropped,
+    /// the window entries of the sends still in flight (one `HSET`), and a
+    /// routing batch's enqueues (one `ZADD`). Each key's writes keep their
+    /// order, and a merged command runs whole: a batch cut short leaves
+    /// one of the states that a cut between the separate commands left.
     pub(crate) fn take_writes(&mut self, out: &mut Vec<Command>) {
-        self.dropped.sort_unstable();
-        let dropped = std::mem::take(&mut self.dropped);
+        let mut writes = std::mem::take(&mut self.writes);
+        if !self.dropped.is_empty() {
+            self.dropped.sort_unstable();
+            self.dropped.dedup();
+            let mut dropped = self.dropped.drain(..).peekable();
+            let mut at = 0;
+            writes.retain(|_| {
+                let keep = dropped.next_if_eq(&at).is_none();
+                at += 1;
+                keep
+            });
+        }
         let start = out.len();
-        for (at, command) in self.writes.drain(..).enumerate() {
-            if dropped.binary_search(&at).is_ok() {
+        let mut writes = writes.into_iter();
+        let (id, packet_id) = (MESSAGE_ID_LEN, PACKET_ID_LEN);
+        while let Some(write) = writes.next() {
+            if let Write::Other(command) = write {
+                if out.len() > start
+                    && let Some(last) = out.last_mut()
+                    && last.absorb(&command)
+                {
+                    continue;
+                }
+                out.push(command);
                 continue;
             }
-            if out.len() > start
-                && let Some(last) = out.last_mut()
-                && last.absorb(&command)
-            {
-                continue;
+            // A run of one kind is one command, bounded as
+            // `Command::absorb` bounds merged removals: Redis runs a
+            // command to its end.
+            let rest = writes.as_slice();
+            let (command, run) = match &write {
+                // A score has at most 16 digits (it is below 2^53).
+                Write::Hold(..) => {
+                    let run = run_length(&write, rest, MAX_MERGED_ARGS / 2);
+                    let bytes = 2 + run * (16 + id);
+                    let command =
+                        Command::with_capacity("ZADD", &self.keys.held, 1 + 2 * run, bytes);
+                    (command.arg("NX"), run)
+                }
+                Write::Unhold(_) => {
+                    let run = run_length(&write, rest, MAX_MERGED_ARGS);
+                    let command = Command::with_capacity("ZREM", &self.keys.held, run, run * id);
+                    (command, run)
+                }
+                Write::PutWindow(..) => {
+                    let run = run_length(&write, rest, MAX_MERGED_ARGS / 2);
+                    let bytes = run * (packet_id + codec::WINDOW_ENTRY_LEN);
+                    let command = Command::with_capacity("HSET", &self.keys.window, 2 * run, bytes);
+                    (command, run)
+                }
+                Write::DeleteWindow(_) => {
+                    let run = run_length(&write, rest, MAX_MERGED_ARGS);
+                    let bytes = run * packet_id;
+                    let command = Command::with_capacity("HDEL", &self.keys.window, run, bytes);
+                    (command, run)
+                }
+                Write::Other(_) => continue,
+            };
+            let mut command = command;
+            push_write(&mut command, &write);
+            for next in writes.by_ref().take(run - 1) {
+                push_write(&mut command, &next);
             }
             out.push(command);
         }
@@ -396,18 +457,14 @@ impl Client {
             // storage, and the id goes straight from queued to gone. A batch
             // cut before the `ZREM` leaves it queued, to be sent again.
             self.dropped.extend(positions);
-            self.write(
-                Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(entry.id)),
-            );
+            self.writes.push(Write::Unhold(entry.id));
             lost.push(entry.id);
             return;
         }
         // Held set first: in between, the entry is still in the window (so
         // not queued) and a replay completes it.
-        self.write(Command::new("ZREM", &self.keys.held).arg(&codec::encode_message_id(entry.id)));
-        self.write(
-            Command::new("HDEL", &self.keys.window).arg(&codec::encode_packet_id(packet_id)),
-        );
+        self.writes.push(Write::Unhold(entry.id));
+        self.writes.push(Write::DeleteWindow(packet_id));
         lost.push(entry.id);
     }
 
@@ -488,6 +545,32 @@ impl Window {
     pub(crate) fn clear(&mut self) {
         self.by_packet.clear();
         self.ids.clear();
+    }
+}
+
+/// How many writes from `first` on (`rest` follows it) make one command,
+/// at most `most`.
+fn run_length(first: &Write, rest: &[Write], most: usize) -> usize {
+    1 + rest[..rest.len().min(most.saturating_sub(1))]
+        .iter()
+        .take_while(|next| first.joins(next))
+        .count()
+}
+
+/// Appends a write of a run to its command ([`Client::run_command`]).
+fn push_write(command: &mut Command, write: &Write) {
+    match write {
+        Write::Hold(held, id) => {
+            command.push_arg(held.score());
+            command.push_arg(&codec::encode_message_id(*id));
+        }
+        Write::Unhold(id) => command.push_arg(&codec::encode_message_id(*id)),
+        Write::PutWindow(packet_id, entry) => {
+            command.push_arg(&codec::encode_packet_id(*packet_id));
+            command.push_arg(&codec::encode_window(entry));
+        }
+        Write::DeleteWindow(packet_id) => command.push_arg(&codec::encode_packet_id(*packet_id)),
+        Write::Other(_) => {}
     }
 }
 
@@ -585,5 +668,69 @@ pub(crate) fn push_unique<T: Copy + Eq + std::hash::Hash>(
 ) {
     if seen.insert(x) {
         list.push(x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(command: &Command) -> Vec<Vec<u8>> {
+        (command.cmd.args_iter())
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"?".to_vec(),
+            })
+            .collect()
+    }
+
+    fn entry(id: u64) -> WindowEntry {
+        WindowEntry {
+            id: MessageId(id),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            phase: OutboundPhase::Published,
+            order: id,
+        }
+    }
+
+    fn pid(n: u16) -> PacketId {
+        PacketId::new(n).unwrap_or(PacketId::MAX)
+    }
+
+    #[test]
+    fn runs_of_one_kind_become_one_bounded_command_in_order() {
+        let keys = Keys::new("t");
+        let mut client = Client::new(&ByteStr::from("c"), keys.session("c"));
+        client.writes.push(Write::PutWindow(pid(1), entry(1)));
+        client.writes.push(Write::PutWindow(pid(2), entry(2)));
+        client.writes.push(Write::PutWindow(pid(3), entry(3)));
+        // Dropped (a position twice is harmless): the entries on either
+        // side of it join, and the first removal goes.
+        client.dropped.extend([3, 1, 1]);
+        for id in 0..MAX_MERGED_ARGS as u64 + 10 {
+            client.writes.push(Write::Unhold(MessageId(id)));
+        }
+        client.writes.push(Write::DeleteWindow(pid(1)));
+        client.writes.push(Write::Unhold(MessageId(7)));
+        let mut out = Vec::new();
+        client.take_writes(&mut out);
+        let names: Vec<&str> = out.iter().map(|command| command.name).collect();
+        assert_eq!(names, ["HSET", "ZREM", "ZREM", "HDEL", "ZREM"]);
+        let hset = args(&out[0]);
+        assert_eq!(hset.len(), 2 + 4);
+        assert_eq!(hset[2], codec::encode_packet_id(pid(1)));
+        assert_eq!(hset[3], codec::encode_window(&entry(1)));
+        assert_eq!(hset[4], codec::encode_packet_id(pid(3)));
+        assert_eq!(args(&out[1]).len(), 2 + MAX_MERGED_ARGS);
+        let second = args(&out[2]);
+        assert_eq!(args(&out[1])[2], codec::encode_message_id(MessageId(1)));
+        assert_eq!(second.len(), 2 + 9);
+        assert_eq!(
+            second[2],
+            codec::encode_message_id(MessageId(MAX_MERGED_ARGS as u64 + 1))
+        );
+        assert_eq!(args(&out[4])[2], codec::encode_message_id(MessageId(7)));
+        assert!(client.writes.is_empty() && client.dropped.is_empty());
     }
 }
