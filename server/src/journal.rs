@@ -133,10 +133,16 @@ struct State {
     closed: bool,
 }
 
+/// A connection's batch, in parts (see `Submission::parts`).
+type Parts = Vec<Arc<Vec<Op>>>;
+
 struct Submission {
     /// Shared with the connection that wrote it, which keeps it to write
-    /// it again after a failure: merged, it is not copied.
-    ops: Arc<Vec<Op>>,
+    /// it again after a failure: merged, it is not copied. In parts (a
+    /// connection's batch grows in chunks).
+    parts: Parts,
+    /// Ops in `parts`.
+    ops: usize,
     incarnation: Option<u64>,
     write_by: Option<Instant>,
     done: Arc<Done>,
@@ -204,13 +210,13 @@ impl JournalWriter {
         }
     }
 
-    /// Writes `ops` (made under `incarnation`) in the next merged batch
-    /// formed by `write_by` (if given): ready once that batch is stored, or
-    /// with its error. The first call starts the writer's task with
+    /// Writes `parts` (one batch, in order, made under `incarnation`) in
+    /// the next merged batch formed by `write_by` (if given): ready once
+    /// that batch is stored, or with its error. The first call starts the writer's task with
     /// `start`, `fence` deciding whether an incarnation may be written.
     pub fn write(
         &self,
-        ops: Arc<Vec<Op>>,
+        parts: Vec<Arc<Vec<Op>>>,
         incarnation: Option<u64>,
         write_by: Option<Instant>,
         start: impl FnOnce(BoxFuture<'static, ()>),
@@ -226,9 +232,10 @@ impl JournalWriter {
         let shared = self.shared.clone();
         Box::pin(async move {
             let done = Arc::new(Done::default());
-            let size = ops.len();
+            let size = parts.iter().map(|part| part.len()).sum();
             let mut submission = Some(Submission {
-                ops,
+                parts,
+                ops: size,
                 incarnation,
                 write_by,
                 done: done.clone(),
@@ -308,7 +315,7 @@ pub(crate) fn too_late() -> StorageError {
 /// write them again one at a time).
 struct Running {
     future: BoxFuture<'static, Result<(), StorageError>>,
-    contributors: Vec<(Arc<Vec<Op>>, Arc<Done>)>,
+    contributors: Vec<(Parts, Arc<Done>)>,
     /// Formed from the submissions with a deadline, in their own slot.
     urgent: bool,
 }
@@ -426,13 +433,13 @@ fn take_batch(
 ) -> Option<(Vec<Submission>, usize)> {
     let first = queue.pop_front()?;
     let incarnation = first.incarnation;
-    let mut ops = first.ops.len();
+    let mut ops = first.ops;
     let mut batch = vec![first];
     while let Some(next) = queue.front() {
-        if next.incarnation != incarnation || ops + next.ops.len() > max_ops {
+        if next.incarnation != incarnation || ops + next.ops > max_ops {
             break;
         }
-        ops += next.ops.len();
+        ops += next.ops;
         if let Some(next) = queue.pop_front() {
             batch.push(next);
         }
@@ -450,10 +457,10 @@ fn merge(
     if batch.len() > 1 {
         (shared.merged).fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
-    let parts = batch.iter().map(|s| s.ops.clone()).collect();
+    let parts = batch.iter().flat_map(|s| s.parts.iter().cloned()).collect();
     Running {
         future: start_apply(storage, parts),
-        contributors: batch.into_iter().map(|s| (s.ops, s.done)).collect(),
+        contributors: batch.into_iter().map(|s| (s.parts, s.done)).collect(),
         urgent,
     }
 }
@@ -475,11 +482,11 @@ fn finish(
             submissions = done.contributors.len(),
             "merged journal batch refused as corrupt; writing its parts alone"
         );
-        for (ops, contributor) in done.contributors {
+        for (parts, contributor) in done.contributors {
             shared.batches.fetch_add(1, Ordering::Relaxed);
             running.push(Running {
-                future: start_apply(storage, vec![ops.clone()]),
-                contributors: vec![(ops, contributor)],
+                future: start_apply(storage, parts.clone()),
+                contributors: vec![(parts, contributor)],
                 urgent: done.urgent,
             });
         }

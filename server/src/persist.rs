@@ -279,7 +279,7 @@ impl<R: Runtime> Node<R> {
     /// writer, merged with other connections' (see `journal.rs`).
     pub(crate) fn journal_write(
         self: &Arc<Self>,
-        ops: Arc<Vec<Op>>,
+        ops: Vec<Arc<Vec<Op>>>,
         incarnation: Option<u64>,
         write_by: Option<Instant>,
     ) -> easy_mqtt_core::storage::BoxFuture<'static, Result<(), StorageError>> {

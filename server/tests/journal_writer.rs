@@ -121,7 +121,7 @@ impl Harness {
     ) -> Write {
         let task = self.task.clone();
         self.writer.write(
-            Arc::new(ops),
+            vec![Arc::new(ops)],
             incarnation,
             write_by,
             move |t| *task.lock().unwrap() = Some(t),

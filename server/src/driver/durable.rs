@@ -70,12 +70,44 @@ impl StorageQueue {
     }
 }
 
+/// Ops in one chunk of a connection's batch, when appended one or two
+/// at a time.
+const CHUNK_OPS: usize = 64;
+
+/// Appends `ops` to a batch not yet written (so its chunks are not shared:
+/// no copy). A persistent subscriber's batch grows by one or two ops a
+/// delivery while the one before it is written (seconds under load, for
+/// hundreds of deliveries): grown as one vector, its doubling copied it
+/// and faulted fresh pages in, 9 % of the broker's CPU in the original's
+/// scenario on Kvrocks. Chunks of [`CHUNK_OPS`] are filled in place, and a
+/// bigger `ops` (a routing batch) is a chunk of its own, not copied.
+fn append_ops(chunks: &mut Vec<Arc<Vec<Op>>>, ops: Vec<Op>) {
+    if ops.is_empty() {
+        return;
+    }
+    if let Some(last) = chunks.last_mut() {
+        let last = Arc::make_mut(last);
+        if last.capacity() - last.len() >= ops.len() {
+            last.extend(ops);
+            return;
+        }
+    }
+    if ops.len() >= CHUNK_OPS {
+        chunks.push(Arc::new(ops));
+        return;
+    }
+    let mut chunk = Vec::with_capacity(CHUNK_OPS);
+    chunk.extend(ops);
+    chunks.push(Arc::new(chunk));
+}
+
 /// One storage write of this connection; they are applied one at a time,
 /// in order (a FIFO), and writes queued meanwhile share one batch.
 pub(super) struct StorageBatch {
     /// Shared with the journal writer while written (see `journal.rs`):
-    /// written again after a failure without a copy.
-    pub(super) ops: Arc<Vec<Op>>,
+    /// written again after a failure without a copy. In chunks (see
+    /// [`append_ops`]).
+    pub(super) ops: Vec<Arc<Vec<Op>>>,
     pub(super) after: Vec<After>,
     /// Holds back the bytes written meanwhile: it assigns a packet id to a
     /// QoS 2 PUBLISH.
@@ -212,8 +244,7 @@ where
             && back.failing_since.is_none()
             && back.incarnation == incarnation
         {
-            // Never written yet, so not shared: no copy.
-            Arc::make_mut(&mut back.ops).extend(ops);
+            append_ops(&mut back.ops, ops);
             back.after.push(after);
             back.gates |= gates;
             back.routes += routes;
@@ -222,7 +253,7 @@ where
             return;
         }
         self.storage.push_back(StorageBatch {
-            ops: Arc::new(ops),
+            ops: vec![Arc::new(ops)],
             after: vec![after],
             gates,
             routes,
@@ -263,7 +294,7 @@ where
                     progress = true;
                     continue;
                 }
-                if front.ops.is_empty() {
+                if front.ops.iter().all(|chunk| chunk.is_empty()) {
                     if let Some(batch) = self.storage.pop_front() {
                         self.finish_batch(batch);
                     }
@@ -421,7 +452,7 @@ where
     /// and the connection closes (the client sends it all again).
     pub(super) fn fail_batch(&mut self, batch: StorageBatch, now: Instant) {
         tracing::warn!(
-            ops = batch.ops.len(),
+            ops = batch.ops.iter().map(|chunk| chunk.len()).sum::<usize>(),
             "storage unavailable; closing the connection without acknowledging"
         );
         // An attempt that got no answer may have been stored.
@@ -467,5 +498,55 @@ where
         for prepared in unknown {
             self.node.route_outcome_unknown(prepared, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use easy_mqtt_core::packet::ByteStr;
+
+    use super::*;
+
+    fn complete(n: u16) -> Op {
+        Op::CompleteInflight {
+            client_id: ByteStr::from("c"),
+            packet_id: NonZeroU16::new(n).unwrap_or(NonZeroU16::MIN),
+        }
+    }
+
+    fn packet_ids(chunks: &[Arc<Vec<Op>>]) -> Vec<u16> {
+        (chunks.iter().flat_map(|chunk| chunk.iter()))
+            .map(|op| match op {
+                Op::CompleteInflight { packet_id, .. } => packet_id.get(),
+                _ => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ops_appended_one_at_a_time_fill_chunks_in_order_without_copies() {
+        let mut chunks = vec![Arc::new(vec![complete(1)])];
+        for n in 2..=200 {
+            append_ops(&mut chunks, vec![complete(n)]);
+            append_ops(&mut chunks, Vec::new());
+        }
+        assert_eq!(packet_ids(&chunks), (1..=200).collect::<Vec<_>>());
+        // The first batch as it came, then chunks filled to their capacity.
+        let lengths: Vec<usize> = chunks.iter().map(|chunk| chunk.len()).collect();
+        assert_eq!(lengths, [1, CHUNK_OPS, CHUNK_OPS, CHUNK_OPS, 199 - 3 * CHUNK_OPS]);
+        assert!(chunks[1..].iter().all(|chunk| chunk.capacity() == CHUNK_OPS));
+
+        // A routing batch is a chunk of its own, the same allocation.
+        let routing: Vec<Op> = (201..=300).map(complete).collect();
+        let address = routing.as_ptr();
+        append_ops(&mut chunks, routing);
+        assert_eq!(chunks.len(), 6);
+        assert_eq!(chunks[5].as_ptr(), address);
+        // Room left in the last chunk is used before a new one.
+        append_ops(&mut chunks, vec![complete(301)]);
+        assert_eq!(chunks.len(), 7);
+        assert_eq!(packet_ids(&chunks), (1..=301).collect::<Vec<_>>());
     }
 }
