@@ -196,6 +196,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         79105,
         "QoS 2 lost: adopting a dead adopter removed the routes it held for another dead node's session before the adoption it inherited routed that session again",
     ),
+    (
+        104897,
+        "QoS 1/2 lost: a kick read before the node was fenced was answered by its next incarnation, letting the session go although the entries ahead of the kick were never stored",
+    ),
 ];
 
 #[test]

@@ -26,7 +26,7 @@ use easy_mqtt_core::session::{Delivery, Message};
 use easy_mqtt_core::storage::{MessageId, Op};
 use easy_mqtt_core::{ByteStr, QoS};
 
-use super::apply_until_stored;
+use super::{apply_until_stored, apply_until_stored_as};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::persist::PreparedRoute;
@@ -252,6 +252,7 @@ impl<R: Runtime> Node<R> {
         entries: Vec<(InboxId, BusEntry)>,
         owners: &HashMap<ByteStr, ByteStr>,
         dead: Option<DeadInbox<'_>>,
+        incarnation: Option<u64>,
         ops: &mut Vec<Op>,
         then: &mut Vec<Then>,
     ) {
@@ -354,7 +355,7 @@ impl<R: Runtime> Node<R> {
                     let inbox = inbox.clone();
                     self.runtime.spawn(Box::pin(async move {
                         node.clone()
-                            .release(client_id, epoch, from, inbox, entry_id)
+                            .release(client_id, epoch, from, inbox, entry_id, incarnation)
                             .await;
                         if let Some(cluster) = node.cluster.as_ref() {
                             cluster.pending_releases.fetch_sub(1, Ordering::AcqRel);
@@ -520,6 +521,9 @@ impl<R: Runtime> Node<R> {
         let Some(store) = self.storage.cluster() else {
             return Err(());
         };
+        // What the entries cause is written by the incarnation that read
+        // them, or not at all (see `apply_until_stored_as`).
+        let incarnation = self.incarnation();
         let entries = match store
             .read_inbox(inbox, *after, cluster.config.inbox_batch, wait)
             .await
@@ -542,8 +546,16 @@ impl<R: Runtime> Node<R> {
         let owners = self.owners_of_strangers(&entries).await;
         let mut ops = Vec::new();
         let mut then = Vec::new();
-        self.take_entries(inbox, entries, &owners, dead, &mut ops, &mut then);
-        if apply_until_stored(self, ops).await {
+        self.take_entries(
+            inbox,
+            entries,
+            &owners,
+            dead,
+            incarnation,
+            &mut ops,
+            &mut then,
+        );
+        if apply_until_stored_as(self, incarnation, ops).await {
             self.finish_entries(then);
         }
         Ok(read)

@@ -20,7 +20,23 @@ use crate::sessions::lock;
 /// Applies `ops`, retrying with back-off until storage takes them or the
 /// node stops; never gives up on its own (the callers' data is in them).
 pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
-    apply_retrying(node, ops, true).await
+    apply_retrying(node, node.incarnation(), ops, true).await
+}
+
+/// [`apply_until_stored`] for work that an incarnation of this node
+/// started (`incarnation`, read before it began): false, nothing written,
+/// once the node is another incarnation. What the earlier one held went
+/// to its adopter, which does that work again on its behalf (an inbox
+/// entry it had not acknowledged, a kick it had not answered): written by
+/// the new incarnation instead, an answer to a kick read before the fence
+/// let a session go although the entries ahead of the kick were never
+/// stored (their batch was refused, fenced), and they were lost.
+pub(crate) async fn apply_until_stored_as<R: Runtime>(
+    node: &Node<R>,
+    incarnation: Option<u64>,
+    ops: Vec<Op>,
+) -> bool {
+    apply_retrying(node, incarnation, ops, true).await
 }
 
 /// [`apply_until_stored`] for the cluster task's own writes (adoptions):
@@ -29,15 +45,16 @@ pub(crate) async fn apply_until_stored<R: Runtime>(node: &Node<R>, ops: Vec<Op>)
 /// (never renewed, never told it was fenced); the adoption is taken up
 /// again next round instead, every step of it being idempotent.
 pub(crate) async fn apply_while_leased<R: Runtime>(node: &Node<R>, ops: Vec<Op>) -> bool {
-    apply_retrying(node, ops, false).await
+    apply_retrying(node, node.incarnation(), ops, false).await
 }
 
-async fn apply_retrying<R: Runtime>(node: &Node<R>, ops: Vec<Op>, wait_for_lease: bool) -> bool {
+async fn apply_retrying<R: Runtime>(
+    node: &Node<R>,
+    incarnation: Option<u64>,
+    ops: Vec<Op>,
+    wait_for_lease: bool,
+) -> bool {
     let mut attempt = 0;
-    let incarnation = node
-        .cluster
-        .as_ref()
-        .map(|c| c.incarnation.load(Ordering::Acquire));
     loop {
         let result = match node.cluster.as_ref() {
             // Fenced meanwhile: what this incarnation held is adopted.

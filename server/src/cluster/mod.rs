@@ -40,7 +40,7 @@ mod routes;
 mod takeover;
 
 pub use membership::run;
-pub(crate) use membership::{apply_until_stored, apply_while_leased};
+pub(crate) use membership::{apply_until_stored, apply_until_stored_as, apply_while_leased};
 pub use received::{RECEIVED_KEEP, RECEIVED_SPACE, forget_received, log_received};
 pub use routes::RoutePin;
 

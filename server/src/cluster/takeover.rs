@@ -32,7 +32,7 @@ use easy_mqtt_core::cluster::{BusEntry, ClusterOp, InboxId, Presence};
 use easy_mqtt_core::session::{CloseReason, Message};
 use easy_mqtt_core::storage::{BoxFuture, MessageId, Op, StorageError};
 
-use super::apply_until_stored;
+use super::{apply_until_stored, apply_until_stored_as};
 use crate::metrics::Metrics;
 use crate::node::{Node, write};
 use crate::runtime::{Runtime, sleep_until};
@@ -416,7 +416,9 @@ impl<R: Runtime> Node<R> {
     /// node's it adopted, on whose behalf it answers): lets `client_id` go
     /// to `to` (or kicks back when this node claimed it later), then
     /// disowns it for `inbox`'s node and acknowledges the kick, in the
-    /// batch that answers `Released`.
+    /// batch that answers `Released`. `incarnation` is this node's when it
+    /// read the kick: nothing is written once it is another (see
+    /// `apply_until_stored_as`).
     pub(crate) async fn release(
         self: Arc<Self>,
         client_id: ByteStr,
@@ -424,6 +426,7 @@ impl<R: Runtime> Node<R> {
         to: ByteStr,
         inbox: ByteStr,
         entry: InboxId,
+        incarnation: Option<u64>,
     ) {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
@@ -432,6 +435,12 @@ impl<R: Runtime> Node<R> {
         // it: a disown stored after a newer claim of this node would erase
         // that claim's responsibility.
         let _guard = self.ownership_guard(&client_id).await;
+        if self.incarnation() != incarnation {
+            // Read by an incarnation since fenced: the entries ahead of the
+            // kick may never have been stored. The kick is still in the
+            // inbox, unacknowledged, for the adopter to answer.
+            return;
+        }
         let own = cluster.name();
         let ack = Op::from(ClusterOp::InboxAck {
             node: inbox.clone(),
@@ -471,7 +480,7 @@ impl<R: Runtime> Node<R> {
                 ops.remove(0);
             }
             ops.push(ack);
-            apply_until_stored(&self, ops).await;
+            apply_until_stored_as(&self, incarnation, ops).await;
             return;
         }
         let mine = lock(&cluster.epochs).get(&client_id).copied();
@@ -479,7 +488,7 @@ impl<R: Runtime> Node<R> {
             && mine > epoch
         {
             let back = kick(to, client_id, mine, own);
-            apply_until_stored(&self, vec![back, ack]).await;
+            apply_until_stored_as(&self, incarnation, vec![back, ack]).await;
             return;
         }
         lock(&cluster.epochs).remove(&client_id);
@@ -540,7 +549,7 @@ impl<R: Runtime> Node<R> {
             }));
         }
         ops.push(ack);
-        apply_until_stored(&self, ops).await;
+        apply_until_stored_as(&self, incarnation, ops).await;
     }
 
     /// Waits until every route started before `horizon` is stored or

@@ -535,8 +535,15 @@ mod tests {
         assert_eq!(packet_ids(&chunks), (1..=200).collect::<Vec<_>>());
         // The first batch as it came, then chunks filled to their capacity.
         let lengths: Vec<usize> = chunks.iter().map(|chunk| chunk.len()).collect();
-        assert_eq!(lengths, [1, CHUNK_OPS, CHUNK_OPS, CHUNK_OPS, 199 - 3 * CHUNK_OPS]);
-        assert!(chunks[1..].iter().all(|chunk| chunk.capacity() == CHUNK_OPS));
+        assert_eq!(
+            lengths,
+            [1, CHUNK_OPS, CHUNK_OPS, CHUNK_OPS, 199 - 3 * CHUNK_OPS]
+        );
+        assert!(
+            chunks[1..]
+                .iter()
+                .all(|chunk| chunk.capacity() == CHUNK_OPS)
+        );
 
         // A routing batch is a chunk of its own, the same allocation.
         let routing: Vec<Op> = (201..=300).map(complete).collect();
