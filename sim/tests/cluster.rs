@@ -200,6 +200,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         104897,
         "QoS 1/2 lost: a kick read before the node was fenced was answered by its next incarnation, letting the session go although the entries ahead of the kick were never stored",
     ),
+    (
+        173606,
+        "QoS 2 lost: a dead adopter's inbox was served to its own sessions only, not to those it held on behalf of the adoption its adopter inherited from it",
+    ),
 ];
 
 #[test]
