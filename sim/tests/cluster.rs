@@ -204,6 +204,10 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         173606,
         "QoS 2 lost: a dead adopter's inbox was served to its own sessions only, not to those it held on behalf of the adoption its adopter inherited from it",
     ),
+    (
+        233024,
+        "retained state diverged: a fenced node read the retained messages again before its new incarnation was known to the others",
+    ),
 ];
 
 #[test]

@@ -114,8 +114,20 @@ async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
         if catch_up.is_some_and(|at| started >= at) && node.catch_up_retained().await {
             catch_up = None;
         }
+        let leased_before = cluster.lease_valid(started);
         heartbeat(&node, started).await;
-        if cluster.lease_valid(node.runtime.now()) {
+        let leased = cluster.lease_valid(node.runtime.now());
+        if leased && !leased_before {
+            // Registered (again) only now: the others send this node the
+            // retained messages set from their next member read on, so
+            // what was set before must be read again after that, whatever
+            // catch-up ran while this node had no lease (sim seed 233024:
+            // a fenced node read them before its new incarnation had ever
+            // heartbeat, and a retained message set just after its read
+            // reached the nodes the publisher knew, not it).
+            catch_up = Some(started + config.heartbeat_interval * 3);
+        }
+        if leased {
             node.adopt_dead_nodes().await;
         }
         let now = node.runtime.now();
