@@ -47,13 +47,7 @@ pub(crate) struct Command {
 
 impl Command {
     pub fn new(name: &'static str, key: &str) -> Command {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(key);
-        Command {
-            name,
-            key: key.to_owned(),
-            cmd,
-        }
+        Command::with_capacity(name, key, 0, 0)
     }
 
     /// [`new`](Command::new) with room for `args` more arguments of
