@@ -150,7 +150,9 @@ pub enum Op {
     },
     /// Adds to a session's queue, which is kept in id order
     /// ([`MessageId::queue_order`]): the position depends on the id alone,
-    /// so concurrent writers to one queue need no coordination.
+    /// so concurrent writers to one queue need no coordination. An id
+    /// already queued stays where it is and takes this op's QoS and
+    /// RETAIN flag; an id in flight is left alone.
     Enqueue {
         client_id: ByteStr,
         id: MessageId,

@@ -3,27 +3,27 @@
 //! 1. **Read and pin** (one round trip): every touched session's existence
 //!    (`EXISTS`) and in-flight window (only the entries named, `HMGET`, for
 //!    a session the batch only completes deliveries of and enqueues to),
-//!    the held-set entries the batch's sends and drops name (`ZMSCORE`; the
-//!    whole held set when the batch deletes the session; an `Enqueue` reads
-//!    nothing more than its session's existence, nor does a send the batch
-//!    also acknowledges, see "Unread sends" below) and, when the batch
-//!    sends, its highest order; whether each enqueued
-//!    body is stored. Queue positions do not depend on these reads: an
-//!    enqueued id's order is its sequence number (see
+//!    the held ids the batch's sends and drops name (`SMISMEMBER`, and their
+//!    flags: `HGET` of the holder fields; the whole held set when the batch
+//!    deletes the session; an `Enqueue` reads nothing more than its
+//!    session's existence, nor does a send the batch also acknowledges, see
+//!    "Unread sends" below); whether each enqueued body is stored. Queue
+//!    positions do not depend on these reads: a queue is in id order (see
 //!    [`MessageId::queue_order`]), so concurrent batches enqueuing to one
 //!    session never compete for a position. In the same round trip,
 //!    the writes that must be durable *before* any reference: bodies
 //!    (`HSETNX`), a holder field for every `Enqueue` (`HSET`, speculative,
-//!    one command per body), the index entry of every `PutSession`
+//!    one command per body, its value the flags of the delivery), the index
+//!    entry of every `PutSession`
 //!    (`SADD`), retained messages, and the cluster writes that announce
 //!    (`Forward`, routes, presence, records).
 //! 2. **Simulate** (`simulate.rs`) the batch op by op on what was read, exactly as the
 //!    reference backend does, and emit for each effective op its single-key
 //!    writes, in batch order per client (all keys of a client share one
 //!    slot, so they run in that order on one node; different clients touch
-//!    different keys). Consecutive enqueues of a client share one `ZADD NX`,
+//!    different keys). Consecutive enqueues of a client share one `SADD`,
 //!    and removals from one key that end up next to each other (once the
-//!    writes a later op made useless are dropped) share one `ZREM`/`HDEL`.
+//!    writes a later op made useless are dropped) share one `SREM`/`HDEL`.
 //! 3. **Release** (after the writes): remove the holder fields of every
 //!    (client, message) pair the batch touched that the client no longer
 //!    holds, read `HLEN`/`HEXISTS` of the bodies that may have lost their
@@ -61,6 +61,13 @@ use crate::keys::{self, BODY_FIELD, Keys};
 use crate::load;
 use crate::reply;
 use crate::simulate::{Batch, Client, PacketUse, PlannedSend, Step, push_unique, session_id};
+
+/// The flags of a held id the batch reads only as a member: never written
+/// (see where it is used).
+const UNREAD_FLAGS: Held = Held {
+    qos: QoS::AtMostOnce,
+    retain: false,
+};
 
 /// At most this many fields in one `HSET`/`HDEL` of holder fields.
 const FIELDS_PER_COMMAND: usize = 1024;
@@ -117,25 +124,66 @@ fn by_client<'o>(
     order
 }
 
-/// The entries of `ids` in a held set (a `ZMSCORE` answer), for those it
-/// has.
-fn scores(
-    key: &str,
+/// The flags an `Enqueue` gives its delivery.
+fn enqueued_flags(op: &Op) -> Held {
+    match *op {
+        Op::Enqueue { qos, retain, .. } => Held { qos, retain },
+        // Pins name `Enqueue`s only.
+        _ => UNREAD_FLAGS,
+    }
+}
+
+/// The reads of `ids` in a client's held set: `SMISMEMBER`, then the
+/// client's holder field of each id (`HGET`).
+fn read_named(keys: &Keys, client: &Client, ids: &[MessageId], out: &mut Vec<Command>) {
+    let mut command = Command::with_capacity(
+        "SMISMEMBER",
+        &client.keys.held,
+        ids.len(),
+        ids.len() * codec::MESSAGE_ID_LEN,
+    );
+    for id in ids {
+        command.push_arg(&codec::encode_message_id(*id));
+    }
+    out.push(command);
+    for id in ids {
+        let mut command = Command::with_capacity("HGET", &keys.body(*id), 1, holder_len(client));
+        command.push_arg(keys::HolderField(&client.id));
+        out.push(command);
+    }
+}
+
+/// The held entries among `ids`, from the answers of [`read_named`].
+fn named_entries(
+    keys: &Keys,
+    client: &Client,
     ids: &[MessageId],
-    value: Value,
+    mut take: impl FnMut() -> Value,
 ) -> Result<Vec<(MessageId, Held)>, StorageError> {
-    let scores = reply::items(key, value)?;
-    if scores.len() != ids.len() {
+    let key = &client.keys.held;
+    let members = reply::items(key, take())?;
+    if members.len() != ids.len() {
         return Err(StorageError::Corrupt {
-            key: key.to_owned(),
-            reason: format!("{} scores for {} members", scores.len(), ids.len()),
+            key: key.clone(),
+            reason: format!("{} answers for {} members", members.len(), ids.len()),
         });
     }
     let mut held = Vec::new();
-    for (id, score) in ids.iter().zip(scores) {
-        if let Some(score) = reply::optional_score(key, score)? {
-            held.push((*id, Held::from_score(key, score)?));
+    for (id, member) in ids.iter().zip(members) {
+        let holder = take();
+        if reply::int(key, &member)? != 1 {
+            continue;
         }
+        // Written before the id was added to the held set, removed only
+        // after it left.
+        let body = keys.body(*id);
+        let Some(flags) = reply::optional_bytes(&body, holder)? else {
+            return Err(StorageError::Corrupt {
+                key: body,
+                reason: format!("held by {:?} without its holder field", client.id),
+            });
+        };
+        held.push((*id, Held::decode(&body, &flags)?));
     }
     Ok(held)
 }
@@ -194,7 +242,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     // cache (7 % of a fan-out's CPU). They come as runs already sorted (one
     // publication's subscribers), which the stable sort merges.
     let mut pins: Vec<(MessageId, usize, usize)> = Vec::with_capacity(enqueues);
-    let mut score_seen: HashSet<(usize, MessageId)> = HashSet::default();
+    let mut named_seen: HashSet<(usize, MessageId)> = HashSet::default();
     // The client of each op, looked up once (hashing the client id was a
     // sixth of a routing batch's CPU when done again in phase 2).
     let mut op_clients: Vec<Option<usize>> = Vec::with_capacity(ops.len());
@@ -209,9 +257,9 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         let index = batch.client(client_id);
         op_clients.push(Some(index));
         let client = &mut batch.clients[index];
-        let mut score = |client: &mut Client, id: MessageId| {
-            if score_seen.insert((index, id)) {
-                client.score_ids.push(id);
+        let mut name = |client: &mut Client, id: MessageId| {
+            if named_seen.insert((index, id)) {
+                client.named_ids.push(id);
             }
         };
         if !matches!(op, Op::CompleteInflight { .. } | Op::Enqueue { .. }) {
@@ -251,7 +299,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             }
             Op::Dequeue { id, .. } => {
                 client.needs_window = true;
-                score(client, *id);
+                name(client, *id);
             }
             Op::CompleteInflight { packet_id, .. } => {
                 if let Some(PacketUse::Sent(send)) =
@@ -267,15 +315,24 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
     pins.sort();
-    pins.dedup_by_key(|(id, index, _)| (*id, *index));
+    // The last `Enqueue` of a pair sets the holder field: its flags are
+    // those of the entry if it is queued after the batch (an id does not
+    // go back from the window to the queue).
+    pins.dedup_by(|later, kept| {
+        let same = (later.0, later.1) == (kept.0, kept.1);
+        if same {
+            kept.2 = later.2;
+        }
+        same
+    });
 
     // Unread sends. A message sent and acknowledged within the batch (the
     // journal lags behind the socket under load, so most are) leaves one
     // write: its removal from the held set (see
     // `Client::complete_inflight`). That write is right whether or not
     // the session held the id queued, so the id's entry is not read
-    // (`ZMSCORE` of every id sent was a fifth of the storage server's
-    // command time in the original's scenario) and the simulation takes
+    // (reading the entry of every id sent was a fifth of the storage
+    // server's command time in the original's scenario) and the simulation takes
     // it as queued, when:
     // - the next op naming the packet id is its completion, so the window
     //   entry the send makes is never written;
@@ -302,7 +359,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         for send in &client.sends {
             *named.entry(send.id).or_insert(0) += 1;
         }
-        for id in &client.score_ids {
+        for id in &client.named_ids {
             *named.entry(*id).or_insert(0) += 1;
         }
         let mut sends = std::mem::take(&mut client.sends);
@@ -312,11 +369,8 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                 && pins
                     .binary_search_by(|pin| (pin.0, pin.1).cmp(&(send.id, index)))
                     .is_err();
-            if !unread {
-                client.needs_order = true;
-                if score_seen.insert((index, send.id)) {
-                    client.score_ids.push(send.id);
-                }
+            if !unread && named_seen.insert((index, send.id)) {
+                client.named_ids.push(send.id);
             }
             unread
         });
@@ -324,13 +378,15 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         client.sends = sends;
     }
 
-    // An `Enqueue` reads nothing but its session's existence. Its write
-    // is a `ZADD NX`, which leaves an id the session already holds (queued
-    // or in flight: the held set has both) as it is, and in the simulation
-    // it makes the id held either way. What the simulation cannot know
-    // unread (whether the id was held before, in the window or not, with
-    // which QoS) matters only to a later op of the batch that names the
-    // id (`SetInflight`, `Dequeue`), and that op reads it. So a routing
+    // An `Enqueue` reads nothing but its session's existence. Its writes
+    // are the holder field (its flags, which a queued id takes and an id
+    // in flight ignores: its window entry has its own) and an `SADD`,
+    // which leaves an id the session already holds (queued or in flight:
+    // the held set has both) as it is, and in the simulation it makes the
+    // id held either way. What the simulation cannot know unread (whether
+    // the id was held before, in the window or not) matters only to a
+    // later op of the batch that names the id (`SetInflight`, `Dequeue`),
+    // and that op reads it. So a routing
     // batch reads one `EXISTS` per session, and a session that also sends
     // or acknowledges in the batch reads no more than those ops need.
     //
@@ -364,30 +420,11 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
         if client.full {
             client.full_at = Some(phase1.len());
-            phase1.push(
-                Command::new("ZRANGE", &client.keys.held)
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-            );
-        } else {
-            if client.needs_order {
-                client.max_at = Some(phase1.len());
-                phase1.push(
-                    Command::new("ZRANGE", &client.keys.held)
-                        .arg(-1)
-                        .arg(-1)
-                        .arg("WITHSCORES"),
-                );
-            }
-            if !client.score_ids.is_empty() {
-                client.scores_at = Some(phase1.len());
-                let mut command = Command::new("ZMSCORE", &client.keys.held);
-                for id in &client.score_ids {
-                    command = command.arg(&codec::encode_message_id(*id));
-                }
-                phase1.push(command);
-            }
+            phase1.push(Command::new("SMEMBERS", &client.keys.held));
+        }
+        if !client.named_ids.is_empty() {
+            client.named_at = Some(phase1.len());
+            read_named(keys, client, &client.named_ids, &mut phase1);
         }
     }
     let body_checks: Vec<(MessageId, usize)> = enqueued_ids
@@ -427,12 +464,13 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
     for (id, holders) in by_body(&pins, |pin| pin.0) {
-        let clients = holders.iter().map(|(_, index, _)| &batch.clients[*index]);
-        let bytes = clients.clone().map(|client| holder_len(client) + 1).sum();
+        let bytes = (holders.iter())
+            .map(|(_, index, _)| holder_len(&batch.clients[*index]) + 2)
+            .sum();
         let mut command = Command::with_capacity("HSET", &keys.body(id), 2 * holders.len(), bytes);
-        for client in clients {
-            command.push_arg(keys::HolderField(&client.id));
-            command.push_arg("1");
+        for &(_, index, at) in holders {
+            command.push_arg(keys::HolderField(&batch.clients[index].id));
+            command.push_arg(enqueued_flags(ops[at]).encode());
         }
         phase1.push(command);
     }
@@ -486,16 +524,21 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
                 }
             }
         }
-        let mut held = Vec::new();
-        if let Some(at) = client.full_at.or(client.max_at) {
-            held.extend(load::held(&client.keys, take(at))?);
+        if let Some(at) = client.full_at {
+            // Their flags are read below for the ids an op names, and
+            // written for no other: the batch deletes the session.
+            for id in load::held(&client.keys, take(at))? {
+                client.held.insert(id, UNREAD_FLAGS);
+            }
         }
-        if let Some(at) = client.scores_at {
-            held.extend(scores(&client.keys.held, &client.score_ids, take(at))?);
-        }
-        for (id, entry) in held {
-            client.see_order(entry.order);
-            client.held.insert(id, entry);
+        if let Some(mut at) = client.named_at {
+            let next = || {
+                at += 1;
+                take(at - 1)
+            };
+            for (id, entry) in named_entries(keys, client, &client.named_ids, next)? {
+                client.held.insert(id, entry);
+            }
         }
     }
 
@@ -514,11 +557,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             } else if let Entry::Vacant(slot) = client.held.entry(send.id) {
                 // Its QoS and RETAIN are never written: the window entry
                 // the send makes is dropped by its completion.
-                slot.insert(Held {
-                    order: send.id.sequence(),
-                    qos: QoS::AtMostOnce,
-                    retain: false,
-                });
+                slot.insert(UNREAD_FLAGS);
                 client.assumed.push(send.id);
             }
         }
@@ -529,37 +568,15 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
     if !late.is_empty() {
         let mut commands = Vec::new();
         for (index, ids) in &late {
-            let client = &batch.clients[*index];
-            let mut command = Command::new("ZMSCORE", &client.keys.held);
-            for id in ids {
-                command = command.arg(&codec::encode_message_id(*id));
-            }
-            commands.push(command);
-            if client.max_at.is_none() && client.full_at.is_none() {
-                // The highest order, which a send that moves one needs
-                // (not read in phase 1 if every send was unread).
-                commands.push(
-                    Command::new("ZRANGE", &client.keys.held)
-                        .arg(-1)
-                        .arg(-1)
-                        .arg("WITHSCORES"),
-                );
-            }
+            read_named(keys, &batch.clients[*index], ids, &mut commands);
         }
         let mut values = redis.run_owned(commands, deadline).await?.into_iter();
         for (index, ids) in &late {
             let client = &mut batch.clients[*index];
-            let read = values.next().unwrap_or(Value::Nil);
-            let mut held = scores(&client.keys.held, ids, read)?;
-            if client.max_at.is_none() && client.full_at.is_none() {
-                held.extend(load::held(
-                    &client.keys,
-                    values.next().unwrap_or(Value::Nil),
-                )?);
-            }
-            for (id, entry) in held {
-                client.see_order(entry.order);
-                client.held.entry(id).or_insert(entry);
+            let next = || values.next().unwrap_or(Value::Nil);
+            // Over what a full read put there, flags unread.
+            for (id, entry) in named_entries(keys, client, ids, next)? {
+                client.held.insert(id, entry);
             }
         }
     }

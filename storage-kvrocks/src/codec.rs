@@ -26,7 +26,8 @@ use easy_mqtt_core::storage::{MessageId, SessionRecord, StorageError};
 const VERSION: u8 = 1;
 /// The version of a message body that carries its time ([`encode_body`]).
 const BODY_VERSION: u8 = 2;
-/// Send orders stay below this so that a score is an exact `f64`.
+/// Send orders stay below this (a bound kept from layout 1, where orders
+/// were sorted-set scores: exact `f64`s).
 pub(crate) const MAX_ORDER: u64 = 1 << 50;
 
 fn corrupt(key: &str, reason: impl Into<String>) -> StorageError {
@@ -236,21 +237,45 @@ pub(crate) fn decode_message_id(key: &str, bytes: &[u8]) -> Result<MessageId, St
     Ok(MessageId(u64::from_be_bytes(bytes)))
 }
 
-/// A held message's order and flags, packed into a sorted-set score.
+/// The flags of a held message, the value of its holder field in the body's
+/// hash: the QoS digit, then `r` if RETAIN is set (`1`, `2r`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Held {
-    pub order: u64,
     pub qos: QoS,
     pub retain: bool,
 }
 
 impl Held {
-    pub fn score(self) -> u64 {
-        (self.order << 3) | (u64::from(self.qos as u8) << 1) | u64::from(self.retain)
+    pub fn encode(self) -> &'static [u8] {
+        match (self.qos, self.retain) {
+            (QoS::AtMostOnce, false) => b"0",
+            (QoS::AtLeastOnce, false) => b"1",
+            (QoS::ExactlyOnce, false) => b"2",
+            (QoS::AtMostOnce, true) => b"0r",
+            (QoS::AtLeastOnce, true) => b"1r",
+            (QoS::ExactlyOnce, true) => b"2r",
+        }
     }
 
-    pub fn from_score(key: &str, score: f64) -> Result<Held, StorageError> {
-        // Scores are written as integers below 2^53, so they read back exactly.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Held, StorageError> {
+        let (digit, retain) = match bytes {
+            [digit] => (*digit, false),
+            [digit, b'r'] => (*digit, true),
+            _ => (b'?', false),
+        };
+        let qos = match digit {
+            b'0' => QoS::AtMostOnce,
+            b'1' => QoS::AtLeastOnce,
+            b'2' => QoS::ExactlyOnce,
+            _ => return Err(corrupt(key, "holder field is not a QoS digit and flag")),
+        };
+        Ok(Held { qos, retain })
+    }
+
+    /// The flags in a score of layout 1's held sorted set (order × 8 +
+    /// QoS × 2 + RETAIN), which the migration reads.
+    pub fn from_legacy_score(key: &str, score: f64) -> Result<Held, StorageError> {
+        // Scores were written as integers below 2^53, so they read back exactly.
         if !(0.0..9.007_199_254_740_992e15).contains(&score) || score.fract() != 0.0 {
             return Err(corrupt(key, format!("score {score}")));
         }
@@ -258,7 +283,6 @@ impl Held {
         let score = score as u64;
         let qos = u8::try_from((score >> 1) & 0b11).unwrap_or(3);
         Ok(Held {
-            order: score >> 3,
             qos: QoS::from_u8(qos).ok_or_else(|| corrupt(key, "QoS 3 in score"))?,
             retain: score & 1 != 0,
         })
@@ -617,18 +641,27 @@ mod tests {
     }
 
     #[test]
-    fn scores_round_trip() {
-        for (order, qos, retain) in [
-            (1, QoS::AtMostOnce, false),
-            (MAX_ORDER - 1, QoS::ExactlyOnce, true),
-            (42, QoS::AtLeastOnce, true),
-        ] {
-            let held = Held { order, qos, retain };
-            #[allow(clippy::cast_precision_loss)]
-            let score = held.score() as f64;
-            assert_eq!(Held::from_score("k", score), Ok(held));
+    fn holder_flags_round_trip_and_legacy_scores_read() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for retain in [false, true] {
+                let held = Held { qos, retain };
+                assert_eq!(Held::decode("k", held.encode()), Ok(held));
+            }
         }
-        assert!(Held::from_score("k", 0.5).is_err());
-        assert!(Held::from_score("k", 7.0).is_err());
+        assert_eq!(Held::decode("k", b"2r").map(|held| held.retain), Ok(true));
+        for bad in [&b""[..], b"3", b"1x", b"1rr", b"r"] {
+            assert!(Held::decode("k", bad).is_err(), "{bad:?}");
+        }
+        // order 5, QoS 2, RETAIN: 5 × 8 + 2 × 2 + 1.
+        let held = Held::from_legacy_score("k", 45.0);
+        assert_eq!(
+            held,
+            Ok(Held {
+                qos: QoS::ExactlyOnce,
+                retain: true
+            })
+        );
+        assert!(Held::from_legacy_score("k", 0.5).is_err());
+        assert!(Held::from_legacy_score("k", 7.0).is_err());
     }
 }

@@ -24,8 +24,7 @@ pub(crate) struct SessionKeys {
     pub record: String,
     /// Hash: filter → QoS digit.
     pub subscriptions: String,
-    /// Sorted set: message id → send order and flags; every id the session
-    /// holds (queued or in flight).
+    /// Set: every message id the session holds (queued or in flight).
     pub held: String,
     /// Hash: packet id → in-flight entry.
     pub window: String,
@@ -63,10 +62,21 @@ impl Keys {
         SessionKeys {
             record: format!("{tag}r"),
             subscriptions: format!("{tag}s"),
-            held: format!("{tag}q"),
+            held: format!("{tag}h"),
             window: format!("{tag}w"),
             inbound: format!("{tag}i"),
         }
+    }
+
+    /// Layout 1's held set (a sorted set), which the migration to layout 2
+    /// reads and deletes.
+    pub fn legacy_held(&self, client_id: &str) -> String {
+        format!("{}:{{c:{}}}:q", self.prefix, escape(client_id))
+    }
+
+    /// String: the version of the stored layout (see the `migrate` module).
+    pub fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
     }
 
     /// Hash: the body (field `b`) and one field per holder (`h:<client>`).
@@ -227,7 +237,7 @@ mod tests {
         let plain = keys.session("sensor-1");
         assert_eq!(plain.record, "emq:{c:sensor-1}:r");
         let odd = keys.session("a}b{c%");
-        assert_eq!(odd.held, "emq:{c:a%7Db%7Bc%25}:q");
+        assert_eq!(odd.held, "emq:{c:a%7Db%7Bc%25}:h");
         assert_ne!(keys.session("%7D").record, keys.session("}").record);
         assert_eq!(escape("%7D"), "%257D");
     }

@@ -19,10 +19,11 @@
 //! |---|---|---|
 //! | `P:{c:<id>}:r` | string | session record: the session exists iff this key does |
 //! | `P:{c:<id>}:s` | hash | filter → QoS (`0`/`1`/`2`) |
-//! | `P:{c:<id>}:q` | sorted set | held message ids (8 bytes BE), queued *or* in flight; score = order × 8 + QoS × 2 + RETAIN |
+//! | `P:{c:<id>}:h` | set | held message ids (8 bytes BE), queued *or* in flight |
 //! | `P:{c:<id>}:w` | hash | in-flight window: packet id (2 bytes BE) → message id, QoS, RETAIN, phase, send order |
 //! | `P:{c:<id>}:i` | set | inbound QoS 2 packet ids (2 bytes BE) |
-//! | `P:m:<message id, 16 hex>` | hash | field `b`: the body; one field `h:<client id>` per client holding it |
+//! | `P:m:<message id, 16 hex>` | hash | field `b`: the body; one field `h:<client id>` per client holding it, its value the delivery's QoS digit then `r` if RETAIN (`1`, `0r`) |
+//! | `P:layout` | string | the version of this layout (2, see "Layout versions") |
 //! | `P:{i:<n>}`, n in 0..16 | set | index of persistent sessions (client ids), sharded by FNV-1a of the id |
 //! | `P:{r:<n>}`, n in 0..16 | hash | retained messages: topic → message, sharded by FNV-1a of the topic |
 //! | `P:{n}:members` | hash | cluster members: node → last incarnation that heartbeated (decimal) |
@@ -38,8 +39,9 @@
 //! | `P:{x:<space>}:i` | sorted set | index of the records of a space: key → expiry (Unix ms, `+inf`); `scan_records` reads it, not `SCAN` |
 //! | `P:l:<space>:{<key>}` | list | a log, newest first (`LPUSH` + `LTRIM`); in its key's slot (a space may hold a log per client) |
 //!
-//! The queue is the held set minus the ids in the window, in score order;
-//! the window is in send order. Bodies and retained messages use a compact
+//! The queue is the held set minus the ids in the window, in id order
+//! ([`MessageId::queue_order`](easy_mqtt_core::storage::MessageId::queue_order)),
+//! each with the flags of its holder field; the window is in send order. Bodies and retained messages use a compact
 //! binary format (see the `codec` module): payloads round-trip byte for
 //! byte. Sharding the index and the retained messages over 16 hash tags
 //! spreads them over the cluster instead of making one hot slot.
@@ -58,22 +60,25 @@
 //!   the holder fields are removed, then the index entry (`SREM`).
 //! - `Subscribe`/`Unsubscribe`: `HSET`/`HDEL`.
 //! - `PutMessage`: `HSETNX m:<id> b`, before anything refers to it.
-//! - `Enqueue`: the holder field `h:<client>` is set first (`HSET`), then
-//!   `ZADD q NX`, which never moves or changes an id already held. It reads
-//!   nothing but its session's existence (`EXISTS r`): what it would learn
-//!   from the held set only matters to a later op naming the id, which
-//!   reads it. A routing batch therefore costs one `EXISTS` and one
-//!   `ZADD` per session (one member per publication) plus one `HSET` of up
-//!   to 1,024 holder fields per body.
-//! - `Dequeue`: `ZREM q`, then the holder field goes.
+//! - `Enqueue`: the holder field `h:<client>` is set first (`HSET`, its
+//!   value the delivery's flags), then `SADD h`, which leaves an id already
+//!   held where it is. It reads nothing but its session's existence
+//!   (`EXISTS r`): what it would learn from the held set only matters to a
+//!   later op naming the id, which reads it. A routing batch therefore
+//!   costs one `EXISTS` and one `SADD` per session (one member per
+//!   publication) plus one `HSET` of up to 1,024 holder fields per body.
+//!   The holder field's last write wins, so an `Enqueue` of an id already
+//!   queued sets its flags (the reference does the same); an id in flight
+//!   keeps those of its window entry.
+//! - `Dequeue`: `SREM h`, then the holder field goes.
 //! - `SetInflight`: one `HSET w` (the id stays in the held set; an id in
 //!   the window is not queued), so the move from queue to window is a
 //!   single command. Replacing another message under the same packet id
 //!   removes that one from the held set first.
-//! - `CompleteInflight`: `ZREM q` then `HDEL w`: in between, the entry is
+//! - `CompleteInflight`: `SREM h` then `HDEL w`: in between, the entry is
 //!   still in flight (not queued), and a replay completes it. An entry
 //!   that this batch's own `SetInflight` created is never written: its
-//!   `HSET` is dropped and the `ZREM` alone takes the id from queued to
+//!   `HSET` is dropped and the `SREM` alone takes the id from queued to
 //!   gone (the journal lags behind the socket under load, so a PUBLISH
 //!   and its PUBACK often share a batch). A session
 //!   touched by nothing but `CompleteInflight`s (and `Enqueue`s) in the
@@ -90,6 +95,15 @@
 //! adding or removing a holder twice is harmless, where `INCR`/`DECR` would
 //! not be. A body whose hash is left with its `b` field only is deleted in
 //! a last round trip (`HLEN` = 1 and `HEXISTS b`).
+//!
+//! # Layout versions
+//!
+//! `P:layout` names the version of the layout above. Connecting migrates
+//! a store in an older one first, and refuses a newer one. Layout 1 kept
+//! the held ids in a sorted set `P:{c:<id>}:q` scored by order and flags;
+//! its migration is resumable and logged (the `migrate` module). All
+//! brokers of an older layout must be stopped before one of a newer layout
+//! starts.
 //!
 //! # Errors
 //!
@@ -125,7 +139,7 @@
 //! A cut batch can leak bodies (space only, never wrong data):
 //!
 //! - **No holder**: `apply` removes the last holder field (`HDEL m:<id>
-//!   h:<client>`, in the round trip after the `ZREM`/`HDEL w` of a
+//!   h:<client>`, in the round trip after the `SREM`/`HDEL w` of a
 //!   `Dequeue`, `CompleteInflight` or `DeleteSession`), then reads `HLEN`
 //!   and `HEXISTS b`, then `DEL`s the hash in a last round trip. A cut
 //!   after the `HDEL` and before that `DEL` leaves `m:<id>` with its `b`
@@ -138,7 +152,7 @@
 //!   bounded (`SCAN … COUNT`), for bodies whose id is older than 10
 //!   minutes.
 //! - **Stale holder**: a batch cut between the `HSET` of a holder field and
-//!   the `ZADD` of the queue entry, never replayed, pins the body with a
+//!   the `SADD` of the queue entry, never replayed, pins the body with a
 //!   holder whose queue does not hold the id. The sweeper leaves these
 //!   (telling them from a live holder takes a read of that session's
 //!   queue); they are rare (the broker replays a failed batch until it
@@ -150,6 +164,7 @@ mod codec;
 mod conn;
 mod keys;
 mod load;
+mod migrate;
 mod reply;
 mod settings;
 mod simulate;
@@ -197,12 +212,26 @@ impl std::fmt::Debug for KvrocksStorage {
 impl KvrocksStorage {
     /// Connects: one node = standalone, several = cluster. Fails with
     /// [`StorageError::Unavailable`] if no connection can be made within
-    /// `connect_timeout + timeout`, or if the settings are unusable.
+    /// `connect_timeout + timeout`, or if the settings are unusable. Brings
+    /// keys stored in an older layout up to date first (see "Layout
+    /// versions" in the crate documentation), and fails with
+    /// [`StorageError::Invalid`] on a layout newer than this backend's.
     pub async fn connect(settings: KvrocksSettings) -> Result<KvrocksStorage, StorageError> {
         let redis = conn::Redis::connect(&settings).await?;
+        let keys = keys::Keys::new(&settings.key_prefix);
+        let migrated = migrate::migrate(&redis, &keys).await?;
+        if migrated.from != migrate::LAYOUT {
+            tracing::info!(
+                from = migrated.from,
+                to = migrate::LAYOUT,
+                sessions = migrated.sessions,
+                held = migrated.held,
+                "kvrocks: stored layout migrated"
+            );
+        }
         Ok(KvrocksStorage {
             redis,
-            keys: keys::Keys::new(&settings.key_prefix),
+            keys,
             sweep: Mutex::new(sweep::SweepCursor::default()),
         })
     }

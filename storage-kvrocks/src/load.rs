@@ -14,13 +14,13 @@ use redis::Value;
 
 use crate::codec::{self, Held, WindowEntry};
 use crate::conn::{Command, Redis};
-use crate::keys::{BODY_FIELD, Keys, SHARDS, SessionKeys};
+use crate::keys::{BODY_FIELD, HolderField, Keys, SHARDS, SessionKeys};
 use crate::reply;
 
 /// How many entries one `SSCAN`/`HSCAN` call asks for.
 const SCAN_COUNT: usize = 1000;
 /// How many sessions one round trip of `load_subscriptions` reads.
-const SESSIONS_PER_ROUND_TRIP: usize = 500;
+pub(crate) const SESSIONS_PER_ROUND_TRIP: usize = 500;
 
 fn corrupt(key: &str, reason: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
@@ -82,42 +82,32 @@ pub(crate) fn window(
         .collect()
 }
 
-/// Held ids in score order.
-pub(crate) fn held(
-    keys: &SessionKeys,
-    value: Value,
-) -> Result<Vec<(MessageId, Held)>, StorageError> {
+/// Held ids (an `SMEMBERS` answer) in queue order.
+pub(crate) fn held(keys: &SessionKeys, value: Value) -> Result<Vec<MessageId>, StorageError> {
     let key = &keys.held;
-    reply::scored(key, value)?
-        .into_iter()
-        .map(|(member, score)| {
-            Ok((
-                codec::decode_message_id(key, &member)?,
-                Held::from_score(key, score)?,
-            ))
-        })
-        .collect()
+    let mut held = reply::members(key, value)?
+        .iter()
+        .map(|member| codec::decode_message_id(key, member))
+        .collect::<Result<Vec<_>, _>>()?;
+    held.sort_unstable_by_key(|id| id.queue_order());
+    Ok(held)
 }
 
-/// The ids of a session's queue in queue order: the held set (`held`, a
-/// `ZRANGE WITHSCORES` answer) minus the ids in the window (`window`, an
-/// `HGETALL` answer).
+/// The ids of a session's queue in queue order: the held set (`held`, an
+/// `SMEMBERS` answer) minus the ids in the window (`window`, an `HGETALL`
+/// answer).
 fn queued(
     keys: &SessionKeys,
     held_value: Value,
     window_value: Value,
 ) -> Result<Vec<MessageId>, StorageError> {
-    let mut held = held(keys, held_value)?;
-    held.sort_by_key(|(id, entry)| (entry.order, id.queue_order()));
     let in_window: HashSet<MessageId> = window(keys, window_value)?
         .into_iter()
         .map(|(_, entry)| entry.id)
         .collect();
-    Ok(held
-        .into_iter()
-        .map(|(id, _)| id)
-        .filter(|id| !in_window.contains(id))
-        .collect())
+    let mut held = held(keys, held_value)?;
+    held.retain(|id| !in_window.contains(id));
+    Ok(held)
 }
 
 pub(crate) async fn load_session(
@@ -130,10 +120,7 @@ pub(crate) async fn load_session(
     let commands = [
         Command::new("GET", &session.record),
         Command::new("HGETALL", &session.subscriptions),
-        Command::new("ZRANGE", &session.held)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES"),
+        Command::new("SMEMBERS", &session.held),
         Command::new("HGETALL", &session.window),
         Command::new("SMEMBERS", &session.inbound),
     ];
@@ -143,10 +130,7 @@ pub(crate) async fn load_session(
     };
     let record = record(&session, client_id, &record_bytes)?;
     let subscriptions = subscriptions(&session, take(&mut values))?;
-    let mut held = held(&session, take(&mut values))?;
-    // Score order is order, then flags, then member bytes (node tag first);
-    // ties of one order are put in id order (sequence, then node tag).
-    held.sort_by_key(|(id, entry)| (entry.order, id.queue_order()));
+    let held = held(&session, take(&mut values))?;
     let mut window = window(&session, take(&mut values))?;
     window.sort_by_key(|(packet_id, entry)| (entry.order, *packet_id));
     let mut inbound_qos2 = reply::members(&session.inbound, take(&mut values))?
@@ -158,16 +142,16 @@ pub(crate) async fn load_session(
     // An id in the window is in flight, not queued (it stays in the held
     // set until its flow completes).
     let in_window: HashSet<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
-    let queue: Vec<(MessageId, Held)> = held
+    let queue: Vec<MessageId> = held
         .into_iter()
-        .filter(|(id, _)| !in_window.contains(id))
+        .filter(|id| !in_window.contains(id))
         .collect();
 
     let mut ids: Vec<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
-    ids.extend(queue.iter().map(|(id, _)| *id));
-    let bodies = load_bodies(redis, keys, &ids, deadline).await?;
-    let body = |id: MessageId| -> Result<(Arc<Message>, u64), StorageError> {
-        bodies.get(&id).cloned().ok_or_else(|| {
+    ids.extend(&queue);
+    let bodies = load_bodies(redis, keys, client_id, &ids, deadline).await?;
+    let body = |id: MessageId| -> Result<&Loaded, StorageError> {
+        bodies.get(&id).ok_or_else(|| {
             corrupt(
                 &keys.body(id),
                 format!("message body referenced by session {client_id:?} is not stored"),
@@ -178,15 +162,15 @@ pub(crate) async fn load_session(
     let inflight = window
         .into_iter()
         .map(|(packet_id, entry)| {
-            let (message, at_ms) = body(entry.id)?;
+            let loaded = body(entry.id)?;
             Ok(StoredInflight {
                 packet_id,
                 delivery: StoredDelivery {
                     id: entry.id,
-                    message,
+                    message: Arc::clone(&loaded.message),
                     qos: entry.qos,
                     retain: entry.retain,
-                    at_ms,
+                    at_ms: loaded.at_ms,
                 },
                 phase: entry.phase,
             })
@@ -194,14 +178,22 @@ pub(crate) async fn load_session(
         .collect::<Result<Vec<_>, StorageError>>()?;
     let queue = queue
         .into_iter()
-        .map(|(id, held)| {
-            let (message, at_ms) = body(id)?;
+        .map(|id| {
+            let loaded = body(id)?;
+            // Written before the id entered the held set, removed only
+            // after it left.
+            let held = loaded.held.ok_or_else(|| {
+                corrupt(
+                    &keys.body(id),
+                    format!("queued for session {client_id:?} without its holder field"),
+                )
+            })?;
             Ok(StoredDelivery {
                 id,
-                message,
+                message: Arc::clone(&loaded.message),
                 qos: held.qos,
                 retain: held.retain,
-                at_ms,
+                at_ms: loaded.at_ms,
             })
         })
         .collect::<Result<Vec<_>, StorageError>>()?;
@@ -214,27 +206,55 @@ pub(crate) async fn load_session(
     }))
 }
 
-/// The stored bodies among `ids`, with their times (missing ones are left
-/// out).
+/// A stored body, its time, and the flags in a client's holder field.
+struct Loaded {
+    message: Arc<Message>,
+    at_ms: u64,
+    held: Option<Held>,
+}
+
+/// The stored bodies among `ids`, with `client_id`'s holder fields
+/// (missing bodies are left out).
 async fn load_bodies(
     redis: &Redis,
     keys: &Keys,
+    client_id: &str,
     ids: &[MessageId],
     deadline: std::time::Instant,
-) -> Result<HashMap<MessageId, (Arc<Message>, u64)>, StorageError> {
+) -> Result<HashMap<MessageId, Loaded>, StorageError> {
     let mut distinct: Vec<MessageId> = ids.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
     let commands: Vec<Command> = distinct
         .iter()
-        .map(|id| Command::new("HGET", &keys.body(*id)).arg(BODY_FIELD))
+        .map(|id| {
+            Command::new("HMGET", &keys.body(*id))
+                .arg(BODY_FIELD)
+                .arg(HolderField(client_id))
+        })
         .collect();
     let values = redis.run(&commands, deadline).await?;
     let mut bodies = HashMap::with_capacity(distinct.len());
     for ((id, command), value) in distinct.iter().zip(&commands).zip(values) {
-        if let Some(bytes) = reply::optional_bytes(&command.key, value)? {
-            let (message, at_ms) = codec::decode_body(&command.key, &bytes)?;
-            bodies.insert(*id, (Arc::new(message), at_ms));
+        let key = &command.key;
+        let mut fields = reply::items(key, value)?.into_iter();
+        let (Some(body), Some(holder)) = (fields.next(), fields.next()) else {
+            return Err(corrupt(key, "HMGET of two fields answered otherwise"));
+        };
+        if let Some(bytes) = reply::optional_bytes(key, body)? {
+            let (message, at_ms) = codec::decode_body(key, &bytes)?;
+            let held = match reply::optional_bytes(key, holder)? {
+                Some(flags) => Some(Held::decode(key, &flags)?),
+                None => None,
+            };
+            bodies.insert(
+                *id,
+                Loaded {
+                    message: Arc::new(message),
+                    at_ms,
+                    held,
+                },
+            );
         }
     }
     Ok(bodies)
@@ -276,10 +296,11 @@ async fn scan_shards(
     Ok(pages)
 }
 
-pub(crate) async fn load_subscriptions(
+/// Every client id in the index of persistent sessions.
+pub(crate) async fn indexed_client_ids(
     redis: &Redis,
     keys: &Keys,
-) -> Result<Vec<SessionSubscriptions>, StorageError> {
+) -> Result<Vec<ByteStr>, StorageError> {
     let mut client_ids: Vec<ByteStr> = Vec::new();
     let mut seen: HashSet<ByteStr> = HashSet::new();
     for (key, page) in scan_shards(redis, "SSCAN", |shard| keys.index(shard)).await? {
@@ -290,6 +311,14 @@ pub(crate) async fn load_subscriptions(
             }
         }
     }
+    Ok(client_ids)
+}
+
+pub(crate) async fn load_subscriptions(
+    redis: &Redis,
+    keys: &Keys,
+) -> Result<Vec<SessionSubscriptions>, StorageError> {
+    let client_ids = indexed_client_ids(redis, keys).await?;
     let mut sessions = Vec::with_capacity(client_ids.len());
     for chunk in client_ids.chunks(SESSIONS_PER_ROUND_TRIP) {
         let session_keys: Vec<SessionKeys> = chunk.iter().map(|id| keys.session(id)).collect();
@@ -299,10 +328,7 @@ pub(crate) async fn load_subscriptions(
                 [
                     Command::new("GET", &session.record),
                     Command::new("HGETALL", &session.subscriptions),
-                    Command::new("ZRANGE", &session.held)
-                        .arg(0)
-                        .arg(-1)
-                        .arg("WITHSCORES"),
+                    Command::new("SMEMBERS", &session.held),
                     Command::new("HGETALL", &session.window),
                 ]
             })

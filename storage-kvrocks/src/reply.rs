@@ -49,14 +49,6 @@ fn float(key: &str, value: Value) -> Result<f64, StorageError> {
     }
 }
 
-/// A score, or `None` for nil (`ZSCORE`).
-pub(crate) fn optional_score(key: &str, value: Value) -> Result<Option<f64>, StorageError> {
-    match value {
-        Value::Nil => Ok(None),
-        other => float(key, other).map(Some),
-    }
-}
-
 /// The elements of an array or set reply.
 pub(crate) fn items(key: &str, value: Value) -> Result<Vec<Value>, StorageError> {
     match value {

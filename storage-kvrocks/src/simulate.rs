@@ -23,14 +23,13 @@ pub(crate) struct Client {
     /// Read the whole held set (`DeleteSession` in the batch: it releases
     /// every held body).
     pub(crate) full: bool,
-    /// Read the highest order (the batch adds to the window: send order).
-    pub(crate) needs_order: bool,
     /// Read the window.
     pub(crate) needs_window: bool,
     /// The batch puts or deletes the session (index maintenance).
     pub(crate) lifecycle: bool,
-    /// Held-set entries to read (`ZMSCORE`, when not `full`).
-    pub(crate) score_ids: Vec<MessageId>,
+    /// Held ids to read: whether the held set has them (`SMISMEMBER`) and
+    /// their flags (the holder fields, `HGET`).
+    pub(crate) named_ids: Vec<MessageId>,
     /// Every op of the batch for this client is a `CompleteInflight` or an
     /// `Enqueue` (a journal batch acknowledging, a routing batch): only the
     /// window entries the completions name are read (`HMGET`), not the
@@ -52,8 +51,8 @@ pub(crate) struct Client {
     pub(crate) window_at: Option<usize>,
     pub(crate) completed_at: Option<usize>,
     pub(crate) full_at: Option<usize>,
-    pub(crate) max_at: Option<usize>,
-    pub(crate) scores_at: Option<usize>,
+    /// The `SMISMEMBER` of `named_ids`, then their holder fields.
+    pub(crate) named_at: Option<usize>,
 
     // Simulated state.
     pub(crate) exists: bool,
@@ -79,9 +78,9 @@ pub(crate) struct Client {
 /// once, each was a command of its own (a key, a buffer and an argument
 /// list apiece), then dropped or copied into the one before it.
 pub(crate) enum Write {
-    /// `ZADD held NX score member`.
-    Hold(Held, MessageId),
-    /// `ZREM held member`.
+    /// `SADD held member`.
+    Hold(MessageId),
+    /// `SREM held member`.
     Unhold(MessageId),
     /// `HSET window packet-id entry`.
     PutWindow(PacketId, WindowEntry),
@@ -95,7 +94,7 @@ impl Write {
     fn joins(&self, next: &Write) -> bool {
         matches!(
             (self, next),
-            (Write::Hold(..), Write::Hold(..))
+            (Write::Hold(_), Write::Hold(_))
                 | (Write::Unhold(_), Write::Unhold(_))
                 | (Write::PutWindow(..), Write::PutWindow(..))
                 | (Write::DeleteWindow(_), Write::DeleteWindow(_))
@@ -109,10 +108,9 @@ impl Client {
             id: id.clone(),
             keys,
             full: false,
-            needs_order: false,
             needs_window: false,
             lifecycle: false,
-            score_ids: Vec::new(),
+            named_ids: Vec::new(),
             only_complete: true,
             completed: Vec::new(),
             sends: Vec::new(),
@@ -122,8 +120,7 @@ impl Client {
             window_at: None,
             completed_at: None,
             full_at: None,
-            max_at: None,
-            scores_at: None,
+            named_at: None,
             writes: Vec::new(),
             dropped: Vec::new(),
             fresh: HashMap::default(),
@@ -181,10 +178,10 @@ impl Client {
         self.writes.push(Write::Other(command));
     }
 
-    /// `ZADD NX`; consecutive enqueues share one command (same effect: the
-    /// pairs are added in order, none replacing an existing member).
-    pub(crate) fn enqueue(&mut self, held: Held, id: MessageId) {
-        self.writes.push(Write::Hold(held, id));
+    /// `SADD`; consecutive enqueues share one command (same effect: the
+    /// ids are added in order, an id already held stays as it is).
+    pub(crate) fn enqueue(&mut self, id: MessageId) {
+        self.writes.push(Write::Hold(id));
     }
 
     /// Applies one op to the simulated state and emits its writes; `lost`
@@ -214,17 +211,16 @@ impl Client {
         retain: bool,
         stored: &dyn Fn(&MessageId) -> bool,
     ) {
-        if stored(&id) && !self.held.contains_key(&id) && !self.in_window(id) {
-            // The position comes from the id alone, not from what this
-            // batch read: concurrent writers to one queue agree on it, and
-            // a replay writes the same score.
-            let held = Held {
-                order: id.sequence(),
-                qos,
-                retain,
-            };
-            self.held.insert(id, held);
-            self.enqueue(held, id);
+        if !stored(&id) || self.in_window(id) {
+            return;
+        }
+        // The flags go with the holder field (`apply` writes the last
+        // `Enqueue`'s), also for an id already queued; the position comes
+        // from the id alone, so concurrent writers to one queue need not
+        // agree on anything.
+        let held = Held { qos, retain };
+        if self.held.insert(id, held).is_none() {
+            self.enqueue(id);
         }
     }
 
@@ -372,10 +368,10 @@ impl Client {
 
     /// Moves the writes to send to `out`, in batch order, as commands.
     /// Writes of one kind that end up next to each other become one
-    /// command: typically the `ZREM`s of many deliveries sent and
+    /// command: typically the `SREM`s of many deliveries sent and
     /// acknowledged within the batch, whose window writes were dropped,
     /// the window entries of the sends still in flight (one `HSET`), and a
-    /// routing batch's enqueues (one `ZADD`). Each key's writes keep their
+    /// routing batch's enqueues (one `SADD`). Each key's writes keep their
     /// order, and a merged command runs whole: a batch cut short leaves
     /// one of the states that a cut between the separate commands left.
     pub(crate) fn take_writes(&mut self, out: &mut Vec<Command>) {
@@ -410,17 +406,14 @@ impl Client {
             // command to its end.
             let rest = writes.as_slice();
             let (command, run) = match &write {
-                // A score has at most 16 digits (it is below 2^53).
-                Write::Hold(..) => {
-                    let run = run_length(&write, rest, MAX_MERGED_ARGS / 2);
-                    let bytes = 2 + run * (16 + id);
-                    let command =
-                        Command::with_capacity("ZADD", &self.keys.held, 1 + 2 * run, bytes);
-                    (command.arg("NX"), run)
+                Write::Hold(_) => {
+                    let run = run_length(&write, rest, MAX_MERGED_ARGS);
+                    let command = Command::with_capacity("SADD", &self.keys.held, run, run * id);
+                    (command, run)
                 }
                 Write::Unhold(_) => {
                     let run = run_length(&write, rest, MAX_MERGED_ARGS);
-                    let command = Command::with_capacity("ZREM", &self.keys.held, run, run * id);
+                    let command = Command::with_capacity("SREM", &self.keys.held, run, run * id);
                     (command, run)
                 }
                 Write::PutWindow(..) => {
@@ -455,7 +448,7 @@ impl Client {
             // Sent and acknowledged within one batch (the journal lags
             // behind the socket under load): the entry never needs to reach
             // storage, and the id goes straight from queued to gone. A batch
-            // cut before the `ZREM` leaves it queued, to be sent again.
+            // cut before the `SREM` leaves it queued, to be sent again.
             self.dropped.extend(positions);
             self.writes.push(Write::Unhold(entry.id));
             lost.push(entry.id);
@@ -560,11 +553,7 @@ fn run_length(first: &Write, rest: &[Write], most: usize) -> usize {
 /// Appends a write of a run to its command ([`Client::run_command`]).
 fn push_write(command: &mut Command, write: &Write) {
     match write {
-        Write::Hold(held, id) => {
-            command.push_arg(held.score());
-            command.push_arg(&codec::encode_message_id(*id));
-        }
-        Write::Unhold(id) => command.push_arg(&codec::encode_message_id(*id)),
+        Write::Hold(id) | Write::Unhold(id) => command.push_arg(&codec::encode_message_id(*id)),
         Write::PutWindow(packet_id, entry) => {
             command.push_arg(&codec::encode_packet_id(*packet_id));
             command.push_arg(&codec::encode_window(entry));
@@ -713,10 +702,12 @@ mod tests {
         }
         client.writes.push(Write::DeleteWindow(pid(1)));
         client.writes.push(Write::Unhold(MessageId(7)));
+        client.writes.push(Write::Hold(MessageId(8)));
+        client.writes.push(Write::Hold(MessageId(9)));
         let mut out = Vec::new();
         client.take_writes(&mut out);
         let names: Vec<&str> = out.iter().map(|command| command.name).collect();
-        assert_eq!(names, ["HSET", "ZREM", "ZREM", "HDEL", "ZREM"]);
+        assert_eq!(names, ["HSET", "SREM", "SREM", "HDEL", "SREM", "SADD"]);
         let hset = args(&out[0]);
         assert_eq!(hset.len(), 2 + 4);
         assert_eq!(hset[2], codec::encode_packet_id(pid(1)));
@@ -731,6 +722,12 @@ mod tests {
             codec::encode_message_id(MessageId(MAX_MERGED_ARGS as u64 + 1))
         );
         assert_eq!(args(&out[4])[2], codec::encode_message_id(MessageId(7)));
+        let added = args(&out[5]);
+        assert_eq!(added[1], keys.session("c").held.into_bytes());
+        assert_eq!(
+            added[2..],
+            [8, 9].map(|n| codec::encode_message_id(MessageId(n)))
+        );
         assert!(client.writes.is_empty() && client.dropped.is_empty());
     }
 }

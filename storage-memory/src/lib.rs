@@ -32,10 +32,12 @@
 //! - [`Op::PutMessage`] stores a body; no-op if the id is already stored.
 //! - [`Op::Enqueue`] inserts into the queue in id order
 //!   ([`MessageId::queue_order`](easy_mqtt_core::storage::MessageId::queue_order));
-//!   no-op if the session already holds
-//!   that id in its queue *or* its window (so a re-applied batch that enqueued
-//!   and then sent a message does not queue it again), or if the body is not
-//!   stored.
+//!   no-op if the session holds that id in its window (so a re-applied
+//!   batch that enqueued and then sent a message does not queue it again),
+//!   or if the body is not stored. An id already queued stays where it is
+//!   and takes the QoS and RETAIN flag of the last `Enqueue` (a networked
+//!   backend writes them with the holder of the body, unread, and the last
+//!   write wins).
 //! - [`Op::Dequeue`] removes the id from the queue (not from the window);
 //!   no-op if it is not queued.
 //! - [`Op::SetInflight`]: if the packet id is in the window with the same
@@ -446,6 +448,14 @@ impl Inner {
                         .queue
                         .partition_point(|entry| entry.id.queue_order() <= id.queue_order());
                     session.queue.insert(at, Entry { id, qos, retain });
+                } else if let Ok(at) = session
+                    .queue
+                    .binary_search_by_key(&id.queue_order(), |entry| entry.id.queue_order())
+                    && let Some(entry) = session.queue.get_mut(at)
+                {
+                    // Queued already: it takes the last QoS and RETAIN.
+                    entry.qos = qos;
+                    entry.retain = retain;
                 }
             }
             Op::Dequeue { client_id, id } => {

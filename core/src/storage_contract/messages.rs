@@ -84,7 +84,8 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
     );
 
     // Storing a body again under its id is a no-op, and enqueuing an id the
-    // session already holds is a no-op (the first QoS and RETAIN flag stay).
+    // session already queues keeps its place and takes the last QoS and
+    // RETAIN flag.
     apply(
         storage,
         CHECK,
@@ -97,11 +98,26 @@ pub async fn queue_order_and_shared_bodies(storage: &dyn Storage) {
     assert_eq!(
         queue_of(a).await,
         vec![
+            delivery(m1, &body1, QoS::ExactlyOnce, true),
+            delivery(m2, &body2, QoS::ExactlyOnce, true),
+            delivery(m3, &body3, QoS::AtMostOnce, false),
+        ],
+        "{CHECK}: PutMessage of a stored id is a no-op; Enqueue of a queued id sets its flags"
+    );
+    apply(
+        storage,
+        CHECK,
+        vec![enqueue(a, m1, QoS::AtLeastOnce, false)],
+    )
+    .await;
+    assert_eq!(
+        queue_of(a).await,
+        vec![
             delivery(m1, &body1, QoS::AtLeastOnce, false),
             delivery(m2, &body2, QoS::ExactlyOnce, true),
             delivery(m3, &body3, QoS::AtMostOnce, false),
         ],
-        "{CHECK}: PutMessage of a stored id and Enqueue of a held id are no-ops"
+        "{CHECK}: Enqueue of a queued id sets its flags again"
     );
 
     // Dequeue touches only one session's queue; dequeuing what is not
@@ -234,6 +250,13 @@ pub async fn inflight_window(storage: &dyn Storage) {
         session(storage, CHECK, a).await,
         loaded,
         "{CHECK}: Dequeue of an in-flight id is a no-op"
+    );
+    // Nor does an Enqueue touch it: not queued again, its flags kept.
+    apply(storage, CHECK, vec![enqueue(a, m3, QoS::AtMostOnce, false)]).await;
+    assert_eq!(
+        session(storage, CHECK, a).await,
+        loaded,
+        "{CHECK}: Enqueue of an in-flight id is a no-op"
     );
 
     // PUBREC: phase update in place.

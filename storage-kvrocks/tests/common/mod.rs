@@ -357,10 +357,12 @@ pub fn connect(settings: KvrocksSettings) -> KvrocksStorage {
     }
 }
 
-/// Every key under `prefix` on these servers, with a readable dump of its
-/// content (sorted where the type is unordered).
+/// Every key under `prefix` on these servers but the layout version (which
+/// connecting writes), with a readable dump of its content (sorted where
+/// the type is unordered).
 pub fn dump(servers: &[&Server], prefix: &str) -> BTreeMap<Vec<u8>, String> {
     let mut all = BTreeMap::new();
+    let layout = format!("{prefix}:layout").into_bytes();
     for server in servers {
         let mut connection = server.connection();
         let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
@@ -368,7 +370,7 @@ pub fn dump(servers: &[&Server], prefix: &str) -> BTreeMap<Vec<u8>, String> {
             .query(&mut connection)
             .expect("KEYS");
         // KEYS on a cluster node lists only its own keys.
-        for key in keys {
+        for key in keys.into_iter().filter(|key| *key != layout) {
             let kind: String = redis::cmd("TYPE")
                 .arg(&key)
                 .query(&mut connection)
@@ -482,10 +484,8 @@ fn proxy_connection(
     let mut from_server = BufReader::new(server.try_clone()?);
     let mut to_server = server;
     loop {
-        let (raw, name) = read_request(&mut from_client)?;
-        let handshake = ["HELLO", "AUTH", "CLIENT", "SELECT", "PING"]
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h));
+        let (raw, name, key) = read_request(&mut from_client)?;
+        let handshake = is_handshake(&name, &key);
         if !handshake
             && injected
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -520,25 +520,39 @@ fn read_exact(reader: &mut impl BufRead, n: usize, out: &mut Vec<u8>) -> std::io
     Ok(data)
 }
 
-/// One request (an array of bulk strings): its bytes and its command name.
-fn read_request(reader: &mut impl BufRead) -> std::io::Result<(Vec<u8>, String)> {
+/// Commands the proxies always pass: the connection's handshake, and the
+/// check of the stored layout's version when a backend connects, so that
+/// what they count starts with the test's own commands.
+fn is_handshake(name: &str, key: &str) -> bool {
+    ["HELLO", "AUTH", "CLIENT", "SELECT", "PING"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+        || key.ends_with(":layout")
+}
+
+/// One request (an array of bulk strings): its bytes, its command name and
+/// its first argument.
+fn read_request(reader: &mut impl BufRead) -> std::io::Result<(Vec<u8>, String, String)> {
     let mut raw = Vec::new();
     let header = read_line(reader, &mut raw)?;
     let count: usize = header[1..]
         .parse()
         .map_err(|_| std::io::ErrorKind::InvalidData)?;
     let mut name = String::new();
+    let mut key = String::new();
     for index in 0..count {
         let len = read_line(reader, &mut raw)?;
         let len: usize = len[1..]
             .parse()
             .map_err(|_| std::io::ErrorKind::InvalidData)?;
         let data = read_exact(reader, len + 2, &mut raw)?;
-        if index == 0 {
-            name = String::from_utf8_lossy(&data[..len]).into_owned();
+        match index {
+            0 => name = String::from_utf8_lossy(&data[..len]).into_owned(),
+            1 => key = String::from_utf8_lossy(&data[..len]).into_owned(),
+            _ => {}
         }
     }
-    Ok((raw, name))
+    Ok((raw, name, key))
 }
 
 /// One RESP2 reply, copied into `out`.
@@ -638,13 +652,11 @@ fn cut_connection(
     let mut from_server = BufReader::new(server.try_clone()?);
     let mut to_server = server;
     loop {
-        let (raw, name) = read_request(&mut from_client)?;
+        let (raw, name, key) = read_request(&mut from_client)?;
         if state.dead.load(Ordering::SeqCst) {
             break;
         }
-        let handshake = ["HELLO", "AUTH", "CLIENT", "SELECT", "PING"]
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h));
+        let handshake = is_handshake(&name, &key);
         if !handshake {
             let before = state
                 .remaining

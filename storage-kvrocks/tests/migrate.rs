@@ -1,0 +1,217 @@
+//! The stored layout's migration, on a real server: a store written the way
+//! layout 1 wrote it (held ids in a sorted set scored by order and flags,
+//! holder fields `1`) loads the same after `connect` migrated it, also
+//! when an earlier migration was cut short, and a newer layout is refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use common::{Server, connect, dump, prefix, settings};
+use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
+use easy_mqtt_core::session::{Message, OutboundPhase};
+use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, Storage, StorageError};
+use easy_mqtt_storage_kvrocks::KvrocksStorage;
+use redis::Commands as _;
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::standalone)
+}
+
+fn storage(test: &str) -> KvrocksStorage {
+    connect(settings(vec![server().node()], &prefix(test)))
+}
+
+fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {
+    let result = smol::block_on(storage.apply(ops));
+    assert!(result.is_ok(), "apply: {result:?}");
+}
+
+fn load(storage: &KvrocksStorage, client: &str) -> easy_mqtt_core::storage::StoredSession {
+    smol::block_on(storage.load_session(client))
+        .expect("load_session")
+        .expect("session exists")
+}
+
+fn enqueue(client: &str, id: MessageId, qos: QoS, retain: bool) -> Op {
+    Op::Enqueue {
+        client_id: ByteStr::from(client),
+        id,
+        qos,
+        retain,
+    }
+}
+
+/// Rewrites a client's held set as layout 1 kept it: a sorted set `:q`
+/// scored by order (the id's sequence) × 8 + QoS × 2 + RETAIN, holder
+/// fields `1`, no `:h`.
+fn to_layout_1(connection: &mut redis::Connection, prefix: &str, client: &str) {
+    let held = format!("{prefix}:{{c:{client}}}:h");
+    let members: Vec<Vec<u8>> = connection.smembers(&held).unwrap();
+    assert!(!members.is_empty(), "{client} holds something");
+    for member in members {
+        let id = u64::from_be_bytes(member.as_slice().try_into().unwrap());
+        let body = format!("{prefix}:m:{id:016x}");
+        let field = format!("h:{client}");
+        let flags: Vec<u8> = connection.hget(&body, &field).unwrap();
+        let qos = u64::from(flags[0] - b'0');
+        let retain = u64::from(flags.len() == 2);
+        let score = (MessageId(id).sequence() << 3) | (qos << 1) | retain;
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("{prefix}:{{c:{client}}}:q"))
+            .arg(score)
+            .arg(&member)
+            .query(connection)
+            .unwrap();
+        let _: () = connection.hset(&body, &field, "1").unwrap();
+    }
+    let _: () = connection.del(&held).unwrap();
+}
+
+#[test]
+fn a_layout_1_store_loads_the_same_once_migrated() {
+    let name = "migrate";
+    let prefix = prefix(name);
+    let storage = storage(name);
+    let body = |topic: &str| {
+        Arc::new(Message {
+            topic: ByteStr::from(topic),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+        })
+    };
+    // Three nodes' ids, one sequence apart or equal: the queue is in id
+    // order (sequence, then node tag).
+    let ids = [
+        MessageId::new(2, 10),
+        MessageId::new(1, 11),
+        MessageId::new(3, 11),
+        MessageId::new(1, 12),
+    ];
+    let mut ops = vec![
+        Op::PutSession(SessionRecord {
+            client_id: ByteStr::from("a"),
+            created_at_ms: 1,
+        }),
+        Op::PutSession(SessionRecord {
+            client_id: ByteStr::from("b"),
+            created_at_ms: 2,
+        }),
+    ];
+    for id in ids {
+        ops.push(Op::PutMessage {
+            id,
+            message: body("t"),
+            at_ms: 5,
+        });
+    }
+    ops.extend([
+        enqueue("a", ids[3], QoS::AtLeastOnce, false),
+        enqueue("a", ids[0], QoS::ExactlyOnce, true),
+        enqueue("a", ids[2], QoS::AtMostOnce, true),
+        enqueue("a", ids[1], QoS::ExactlyOnce, false),
+        enqueue("b", ids[1], QoS::AtLeastOnce, true),
+    ]);
+    apply(&storage, ops);
+    // One in flight: it stays in the held set, and in the window.
+    apply(
+        &storage,
+        vec![Op::SetInflight {
+            client_id: ByteStr::from("a"),
+            packet_id: PacketId::new(9).unwrap(),
+            id: ids[2],
+            phase: OutboundPhase::Published,
+        }],
+    );
+    let [a, b] = ["a", "b"].map(|client| load(&storage, client));
+    assert_eq!(
+        a.queue.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ids[0], ids[1], ids[3]]
+    );
+    assert_eq!(a.inflight.len(), 1);
+    let layout_2 = dump(&[server()], &prefix);
+    drop(storage);
+
+    let mut connection = server().connection();
+    for client in ["a", "b"] {
+        to_layout_1(&mut connection, &prefix, client);
+    }
+    let _: () = connection.del(format!("{prefix}:layout")).unwrap();
+    // A migration cut short after writing a's entries, before deleting its
+    // sorted set: run again, it gets the same.
+    let _: () = connection
+        .sadd(
+            format!("{prefix}:{{c:a}}:h"),
+            ids[3].0.to_be_bytes().as_slice(),
+        )
+        .unwrap();
+    let _: () = connection
+        .hset(format!("{prefix}:m:{:016x}", ids[3].0), "h:a", "1")
+        .unwrap();
+
+    let storage = self::storage(name);
+    assert_eq!(load(&storage, "a"), a);
+    assert_eq!(load(&storage, "b"), b);
+    assert_eq!(
+        dump(&[server()], &prefix),
+        layout_2,
+        "keys as layout 2 wrote them"
+    );
+    let layout: String = connection.get(format!("{prefix}:layout")).unwrap();
+    assert_eq!(layout, "2");
+    // Connecting again finds nothing to do.
+    drop(self::storage(name));
+    assert_eq!(dump(&[server()], &prefix), layout_2);
+
+    // The migrated store takes writes: the in-flight one completes, a
+    // queued one is dropped, then the sessions go with their bodies.
+    apply(
+        &storage,
+        vec![
+            Op::CompleteInflight {
+                client_id: ByteStr::from("a"),
+                packet_id: PacketId::new(9).unwrap(),
+            },
+            Op::Dequeue {
+                client_id: ByteStr::from("a"),
+                id: ids[0],
+            },
+        ],
+    );
+    let after = load(&storage, "a");
+    assert!(after.inflight.is_empty());
+    assert_eq!(after.queue, a.queue[1..]);
+    apply(
+        &storage,
+        ["a", "b"]
+            .map(|client| Op::DeleteSession {
+                client_id: ByteStr::from(client),
+            })
+            .to_vec(),
+    );
+    assert!(dump(&[server()], &prefix).is_empty());
+}
+
+#[test]
+fn a_newer_layout_is_refused() {
+    let name = "migrate-newer";
+    let prefix = prefix(name);
+    let mut connection = server().connection();
+    let _: () = connection.set(format!("{prefix}:layout"), "3").unwrap();
+    let result = smol::block_on(KvrocksStorage::connect(settings(
+        vec![server().node()],
+        &prefix,
+    )));
+    match result {
+        Err(StorageError::Invalid(reason)) => {
+            assert!(reason.contains("layout 3"), "{reason}");
+        }
+        other => panic!("connected to a store of a newer layout: {other:?}"),
+    }
+    let _: () = connection.del(format!("{prefix}:layout")).unwrap();
+}
