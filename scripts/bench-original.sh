@@ -168,7 +168,7 @@ for backend in $BACKENDS; do
     done
     drain=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a - 2 }')
     cpu=$(awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$BROKER_PID/stat" 2>/dev/null || echo '?')
-    held=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*}:q' | sed 's/^/ZCARD /' |
+    held=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*}:h' | sed 's/^/SCARD /' |
       redis-cli -p "$REDIS_PORT" | awk '{ s += $1 } END { print s + 0 }')
     echo "[$backend] journal drained $drain s after the bench; broker cpu then ${cpu} s; redis commands $last; held ids left $held" |
       tee -a "$OUT/results.txt" >&2
