@@ -334,8 +334,8 @@ fn a_queued_copy_of_a_received_qos2_message_is_not_delivered_again() {
         sub.expect_no_message(Duration::from_millis(500)).await;
         // The copy left the stored queue too.
         wait_for_redis(&mut conn, "an empty queue", |c| {
-            let held: usize = redis::cmd("ZCARD")
-                .arg("emq:{c:q2-sub}:q")
+            let held: usize = redis::cmd("SCARD")
+                .arg("emq:{c:q2-sub}:h")
                 .query(c)
                 .unwrap();
             (held == 0).then_some(())

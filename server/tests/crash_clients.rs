@@ -74,8 +74,8 @@ fn in_stored_window(redis: &mut redis::Connection, client_id: &str, packet_id: u
 
 /// The number of messages a session holds in storage (queued or in flight).
 fn stored_messages(redis: &mut redis::Connection, client_id: &str) -> u64 {
-    redis::cmd("ZCARD")
-        .arg(format!("emq:{{c:{client_id}}}:q"))
+    redis::cmd("SCARD")
+        .arg(format!("emq:{{c:{client_id}}}:h"))
         .query(redis)
         .unwrap()
 }

@@ -270,8 +270,8 @@ fn sigkill_mid_burst_loses_no_acknowledged_message() {
     let deadline = Instant::now() + WAIT;
     let mut redis_conn = redis.connection();
     loop {
-        let held: u64 = redis::cmd("ZCARD")
-            .arg("emq:{c:burst-sub}:q")
+        let held: u64 = redis::cmd("SCARD")
+            .arg("emq:{c:burst-sub}:h")
             .query(&mut redis_conn)
             .unwrap();
         if held >= 50 {
