@@ -164,13 +164,16 @@ pub enum Op {
         client_id: ByteStr,
         id: MessageId,
     },
-    /// Moves the message from the queue into the in-flight window, or
-    /// changes its phase there.
+    /// Moves the message from the queue into the in-flight window, sent
+    /// with `qos` and `retain`, or changes its phase there (its flags as
+    /// they were).
     SetInflight {
         client_id: ByteStr,
         packet_id: PacketId,
         id: MessageId,
         phase: OutboundPhase,
+        qos: QoS,
+        retain: bool,
     },
     /// Removes an in-flight message (its flow completed).
     CompleteInflight {

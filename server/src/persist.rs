@@ -179,6 +179,7 @@ pub fn journal_ops(
                 id,
                 phase,
                 qos,
+                retain,
             } => {
                 // Published or Released: see above.
                 gates |= qos == QoS::ExactlyOnce;
@@ -187,6 +188,8 @@ pub fn journal_ops(
                     packet_id,
                     id,
                     phase,
+                    qos,
+                    retain,
                 }
             }
             SessionChange::CompleteInflight(packet_id) => Op::CompleteInflight {
@@ -797,18 +800,21 @@ mod journal_tests {
                 id: MessageId(7),
                 phase: OutboundPhase::Published,
                 qos: QoS::ExactlyOnce,
+                retain: false,
             },
             SessionChange::SetInflight {
                 packet_id: packet(2),
                 id: MessageId(8),
                 phase: OutboundPhase::Released,
                 qos: QoS::ExactlyOnce,
+                retain: false,
             },
             SessionChange::SetInflight {
                 packet_id: packet(3),
                 id: MessageId(9),
                 phase: OutboundPhase::Released,
                 qos: QoS::ExactlyOnce,
+                retain: false,
             },
             SessionChange::CompleteInflight(packet(2)),
         ]

@@ -3,11 +3,11 @@
 //! 1. **Read and pin** (one round trip): every touched session's existence
 //!    (`EXISTS`) and in-flight window (only the entries named, `HMGET`, for
 //!    a session the batch only completes deliveries of and enqueues to),
-//!    the held ids the batch's sends and drops name (`SMISMEMBER`, and their
-//!    flags: `HGET` of the holder fields; the whole held set when the batch
-//!    deletes the session; an `Enqueue` reads nothing more than its
-//!    session's existence, nor does a send the batch also acknowledges, see
-//!    "Unread sends" below); whether each enqueued body is stored. Queue
+//!    whether the held set has the ids the batch's sends and drops name
+//!    (`SMISMEMBER`; the whole held set when the batch deletes the session;
+//!    an `Enqueue` reads nothing more than its session's existence, nor does
+//!    a send the batch also acknowledges, see "Unread sends" below; a send's
+//!    flags are its op's); whether each enqueued body is stored. Queue
 //!    positions do not depend on these reads: a queue is in id order (see
 //!    [`MessageId::queue_order`]), so concurrent batches enqueuing to one
 //!    session never compete for a position. In the same round trip,
@@ -49,8 +49,6 @@
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
-use std::collections::hash_map::Entry;
-
 use easy_mqtt_core::packet::QoS;
 use easy_mqtt_core::storage::{MessageId, Op, StorageError};
 use redis::Value;
@@ -61,13 +59,6 @@ use crate::keys::{self, BODY_FIELD, Keys};
 use crate::load;
 use crate::reply;
 use crate::simulate::{Batch, Client, PacketUse, PlannedSend, Step, push_unique, session_id};
-
-/// The flags of a held id the batch reads only as a member: never written
-/// (see where it is used).
-const UNREAD_FLAGS: Held = Held {
-    qos: QoS::AtMostOnce,
-    retain: false,
-};
 
 /// At most this many fields in one `HSET`/`HDEL` of holder fields.
 const FIELDS_PER_COMMAND: usize = 1024;
@@ -108,11 +99,7 @@ fn by_client<'o>(
     // Every slot is filled below (the runs' lengths are the counts above),
     // so the placeholder never survives; an `Option` per slot cost a
     // second list of a million ops to take it off.
-    let placeholder = Step::Enqueue {
-        id: MessageId(0),
-        qos: QoS::AtMostOnce,
-        retain: false,
-    };
+    let placeholder = Step::Enqueue { id: MessageId(0) };
     let mut order = vec![(usize::MAX, 0, placeholder); starts[clients]];
     for (at, (op, index)) in ops.iter().zip(op_clients).enumerate() {
         if let Some(index) = *index {
@@ -129,13 +116,15 @@ fn enqueued_flags(op: &Op) -> Held {
     match *op {
         Op::Enqueue { qos, retain, .. } => Held { qos, retain },
         // Pins name `Enqueue`s only.
-        _ => UNREAD_FLAGS,
+        _ => Held {
+            qos: QoS::AtMostOnce,
+            retain: false,
+        },
     }
 }
 
-/// The reads of `ids` in a client's held set: `SMISMEMBER`, then the
-/// client's holder field of each id (`HGET`).
-fn read_named(keys: &Keys, client: &Client, ids: &[MessageId], out: &mut Vec<Command>) {
+/// Whether a client's held set has each of `ids` (`SMISMEMBER`).
+fn read_named(client: &Client, ids: &[MessageId]) -> Command {
     let mut command = Command::with_capacity(
         "SMISMEMBER",
         &client.keys.held,
@@ -145,23 +134,17 @@ fn read_named(keys: &Keys, client: &Client, ids: &[MessageId], out: &mut Vec<Com
     for id in ids {
         command.push_arg(&codec::encode_message_id(*id));
     }
-    out.push(command);
-    for id in ids {
-        let mut command = Command::with_capacity("HGET", &keys.body(*id), 1, holder_len(client));
-        command.push_arg(keys::HolderField(&client.id));
-        out.push(command);
-    }
+    command
 }
 
-/// The held entries among `ids`, from the answers of [`read_named`].
-fn named_entries(
-    keys: &Keys,
+/// The held ones among `ids`, from the answer of [`read_named`].
+fn named_held(
     client: &Client,
     ids: &[MessageId],
-    mut take: impl FnMut() -> Value,
-) -> Result<Vec<(MessageId, Held)>, StorageError> {
+    value: Value,
+) -> Result<Vec<MessageId>, StorageError> {
     let key = &client.keys.held;
-    let members = reply::items(key, take())?;
+    let members = reply::items(key, value)?;
     if members.len() != ids.len() {
         return Err(StorageError::Corrupt {
             key: key.clone(),
@@ -170,20 +153,9 @@ fn named_entries(
     }
     let mut held = Vec::new();
     for (id, member) in ids.iter().zip(members) {
-        let holder = take();
-        if reply::int(key, &member)? != 1 {
-            continue;
+        if reply::int(key, &member)? == 1 {
+            held.push(*id);
         }
-        // Written before the id was added to the held set, removed only
-        // after it left.
-        let body = keys.body(*id);
-        let Some(flags) = reply::optional_bytes(&body, holder)? else {
-            return Err(StorageError::Corrupt {
-                key: body,
-                reason: format!("held by {:?} without its holder field", client.id),
-            });
-        };
-        held.push((*id, Held::decode(&body, &flags)?));
     }
     Ok(held)
 }
@@ -424,7 +396,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
         if !client.named_ids.is_empty() {
             client.named_at = Some(phase1.len());
-            read_named(keys, client, &client.named_ids, &mut phase1);
+            phase1.push(read_named(client, &client.named_ids));
         }
     }
     let body_checks: Vec<(MessageId, usize)> = enqueued_ids
@@ -525,20 +497,11 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             }
         }
         if let Some(at) = client.full_at {
-            // Their flags are read below for the ids an op names, and
-            // written for no other: the batch deletes the session.
-            for id in load::held(&client.keys, take(at))? {
-                client.held.insert(id, UNREAD_FLAGS);
-            }
+            client.held.extend(load::held(&client.keys, take(at))?);
         }
-        if let Some(mut at) = client.named_at {
-            let next = || {
-                at += 1;
-                take(at - 1)
-            };
-            for (id, entry) in named_entries(keys, client, &client.named_ids, next)? {
-                client.held.insert(id, entry);
-            }
+        if let Some(at) = client.named_at {
+            let held = named_held(client, &client.named_ids, take(at))?;
+            client.held.extend(held);
         }
     }
 
@@ -554,10 +517,7 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             }
             if !send.after_complete && client.window.get(&send.packet_id).is_some() {
                 ids.push(send.id);
-            } else if let Entry::Vacant(slot) = client.held.entry(send.id) {
-                // Its QoS and RETAIN are never written: the window entry
-                // the send makes is dropped by its completion.
-                slot.insert(UNREAD_FLAGS);
+            } else if client.held.insert(send.id) {
                 client.assumed.push(send.id);
             }
         }
@@ -566,18 +526,14 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
         }
     }
     if !late.is_empty() {
-        let mut commands = Vec::new();
-        for (index, ids) in &late {
-            read_named(keys, &batch.clients[*index], ids, &mut commands);
-        }
+        let commands = (late.iter())
+            .map(|(index, ids)| read_named(&batch.clients[*index], ids))
+            .collect();
         let mut values = redis.run_owned(commands, deadline).await?.into_iter();
         for (index, ids) in &late {
             let client = &mut batch.clients[*index];
-            let next = || values.next().unwrap_or(Value::Nil);
-            // Over what a full read put there, flags unread.
-            for (id, entry) in named_entries(keys, client, ids, next)? {
-                client.held.insert(id, entry);
-            }
+            let held = named_held(client, ids, values.next().unwrap_or(Value::Nil))?;
+            client.held.extend(held);
         }
     }
 
@@ -614,10 +570,10 @@ pub(crate) async fn apply(redis: &Redis, keys: &Keys, ops: Vec<&Op>) -> Result<(
             client.simulate_step(step, &stored, &mut lost)?;
         }
         if client.exists
-            && (client.assumed.iter())
-                .any(|id| client.held.contains_key(id) || client.in_window(*id))
+            && (client.assumed.iter()).any(|id| client.held.contains(id) || client.in_window(*id))
         {
-            // Its assumed QoS would be written: refuse the batch instead.
+            // What the send did on the assumption (an unread id taken as
+            // queued) would be written: refuse the batch instead.
             return Err(StorageError::Invalid(format!(
                 "internal: a send of {} not completed as planned",
                 client.id

@@ -73,7 +73,8 @@
 //! - `Dequeue`: `SREM h`, then the holder field goes.
 //! - `SetInflight`: one `HSET w` (the id stays in the held set; an id in
 //!   the window is not queued), so the move from queue to window is a
-//!   single command. Replacing another message under the same packet id
+//!   single command; the entry takes the op's flags (those it was sent
+//!   with), so a send reads no more than whether its id is queued. Replacing another message under the same packet id
 //!   removes that one from the held set first.
 //! - `CompleteInflight`: `SREM h` then `HDEL w`: in between, the entry is
 //!   still in flight (not queued), and a replay completes it. An entry

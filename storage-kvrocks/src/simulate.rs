@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
+use easy_mqtt_core::packet::{ByteStr, PacketId};
 use easy_mqtt_core::session::OutboundPhase;
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
 
@@ -27,8 +27,7 @@ pub(crate) struct Client {
     pub(crate) needs_window: bool,
     /// The batch puts or deletes the session (index maintenance).
     pub(crate) lifecycle: bool,
-    /// Held ids to read: whether the held set has them (`SMISMEMBER`) and
-    /// their flags (the holder fields, `HGET`).
+    /// Held ids to read: whether the held set has them (`SMISMEMBER`).
     pub(crate) named_ids: Vec<MessageId>,
     /// Every op of the batch for this client is a `CompleteInflight` or an
     /// `Enqueue` (a journal batch acknowledging, a routing batch): only the
@@ -51,12 +50,14 @@ pub(crate) struct Client {
     pub(crate) window_at: Option<usize>,
     pub(crate) completed_at: Option<usize>,
     pub(crate) full_at: Option<usize>,
-    /// The `SMISMEMBER` of `named_ids`, then their holder fields.
+    /// The `SMISMEMBER` of `named_ids`.
     pub(crate) named_at: Option<usize>,
 
     // Simulated state.
     pub(crate) exists: bool,
-    pub(crate) held: HashMap<MessageId, Held>,
+    /// Held ids (queued or in flight); their flags are in storage only
+    /// (an `Enqueue`'s go with its holder field, a send's are its op's).
+    pub(crate) held: HashSet<MessageId>,
     pub(crate) window: Window,
     pub(crate) next_order: u64,
 
@@ -125,7 +126,7 @@ impl Client {
             dropped: Vec::new(),
             fresh: HashMap::default(),
             exists: false,
-            held: HashMap::default(),
+            held: HashSet::default(),
             window: Window::default(),
             next_order: 1,
         }
@@ -137,16 +138,16 @@ impl Client {
 
     /// Queued: held and not in flight.
     pub(crate) fn queued(&self, id: MessageId) -> bool {
-        self.held.contains_key(&id) && !self.in_window(id)
+        self.held.contains(&id) && !self.in_window(id)
     }
 
     pub(crate) fn holds(&self, id: MessageId) -> bool {
-        self.exists && (self.held.contains_key(&id) || self.in_window(id))
+        self.exists && (self.held.contains(&id) || self.in_window(id))
     }
 
     /// Every id the client holds, queued or in flight.
     pub(crate) fn all_ids(&self) -> Vec<MessageId> {
-        let mut ids: Vec<MessageId> = self.held.keys().copied().collect();
+        let mut ids: Vec<MessageId> = self.held.iter().copied().collect();
         ids.extend(self.window.ids());
         ids.sort_unstable();
         ids.dedup();
@@ -194,9 +195,9 @@ impl Client {
         lost: &mut Vec<MessageId>,
     ) -> Result<(), StorageError> {
         match step {
-            Step::Enqueue { id, qos, retain } => {
+            Step::Enqueue { id } => {
                 if self.exists {
-                    self.enqueue_stored(id, qos, retain, stored);
+                    self.enqueue_stored(id, stored);
                 }
                 Ok(())
             }
@@ -204,22 +205,12 @@ impl Client {
         }
     }
 
-    fn enqueue_stored(
-        &mut self,
-        id: MessageId,
-        qos: QoS,
-        retain: bool,
-        stored: &dyn Fn(&MessageId) -> bool,
-    ) {
-        if !stored(&id) || self.in_window(id) {
-            return;
-        }
+    fn enqueue_stored(&mut self, id: MessageId, stored: &dyn Fn(&MessageId) -> bool) {
         // The flags go with the holder field (`apply` writes the last
         // `Enqueue`'s), also for an id already queued; the position comes
         // from the id alone, so concurrent writers to one queue need not
         // agree on anything.
-        let held = Held { qos, retain };
-        if self.held.insert(id, held).is_none() {
+        if stored(&id) && !self.in_window(id) && self.held.insert(id) {
             self.enqueue(id);
         }
     }
@@ -242,16 +233,16 @@ impl Client {
             Op::Unsubscribe { filter, .. } => {
                 self.write(Command::new("HDEL", &self.keys.subscriptions).arg(filter.as_str()));
             }
-            &Op::Enqueue {
-                id, qos, retain, ..
-            } => self.enqueue_stored(id, qos, retain, stored),
+            &Op::Enqueue { id, .. } => self.enqueue_stored(id, stored),
             &Op::Dequeue { id, .. } => self.dequeue(id, lost),
             &Op::SetInflight {
                 packet_id,
                 id,
                 phase,
+                qos,
+                retain,
                 ..
-            } => self.set_inflight(packet_id, id, phase, lost)?,
+            } => self.set_inflight(packet_id, id, phase, Held { qos, retain }, lost)?,
             &Op::CompleteInflight { packet_id, .. } => self.complete_inflight(packet_id, lost),
             &Op::AddInboundQos2 { packet_id, .. } => self.write(
                 Command::new("SADD", &self.keys.inbound).arg(&codec::encode_packet_id(packet_id)),
@@ -316,18 +307,16 @@ impl Client {
         packet_id: PacketId,
         id: MessageId,
         phase: OutboundPhase,
+        sent: Held,
         lost: &mut Vec<MessageId>,
     ) -> Result<(), StorageError> {
         let current = self.window.get(&packet_id).copied();
         if let Some(mut entry) = current.filter(|entry| entry.id == id) {
-            // A phase update keeps the send order.
+            // A phase update keeps the send order and the flags.
             entry.phase = phase;
             self.put_window(packet_id, entry);
             return Ok(());
         }
-        let Some(held) = self.held.get(&id).copied() else {
-            return Ok(());
-        };
         if !self.queued(id) {
             return Ok(());
         }
@@ -341,8 +330,8 @@ impl Client {
         }
         let entry = WindowEntry {
             id,
-            qos: held.qos,
-            retain: held.retain,
+            qos: sent.qos,
+            retain: sent.retain,
             phase,
             order: self.take_order()?,
         };
@@ -569,20 +558,14 @@ fn push_write(command: &mut Command, write: &Write) {
 /// reference.
 #[derive(Clone, Copy)]
 pub(crate) enum Step<'o> {
-    Enqueue {
-        id: MessageId,
-        qos: QoS,
-        retain: bool,
-    },
+    Enqueue { id: MessageId },
     Other(&'o Op),
 }
 
 impl<'o> Step<'o> {
     pub(crate) fn of(op: &'o Op) -> Step<'o> {
         match *op {
-            Op::Enqueue {
-                id, qos, retain, ..
-            } => Step::Enqueue { id, qos, retain },
+            Op::Enqueue { id, .. } => Step::Enqueue { id },
             _ => Step::Other(op),
         }
     }
@@ -663,6 +646,7 @@ pub(crate) fn push_unique<T: Copy + Eq + std::hash::Hash>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use easy_mqtt_core::packet::QoS;
 
     fn args(command: &Command) -> Vec<Vec<u8>> {
         (command.cmd.args_iter())

@@ -185,6 +185,8 @@ fn shared_body_is_stored_once_and_goes_with_its_last_holder() {
                 packet_id: pid(9),
                 id,
                 phase: OutboundPhase::Published,
+                qos: QoS::AtLeastOnce,
+                retain: false,
             },
             Op::CompleteInflight {
                 client_id: client(b),
@@ -245,6 +247,8 @@ fn replaying_a_batch_leaves_identical_state() {
                 packet_id: pid(1),
                 id: m(1),
                 phase: OutboundPhase::Published,
+                qos: QoS::AtLeastOnce,
+                retain: false,
             },
             Op::AddInboundQos2 {
                 client_id: client(b),
@@ -261,12 +265,16 @@ fn replaying_a_batch_leaves_identical_state() {
                 packet_id: pid(1),
                 id: m(1),
                 phase: OutboundPhase::Released,
+                qos: QoS::AtLeastOnce,
+                retain: false,
             },
             Op::SetInflight {
                 client_id: client(a),
                 packet_id: pid(2),
                 id: m(2),
                 phase: OutboundPhase::Published,
+                qos: QoS::AtLeastOnce,
+                retain: false,
             },
             Op::CompleteInflight {
                 client_id: client(a),
@@ -305,6 +313,8 @@ fn replaying_a_batch_leaves_identical_state() {
                 packet_id: pid(3),
                 id: m(4),
                 phase: OutboundPhase::Published,
+                qos: QoS::AtLeastOnce,
+                retain: false,
             },
             Op::CompleteInflight {
                 client_id: client(a),
@@ -393,6 +403,8 @@ fn sent_and_acknowledged_in_one_batch_skips_the_window() {
         packet_id: pid(packet),
         id,
         phase,
+        qos: QoS::AtLeastOnce,
+        retain: false,
     };
     let complete = |packet: u16| Op::CompleteInflight {
         client_id: client(c),
@@ -455,8 +467,9 @@ fn sent_and_acknowledged_in_one_batch_skips_the_window() {
 /// storage still has another message under that packet id, the send
 /// replaces it, and its window entry is written (then deleted by the
 /// completion): the id is read first, so that a batch cut in between
-/// leaves the entry with the message's own QoS and RETAIN, never a
-/// guess. Every cut point is tried; a replay then completes the batch.
+/// leaves the entry only if the message was queued, with the QoS and
+/// RETAIN it was sent with. Every cut point is tried; a replay then
+/// completes the batch.
 #[test]
 fn a_send_replacing_a_stored_entry_reads_its_message_first() {
     let name = "replace-cut";
@@ -472,11 +485,13 @@ fn a_send_replacing_a_stored_entry_reads_its_message_first() {
             message: message("t", format!("{n}").as_bytes()),
             at_ms: 0,
         };
-        let set = |id: MessageId| Op::SetInflight {
+        let set = |id: MessageId, qos, retain| Op::SetInflight {
             client_id: client(&c),
             packet_id: pid(1),
             id,
             phase: OutboundPhase::Published,
+            qos,
+            retain,
         };
         let queued = Op::Enqueue {
             client_id: client(&c),
@@ -492,11 +507,11 @@ fn a_send_replacing_a_stored_entry_reads_its_message_first() {
                 put(2),
                 enqueue(&c, m(1)),
                 queued,
-                set(m(1)),
+                set(m(1), QoS::AtLeastOnce, false),
             ],
         );
         let batch = vec![
-            set(m(2)),
+            set(m(2), QoS::ExactlyOnce, true),
             Op::CompleteInflight {
                 client_id: client(&c),
                 packet_id: pid(1),
@@ -565,6 +580,8 @@ fn enqueuing_a_held_id_again_moves_nothing() {
         packet_id: pid(packet),
         id,
         phase: OutboundPhase::Published,
+        qos: QoS::AtLeastOnce,
+        retain: false,
     };
     let complete = |packet: u16| Op::CompleteInflight {
         client_id: client(c),
@@ -595,8 +612,8 @@ fn enqueuing_a_held_id_again_moves_nothing() {
             enqueue_at(m(2), QoS::ExactlyOnce, true),
             enqueue_at(m(3), QoS::ExactlyOnce, false),
         ],
-        // Enqueued again, then sent in the same batch: sent with the flags
-        // it took.
+        // Enqueued again, then sent in the same batch: in flight with the
+        // flags of the send.
         vec![enqueue_at(m(1), QoS::ExactlyOnce, true), set(2, m(1))],
         // Completed, then enqueued again: queued anew, at the new QoS; an
         // id enqueued after its completion in flight keeps its body.
@@ -624,7 +641,7 @@ fn enqueuing_a_held_id_again_moves_nothing() {
             (entry.packet_id, delivery.id, delivery.qos, delivery.retain)
         })
         .collect();
-    assert_eq!(inflight, vec![(pid(2), m(1), QoS::ExactlyOnce, true)]);
+    assert_eq!(inflight, vec![(pid(2), m(1), QoS::AtLeastOnce, false)]);
     let queue: Vec<(MessageId, QoS, bool)> = session
         .queue
         .iter()

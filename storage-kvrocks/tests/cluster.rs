@@ -179,6 +179,8 @@ fn shared_body_across_nodes() {
                 packet_id: pid(1),
                 id,
                 phase: OutboundPhase::Published,
+                qos: QoS::AtLeastOnce,
+                retain: false,
             },
             Op::CompleteInflight {
                 client_id: ByteStr::from(last.as_str()),

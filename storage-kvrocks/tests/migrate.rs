@@ -126,6 +126,8 @@ fn a_layout_1_store_loads_the_same_once_migrated() {
             packet_id: PacketId::new(9).unwrap(),
             id: ids[2],
             phase: OutboundPhase::Published,
+            qos: QoS::AtLeastOnce,
+            retain: false,
         }],
     );
     let [a, b] = ["a", "b"].map(|client| load(&storage, client));

@@ -41,13 +41,12 @@
 //! - [`Op::Dequeue`] removes the id from the queue (not from the window);
 //!   no-op if it is not queued.
 //! - [`Op::SetInflight`]: if the packet id is in the window with the same
-//!   message id, its phase is updated in place (send order kept). Otherwise,
-//!   if the message id is queued, it moves from the queue to the end of the
-//!   window with the queued QoS and RETAIN flag, replacing (and releasing)
-//!   any other message the packet id named. Otherwise it is ignored: a
-//!   message enters the window through the queue (`Enqueue` then
-//!   `SetInflight`, in one batch if need be), since only the queue entry
-//!   carries its QoS and RETAIN flag.
+//!   message id, its phase is updated in place (send order and flags kept).
+//!   Otherwise, if the message id is queued, it moves from the queue to the
+//!   end of the window with the op's QoS and RETAIN flag (those it was sent
+//!   with), replacing (and releasing) any other message the packet id
+//!   named. Otherwise it is ignored: a message enters the window through
+//!   the queue (`Enqueue` then `SetInflight`, in one batch if need be).
 //! - [`Op::CompleteInflight`] removes the packet id from the window (no-op
 //!   if absent).
 //! - [`Op::AddInboundQos2`] / [`Op::RemoveInboundQos2`] insert into / remove
@@ -473,6 +472,8 @@ impl Inner {
                 packet_id,
                 id,
                 phase,
+                qos,
+                retain,
             } => {
                 let Some(session) = self.sessions.get_mut(client_id.as_str()) else {
                     return;
@@ -498,10 +499,15 @@ impl Inner {
                     release(&mut self.messages, replaced.entry.id, unreferenced);
                 }
                 if let Some(entry) = session.queue.remove(queued) {
-                    // The reference moves from the queue to the window.
+                    // The reference moves from the queue to the window,
+                    // with the flags it was sent with.
                     session.inflight.push_back(Inflight {
                         packet_id,
-                        entry,
+                        entry: Entry {
+                            qos,
+                            retain,
+                            ..entry
+                        },
                         phase,
                     });
                 }

@@ -88,6 +88,8 @@ fn set_inflight(client: &str, packet_id: u16, n: u64, phase: OutboundPhase) -> O
         packet_id: pid(packet_id),
         id: id(n),
         phase,
+        qos: QoS::AtLeastOnce,
+        retain: false,
     }
 }
 

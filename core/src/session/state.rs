@@ -80,12 +80,14 @@ pub enum SessionChange {
     Dequeue(MessageId),
     /// Moved from the queue into the window, or its phase changed.
     /// `qos` is the delivery's QoS: a QoS 2 PUBLISH must not leave before
-    /// this change is stored (its packet id must survive a crash).
+    /// this change is stored (its packet id must survive a crash). `qos`
+    /// and `retain` are the flags it is sent with.
     SetInflight {
         packet_id: PacketId,
         id: MessageId,
         phase: OutboundPhase,
         qos: QoS,
+        retain: bool,
     },
     /// PUBACK or PUBCOMP received.
     CompleteInflight(PacketId),
@@ -390,6 +392,7 @@ impl SessionState {
                 id,
                 phase: OutboundPhase::Published,
                 qos: delivery.qos,
+                retain: delivery.retain,
             })
         });
         let outbound = self.outbound.as_mut()?;
@@ -507,6 +510,7 @@ impl SessionState {
                         id,
                         phase: OutboundPhase::Released,
                         qos: QoS::ExactlyOnce,
+                        retain: m.delivery.retain,
                     });
                 m.phase = OutboundPhase::Released;
                 self.record(|| change);

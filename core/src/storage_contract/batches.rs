@@ -42,8 +42,20 @@ pub async fn idempotence(storage: &dyn Storage) {
             enqueue(a, m3, QoS::AtMostOnce, false),
             enqueue(b, m1, QoS::AtLeastOnce, false),
             enqueue(b, m2, QoS::AtLeastOnce, false),
-            set_inflight(a, 1, m1, OutboundPhase::Published),
-            set_inflight(b, 1, m1, OutboundPhase::Published),
+            set_inflight(
+                a,
+                1,
+                m1,
+                OutboundPhase::Published,
+                (QoS::AtLeastOnce, false),
+            ),
+            set_inflight(
+                b,
+                1,
+                m1,
+                OutboundPhase::Published,
+                (QoS::AtLeastOnce, false),
+            ),
             add_inbound(a, 40),
             add_inbound(b, 41),
             set_retained(r1, Some(&retained1)),
@@ -54,8 +66,14 @@ pub async fn idempotence(storage: &dyn Storage) {
         // QoS 2 flow completed, a subscription changed, a retained cleared.
         vec![
             dequeue(a, m3),
-            set_inflight(a, 2, m2, OutboundPhase::Published),
-            set_inflight(a, 2, m2, OutboundPhase::Released),
+            set_inflight(
+                a,
+                2,
+                m2,
+                OutboundPhase::Published,
+                (QoS::ExactlyOnce, false),
+            ),
+            set_inflight(a, 2, m2, OutboundPhase::Released, (QoS::ExactlyOnce, false)),
             complete_inflight(b, 1),
             put_message(m4, Arc::clone(&body4)),
             put_message(
@@ -76,7 +94,7 @@ pub async fn idempotence(storage: &dyn Storage) {
         vec![
             complete_inflight(a, 2),
             enqueue(a, m4, QoS::AtLeastOnce, true),
-            set_inflight(a, 3, m4, OutboundPhase::Published),
+            set_inflight(a, 3, m4, OutboundPhase::Published, (QoS::AtLeastOnce, true)),
             complete_inflight(a, 3),
             delete_session(b),
             put_session(b, 3),

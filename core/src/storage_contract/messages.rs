@@ -204,15 +204,27 @@ pub async fn inflight_window(storage: &dyn Storage) {
     apply(
         storage,
         CHECK,
-        vec![set_inflight(a, 10, m2, OutboundPhase::Published)],
+        vec![set_inflight(
+            a,
+            10,
+            m2,
+            OutboundPhase::Published,
+            (QoS::ExactlyOnce, false),
+        )],
     )
     .await;
     apply(
         storage,
         CHECK,
         vec![
-            set_inflight(a, 5, m1, OutboundPhase::Published),
-            set_inflight(a, 7, m3, OutboundPhase::Published),
+            set_inflight(
+                a,
+                5,
+                m1,
+                OutboundPhase::Published,
+                (QoS::AtLeastOnce, false),
+            ),
+            set_inflight(a, 7, m3, OutboundPhase::Published, (QoS::ExactlyOnce, true)),
         ],
     )
     .await;
@@ -263,7 +275,13 @@ pub async fn inflight_window(storage: &dyn Storage) {
     apply(
         storage,
         CHECK,
-        vec![set_inflight(a, 10, m2, OutboundPhase::Released)],
+        vec![set_inflight(
+            a,
+            10,
+            m2,
+            OutboundPhase::Released,
+            (QoS::ExactlyOnce, false),
+        )],
     )
     .await;
     let loaded = session(storage, CHECK, a).await;
@@ -325,7 +343,13 @@ pub async fn inflight_window(storage: &dyn Storage) {
     apply(
         storage,
         CHECK,
-        vec![set_inflight(a, 5, m4, OutboundPhase::Published)],
+        vec![set_inflight(
+            a,
+            5,
+            m4,
+            OutboundPhase::Published,
+            (QoS::AtLeastOnce, false),
+        )],
     )
     .await;
     let loaded = session(storage, CHECK, a).await;
@@ -461,7 +485,13 @@ pub async fn message_times(storage: &dyn Storage) {
         vec![
             put_message_at(m1, Arc::clone(&body1), t1 + 5_000),
             enqueue(b, m1, QoS::AtLeastOnce, false),
-            set_inflight(a, 1, m1, OutboundPhase::Published),
+            set_inflight(
+                a,
+                1,
+                m1,
+                OutboundPhase::Published,
+                (QoS::AtLeastOnce, false),
+            ),
         ],
     )
     .await;

@@ -246,8 +246,20 @@ pub async fn unknown_sessions_are_not_created(storage: &dyn Storage) {
             enqueue(client, m1, QoS::ExactlyOnce, false),
             dequeue(client, m1),
             enqueue(client, m1, QoS::ExactlyOnce, false),
-            set_inflight(client, 1, m1, OutboundPhase::Published),
-            set_inflight(client, 1, m1, OutboundPhase::Released),
+            set_inflight(
+                client,
+                1,
+                m1,
+                OutboundPhase::Published,
+                (QoS::ExactlyOnce, false),
+            ),
+            set_inflight(
+                client,
+                1,
+                m1,
+                OutboundPhase::Released,
+                (QoS::ExactlyOnce, false),
+            ),
             complete_inflight(client, 1),
             add_inbound(client, 2),
             remove_inbound(client, 3),
@@ -318,7 +330,13 @@ pub async fn queued_ids_listed(storage: &dyn Storage) {
         storage,
         CHECK,
         vec![
-            set_inflight(a, 1, ids[0], OutboundPhase::Published),
+            set_inflight(
+                a,
+                1,
+                ids[0],
+                OutboundPhase::Published,
+                (QoS::AtLeastOnce, false),
+            ),
             dequeue(a, ids[2]),
         ],
     )

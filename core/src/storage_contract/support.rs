@@ -270,17 +270,22 @@ pub(super) fn dequeue(client_id: &str, id: MessageId) -> Op {
     }
 }
 
+/// A send of `id` under `packet_id`, with the QoS and RETAIN it is sent
+/// with.
 pub(super) fn set_inflight(
     client_id: &str,
     packet_id: u16,
     id: MessageId,
     phase: OutboundPhase,
+    (qos, retain): (QoS, bool),
 ) -> Op {
     Op::SetInflight {
         client_id: ByteStr::from(client_id),
         packet_id: pid(packet_id),
         id,
         phase,
+        qos,
+        retain,
     }
 }
 

@@ -89,6 +89,8 @@ fn op(rng: &mut Rng, seed: u64) -> Op {
             packet_id,
             id,
             phase: *rng.pick(&[OutboundPhase::Published, OutboundPhase::Released]),
+            qos: qos(rng),
+            retain: rng.below(2) == 0,
         },
         76..=84 => Op::CompleteInflight {
             client_id,
