@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, connect, count_keys, dump, prefix, settings};
+use common::{Server, apply, connect, count_keys, dump, load, prefix, settings};
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, Storage, StorageError};
@@ -23,17 +23,6 @@ fn server() -> &'static Server {
 
 fn storage(test: &str) -> KvrocksStorage {
     connect(settings(vec![server().node()], &prefix(test)))
-}
-
-fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {
-    let result = smol::block_on(storage.apply(ops));
-    assert!(result.is_ok(), "apply: {result:?}");
-}
-
-fn load(storage: &KvrocksStorage, client: &str) -> easy_mqtt_core::storage::StoredSession {
-    smol::block_on(storage.load_session(client))
-        .expect("load_session")
-        .expect("session exists")
 }
 
 fn client(id: &str) -> ByteStr {

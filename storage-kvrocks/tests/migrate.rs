@@ -10,10 +10,10 @@ mod common;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use common::{Server, connect, dump, prefix, settings};
+use common::{Server, apply, connect, dump, load, prefix, settings};
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
-use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, Storage, StorageError};
+use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
 use easy_mqtt_storage_kvrocks::KvrocksStorage;
 use redis::Commands as _;
 
@@ -24,17 +24,6 @@ fn server() -> &'static Server {
 
 fn storage(test: &str) -> KvrocksStorage {
     connect(settings(vec![server().node()], &prefix(test)))
-}
-
-fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {
-    let result = smol::block_on(storage.apply(ops));
-    assert!(result.is_ok(), "apply: {result:?}");
-}
-
-fn load(storage: &KvrocksStorage, client: &str) -> easy_mqtt_core::storage::StoredSession {
-    smol::block_on(storage.load_session(client))
-        .expect("load_session")
-        .expect("session exists")
 }
 
 fn enqueue(client: &str, id: MessageId, qos: QoS, retain: bool) -> Op {

@@ -10,6 +10,8 @@
 
 pub mod differential;
 
+use easy_mqtt_core::storage::{Op, Storage as _, StoredSession};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -348,6 +350,19 @@ pub fn settings(nodes: Vec<String>, prefix: &str) -> KvrocksSettings {
         connections: 2,
         ..KvrocksSettings::new(nodes)
     }
+}
+
+/// Applies `ops`, which must succeed.
+pub fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {
+    let result = smol::block_on(storage.apply(ops));
+    assert!(result.is_ok(), "apply: {result:?}");
+}
+
+/// The stored session of `client`, which must exist.
+pub fn load(storage: &KvrocksStorage, client: &str) -> StoredSession {
+    smol::block_on(storage.load_session(client))
+        .expect("load_session")
+        .expect("session exists")
 }
 
 pub fn connect(settings: KvrocksSettings) -> KvrocksStorage {
