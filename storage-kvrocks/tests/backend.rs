@@ -6,24 +6,18 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, apply, connect, count_keys, dump, load, prefix, settings};
+use common::{
+    Server, apply, connect, count_keys, dump, load, prefix, settings, standalone as server,
+    standalone_storage as storage,
+};
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, Storage, StorageError};
 use easy_mqtt_storage_kvrocks::{KvrocksSettings, KvrocksStorage};
-
-fn server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(Server::standalone)
-}
-
-fn storage(test: &str) -> KvrocksStorage {
-    connect(settings(vec![server().node()], &prefix(test)))
-}
 
 fn client(id: &str) -> ByteStr {
     ByteStr::from(id)

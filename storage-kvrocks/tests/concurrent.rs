@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use common::{Cluster, Server, connect, dump, prefix, settings};
+use common::{Cluster, Server, connect, dump, prefix, settings, standalone};
 use easy_mqtt_core::packet::{ByteStr, QoS};
 use easy_mqtt_core::session::Message;
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, Storage};
@@ -22,11 +22,6 @@ const TASKS: u64 = 8;
 const BATCHES: u64 = 12;
 const PER_BATCH: u64 = 5;
 const CLIENT: &str = "shared-subscriber";
-
-fn standalone() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(Server::standalone)
-}
 
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();

@@ -7,24 +7,17 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{Server, apply, connect, dump, load, prefix, settings};
+use common::{
+    apply, dump, load, prefix, settings, standalone as server, standalone_storage as storage,
+};
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
 use easy_mqtt_storage_kvrocks::KvrocksStorage;
 use redis::Commands as _;
-
-fn server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(Server::standalone)
-}
-
-fn storage(test: &str) -> KvrocksStorage {
-    connect(settings(vec![server().node()], &prefix(test)))
-}
 
 fn enqueue(client: &str, id: MessageId, qos: QoS, retain: bool) -> Op {
     Op::Enqueue {

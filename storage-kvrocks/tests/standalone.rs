@@ -7,16 +7,9 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
-use common::{Server, connect, count_keys, prefix, settings};
+use common::{connect, count_keys, prefix, settings, standalone as server};
 use easy_mqtt_core::storage_contract as contract;
 use easy_mqtt_storage_kvrocks::KvrocksStorage;
-
-fn server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(Server::standalone)
-}
 
 fn storage(test: &str) -> KvrocksStorage {
     let storage = connect(settings(vec![server().node()], &prefix(test)));

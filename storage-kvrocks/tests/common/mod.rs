@@ -352,6 +352,17 @@ pub fn settings(nodes: Vec<String>, prefix: &str) -> KvrocksSettings {
     }
 }
 
+/// This test binary's standalone server, started on first use.
+pub fn standalone() -> &'static Server {
+    static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
+    SERVER.get_or_init(Server::standalone)
+}
+
+/// A backend on [`standalone`], under the test's own key prefix.
+pub fn standalone_storage(test: &str) -> KvrocksStorage {
+    connect(settings(vec![standalone().node()], &prefix(test)))
+}
+
 /// Applies `ops`, which must succeed.
 pub fn apply(storage: &KvrocksStorage, ops: Vec<Op>) {
     let result = smol::block_on(storage.apply(ops));
