@@ -1,7 +1,8 @@
-//! The stored layout's migration, on a real server: a store written the way
-//! layout 1 wrote it (held ids in a sorted set scored by order and flags,
-//! holder fields `1`) loads the same after `connect` migrated it, also
-//! when an earlier migration was cut short, and a newer layout is refused.
+//! The stored layout's migration, on real servers (standalone and a
+//! three-node cluster): a store written the way layout 1 wrote it (held ids
+//! in a sorted set scored by order and flags, holder fields `1`) loads the
+//! same after `connect` migrated it, also when an earlier migration was cut
+//! short, and a newer layout is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,9 +11,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{
-    apply, dump, load, prefix, settings, standalone as server, standalone_storage as storage,
-};
+use common::{Cluster, Server, apply, connect, dump, load, prefix, settings, standalone};
 use easy_mqtt_core::packet::{ByteStr, PacketId, QoS};
 use easy_mqtt_core::session::{Message, OutboundPhase};
 use easy_mqtt_core::storage::{MessageId, Op, SessionRecord, StorageError};
@@ -28,37 +27,79 @@ fn enqueue(client: &str, id: MessageId, qos: QoS, retain: bool) -> Op {
     }
 }
 
+/// The servers of a store, standalone or a cluster: a command runs on the
+/// one that owns its key (the others answer `MOVED`).
+struct Servers(Vec<&'static Server>);
+
+impl Servers {
+    fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let mut refusals = Vec::new();
+        for server in &self.0 {
+            match command.query(&mut server.connection()) {
+                Ok(value) => return value,
+                Err(error) => refusals.push(error.to_string()),
+            }
+        }
+        panic!(
+            "no server ran {:?}: {refusals:?}",
+            command.args_iter().count()
+        );
+    }
+
+    fn dump(&self, prefix: &str) -> std::collections::BTreeMap<Vec<u8>, String> {
+        dump(&self.0, prefix)
+    }
+}
+
 /// Rewrites a client's held set as layout 1 kept it: a sorted set `:q`
 /// scored by order (the id's sequence) × 8 + QoS × 2 + RETAIN, holder
 /// fields `1`, no `:h`.
-fn to_layout_1(connection: &mut redis::Connection, prefix: &str, client: &str) {
+fn to_layout_1(servers: &Servers, prefix: &str, client: &str) {
     let held = format!("{prefix}:{{c:{client}}}:h");
-    let members: Vec<Vec<u8>> = connection.smembers(&held).unwrap();
+    let members: Vec<Vec<u8>> = servers.run(redis::cmd("SMEMBERS").arg(&held));
     assert!(!members.is_empty(), "{client} holds something");
     for member in members {
         let id = u64::from_be_bytes(member.as_slice().try_into().unwrap());
         let body = format!("{prefix}:m:{id:016x}");
         let field = format!("h:{client}");
-        let flags: Vec<u8> = connection.hget(&body, &field).unwrap();
+        let flags: Vec<u8> = servers.run(redis::cmd("HGET").arg(&body).arg(&field));
         let qos = u64::from(flags[0] - b'0');
         let retain = u64::from(flags.len() == 2);
         let score = (MessageId(id).sequence() << 3) | (qos << 1) | retain;
-        let _: () = redis::cmd("ZADD")
-            .arg(format!("{prefix}:{{c:{client}}}:q"))
-            .arg(score)
-            .arg(&member)
-            .query(connection)
-            .unwrap();
-        let _: () = connection.hset(&body, &field, "1").unwrap();
+        let legacy = format!("{prefix}:{{c:{client}}}:q");
+        let () = servers.run(redis::cmd("ZADD").arg(&legacy).arg(score).arg(&member));
+        let () = servers.run(redis::cmd("HSET").arg(&body).arg(&field).arg("1"));
     }
-    let _: () = connection.del(&held).unwrap();
+    let () = servers.run(redis::cmd("DEL").arg(&held));
 }
 
 #[test]
 fn a_layout_1_store_loads_the_same_once_migrated() {
-    let name = "migrate";
+    check_migration(
+        Servers(vec![standalone()]),
+        vec![standalone().node()],
+        "migrate",
+    );
+}
+
+/// The same on a cluster: the sessions' keys, the bodies and the index
+/// shards spread over three nodes.
+#[test]
+fn a_layout_1_store_on_a_cluster_loads_the_same_once_migrated() {
+    static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    let cluster = CLUSTER.get_or_init(Cluster::start);
+    let servers = Servers(cluster.servers.iter().collect());
+    check_migration(servers, cluster.nodes(), "migrate-cluster");
+}
+
+fn check_migration(servers: Servers, nodes: Vec<String>, name: &str) {
     let prefix = prefix(name);
-    let storage = storage(name);
+    let connect_store = || {
+        let storage = connect(settings(nodes.clone(), &prefix));
+        assert_eq!(storage.is_cluster(), servers.0.len() > 1);
+        storage
+    };
+    let storage = connect_store();
     let body = |topic: &str| {
         Arc::new(Message {
             topic: ByteStr::from(topic),
@@ -118,39 +159,40 @@ fn a_layout_1_store_loads_the_same_once_migrated() {
         [ids[0], ids[1], ids[3]]
     );
     assert_eq!(a.inflight.len(), 1);
-    let layout_2 = dump(&[server()], &prefix);
+    let layout_2 = servers.dump(&prefix);
     drop(storage);
 
-    let mut connection = server().connection();
     for client in ["a", "b"] {
-        to_layout_1(&mut connection, &prefix, client);
+        to_layout_1(&servers, &prefix, client);
     }
-    let _: () = connection.del(format!("{prefix}:layout")).unwrap();
-    // A migration cut short after writing a's entries, before deleting its
-    // sorted set: run again, it gets the same.
-    let _: () = connection
-        .sadd(
-            format!("{prefix}:{{c:a}}:h"),
-            ids[3].0.to_be_bytes().as_slice(),
-        )
-        .unwrap();
-    let _: () = connection
-        .hset(format!("{prefix}:m:{:016x}", ids[3].0), "h:a", "1")
-        .unwrap();
+    let () = servers.run(redis::cmd("DEL").arg(format!("{prefix}:layout")));
+    // A migration cut short after writing one of a's entries, before
+    // deleting its sorted set: run again, it gets the same.
+    let () = servers.run(
+        redis::cmd("SADD")
+            .arg(format!("{prefix}:{{c:a}}:h"))
+            .arg(ids[3].0.to_be_bytes().as_slice()),
+    );
+    let () = servers.run(
+        redis::cmd("HSET")
+            .arg(format!("{prefix}:m:{:016x}", ids[3].0))
+            .arg("h:a")
+            .arg("1"),
+    );
 
-    let storage = self::storage(name);
+    let storage = connect_store();
     assert_eq!(load(&storage, "a"), a);
     assert_eq!(load(&storage, "b"), b);
     assert_eq!(
-        dump(&[server()], &prefix),
+        servers.dump(&prefix),
         layout_2,
         "keys as layout 2 wrote them"
     );
-    let layout: String = connection.get(format!("{prefix}:layout")).unwrap();
+    let layout: String = servers.run(redis::cmd("GET").arg(format!("{prefix}:layout")));
     assert_eq!(layout, "2");
     // Connecting again finds nothing to do.
-    drop(self::storage(name));
-    assert_eq!(dump(&[server()], &prefix), layout_2);
+    drop(connect_store());
+    assert_eq!(servers.dump(&prefix), layout_2);
 
     // The migrated store takes writes: the in-flight one completes, a
     // queued one is dropped, then the sessions go with their bodies.
@@ -178,17 +220,17 @@ fn a_layout_1_store_loads_the_same_once_migrated() {
             })
             .to_vec(),
     );
-    assert!(dump(&[server()], &prefix).is_empty());
+    assert!(servers.dump(&prefix).is_empty());
 }
 
 #[test]
 fn a_newer_layout_is_refused() {
     let name = "migrate-newer";
     let prefix = prefix(name);
-    let mut connection = server().connection();
+    let mut connection = standalone().connection();
     let _: () = connection.set(format!("{prefix}:layout"), "3").unwrap();
     let result = smol::block_on(KvrocksStorage::connect(settings(
-        vec![server().node()],
+        vec![standalone().node()],
         &prefix,
     )));
     match result {
