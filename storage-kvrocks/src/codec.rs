@@ -258,17 +258,13 @@ impl Held {
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Held, StorageError> {
+        let bad = || corrupt(key, "holder field is not a QoS digit and flag");
         let (digit, retain) = match bytes {
             [digit] => (*digit, false),
             [digit, b'r'] => (*digit, true),
-            _ => (b'?', false),
+            _ => return Err(bad()),
         };
-        let qos = match digit {
-            b'0' => QoS::AtMostOnce,
-            b'1' => QoS::AtLeastOnce,
-            b'2' => QoS::ExactlyOnce,
-            _ => return Err(corrupt(key, "holder field is not a QoS digit and flag")),
-        };
+        let qos = (digit.checked_sub(b'0').and_then(QoS::from_u8)).ok_or_else(bad)?;
         Ok(Held { qos, retain })
     }
 

@@ -93,21 +93,23 @@ pub(crate) fn held(keys: &SessionKeys, value: Value) -> Result<Vec<MessageId>, S
     Ok(held)
 }
 
-/// The ids of a session's queue in queue order: the held set (`held`, an
-/// `SMEMBERS` answer) minus the ids in the window (`window`, an `HGETALL`
-/// answer).
+/// The queue: the held ids minus those in the window (an id in flight
+/// stays in the held set until its flow completes).
+fn queue_of(mut held: Vec<MessageId>, window: &[(PacketId, WindowEntry)]) -> Vec<MessageId> {
+    let in_window: HashSet<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
+    held.retain(|id| !in_window.contains(id));
+    held
+}
+
+/// The ids of a session's queue in queue order, from its held set (an
+/// `SMEMBERS` answer) and its window (an `HGETALL` answer).
 fn queued(
     keys: &SessionKeys,
     held_value: Value,
     window_value: Value,
 ) -> Result<Vec<MessageId>, StorageError> {
-    let in_window: HashSet<MessageId> = window(keys, window_value)?
-        .into_iter()
-        .map(|(_, entry)| entry.id)
-        .collect();
-    let mut held = held(keys, held_value)?;
-    held.retain(|id| !in_window.contains(id));
-    Ok(held)
+    let window = window(keys, window_value)?;
+    Ok(queue_of(held(keys, held_value)?, &window))
 }
 
 pub(crate) async fn load_session(
@@ -139,13 +141,7 @@ pub(crate) async fn load_session(
         .collect::<Result<Vec<_>, _>>()?;
     inbound_qos2.sort_unstable();
 
-    // An id in the window is in flight, not queued (it stays in the held
-    // set until its flow completes).
-    let in_window: HashSet<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
-    let queue: Vec<MessageId> = held
-        .into_iter()
-        .filter(|id| !in_window.contains(id))
-        .collect();
+    let queue = queue_of(held, &window);
 
     let mut ids: Vec<MessageId> = window.iter().map(|(_, entry)| entry.id).collect();
     ids.extend(&queue);
@@ -243,10 +239,9 @@ async fn load_bodies(
         };
         if let Some(bytes) = reply::optional_bytes(key, body)? {
             let (message, at_ms) = codec::decode_body(key, &bytes)?;
-            let held = match reply::optional_bytes(key, holder)? {
-                Some(flags) => Some(Held::decode(key, &flags)?),
-                None => None,
-            };
+            let held = (reply::optional_bytes(key, holder)?)
+                .map(|flags| Held::decode(key, &flags))
+                .transpose()?;
             bodies.insert(
                 *id,
                 Loaded {
