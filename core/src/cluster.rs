@@ -82,6 +82,12 @@ pub enum BusEntry {
     Released { client_id: ByteStr, epoch: u64 },
     /// `node`'s routes changed: refresh the route cache now.
     RoutesChanged { node: ByteStr },
+    /// Retained messages changed in storage that may not have reached the
+    /// receiving node through its inbox (a batch built before the sender
+    /// knew the receiver and stored late, or a retained message deleted
+    /// through the HTTP API): read the retained state again from storage.
+    /// Sent only once that change is stored, so the read finds it.
+    ReadRetained,
 }
 
 /// Every node's route filters, as [`Cluster::routes`] lists them.

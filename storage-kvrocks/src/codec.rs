@@ -354,6 +354,7 @@ const DIRECT: u8 = 1;
 const KICK: u8 = 2;
 const RELEASED: u8 = 3;
 const ROUTES_CHANGED: u8 = 4;
+const READ_RETAINED: u8 = 5;
 
 /// An inbox entry: `01 | kind | …`, by kind:
 /// - Publish: `message id (u64 BE) | message`;
@@ -361,6 +362,7 @@ const ROUTES_CHANGED: u8 = 4;
 /// - Kick: `epoch (u64 BE) | client id (u32 BE length) | from`;
 /// - Released: `epoch (u64 BE) | client id`;
 /// - RoutesChanged: `node`;
+/// - ReadRetained: nothing;
 ///
 /// where a message is encoded as a stored body (payload byte for byte).
 pub(crate) fn encode_bus_entry(entry: &BusEntry) -> Vec<u8> {
@@ -402,6 +404,7 @@ pub(crate) fn encode_bus_entry(entry: &BusEntry) -> Vec<u8> {
             out.push(ROUTES_CHANGED);
             out.extend_from_slice(node.as_bytes());
         }
+        BusEntry::ReadRetained => out.push(READ_RETAINED),
     }
     out
 }
@@ -451,6 +454,8 @@ pub(crate) fn decode_bus_entry(key: &str, bytes: &[u8]) -> Result<BusEntry, Stor
         ROUTES_CHANGED => Ok(BusEntry::RoutesChanged {
             node: utf8(key, rest, "node")?,
         }),
+        READ_RETAINED if rest.is_empty() => Ok(BusEntry::ReadRetained),
+        READ_RETAINED => Err(corrupt(key, "read-retained entry with a body")),
         other => Err(corrupt(key, format!("inbox entry kind {other}"))),
     }
 }
@@ -608,12 +613,14 @@ mod tests {
             BusEntry::RoutesChanged {
                 node: ByteStr::from("ü"),
             },
+            BusEntry::ReadRetained,
         ];
         for entry in entries {
             let encoded = encode_bus_entry(&entry);
             assert_eq!(decode_bus_entry("k", &encoded), Ok(entry));
             assert!(decode_bus_entry("k", &encoded[..1]).is_err());
         }
+        assert!(decode_bus_entry("k", &[1, READ_RETAINED, 0]).is_err());
         assert!(decode_bus_entry("k", &[1, 9]).is_err());
         for will in [None, Some(message)] {
             let presence = Presence {

@@ -538,6 +538,7 @@ pub(super) fn entries() -> Vec<BusEntry> {
         BusEntry::RoutesChanged {
             node: b("contract-inbox-ü"),
         },
+        BusEntry::ReadRetained,
     ]
 }
 
