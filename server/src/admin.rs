@@ -399,6 +399,7 @@ impl<R: Runtime> Node<R> {
                         targets: vec![(SessionKey(entry), qos, true)],
                         ticket: None,
                         updates_retained: false,
+                        retained_peers: None,
                     };
                     self.route_outcome_unknown(prepared, self.runtime.now());
                 }

@@ -57,6 +57,9 @@ pub struct PreparedRoute {
     /// comes from a dead node's inbox: that copy may be older than what
     /// this node's own inbox brought since).
     pub(crate) updates_retained: bool,
+    /// For a retained message stored here in a cluster: the nodes it was
+    /// forwarded to, followed up once stored (see `cluster/retained.rs`).
+    pub(crate) retained_peers: Option<crate::cluster::RetainedPeers>,
 }
 
 /// The queue of a persistent session that storage holds and this node has
@@ -591,9 +594,11 @@ impl<R: Runtime> Node<R> {
                 &mut targets,
             );
         }
-        if local {
-            self.forward_to_nodes(id, &message, &mut ops);
-        }
+        let retained_peers = if local {
+            self.forward_to_nodes(id, &message, &mut ops)
+        } else {
+            None
+        };
         if message.retain && local {
             ops.push(Op::SetRetained {
                 topic: message.topic.clone(),
@@ -613,6 +618,7 @@ impl<R: Runtime> Node<R> {
                 targets,
                 ticket,
                 updates_retained: only.is_none(),
+                retained_peers,
             },
             ops,
         )
@@ -718,8 +724,17 @@ impl<R: Runtime> Node<R> {
     /// its QoS 2 one ends the connection, and the clean session with it.
     pub(crate) fn route_outcome_unknown(&self, prepared: PreparedRoute, now: Instant) {
         let PreparedRoute {
-            message, targets, ..
+            message,
+            targets,
+            retained_peers,
+            ..
         } = prepared;
+        if let (Some(cluster), Some(peers)) = (self.cluster.as_ref(), &retained_peers) {
+            // Storage may hold the retained change or not: this node reads
+            // it back, and the nodes it may have missed are told to.
+            cluster.read_retained.store(true, Ordering::Release);
+            cluster.retained_stored(peers, now);
+        }
         for (key, granted, stored) in targets {
             let qos = message.qos.min(granted);
             if qos == QoS::AtMostOnce {
@@ -760,10 +775,12 @@ impl<R: Runtime> Node<R> {
             targets,
             ticket: _ticket,
             updates_retained,
+            retained_peers,
         } = prepared;
         if updates_retained {
             self.update_retained(&message);
         }
+        self.retained_stored(retained_peers.as_ref());
         let mut delivered = 0;
         for (key, granted, stored) in targets {
             let mut delivery = Delivery::routed(message.clone(), granted);

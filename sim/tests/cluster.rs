@@ -208,6 +208,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         233024,
         "retained state diverged: a fenced node read the retained messages again before its new incarnation was known to the others",
     ),
+    (
+        250490,
+        "retained state diverged: a retained batch built before a restarted node's new incarnation was known was stored after that node's catch-up read",
+    ),
+    (
+        292188,
+        "retained state diverged: a node cut off from storage sent a retained message to a dead incarnation's inbox only, stored after the new incarnation's catch-up read",
+    ),
 ];
 
 #[test]

@@ -151,6 +151,7 @@ impl<R: Runtime> Node<R> {
             ticket,
             // Point-to-point messages are never retained.
             updates_retained: false,
+            retained_peers: None,
         };
         (prepared, ops)
     }

@@ -196,20 +196,18 @@ impl<R: Runtime> Node<R> {
         }));
     }
 
-    /// Adds the ops that hand `message` to every other node that needs it.
+    /// Adds the ops that hand `message` to every other node that needs it:
+    /// those with a matching route, or for a retained message every node
+    /// that keeps retained messages (all of them); for a retained message,
+    /// returns the membership read that named those (see `retained.rs`).
     pub(crate) fn forward_to_nodes(
         &self,
         id: MessageId,
         message: &Arc<Message>,
         ops: &mut Vec<Op>,
-    ) {
-        if self.cluster.is_none() {
-            return;
-        }
-        let mut nodes = Vec::new();
-        self.remote_nodes(&message.topic, message.retain, &mut nodes);
-        tracing::trace!(topic = %message.topic, ?nodes, "forwarding to nodes");
-        for node in nodes {
+    ) -> Option<super::RetainedPeers> {
+        let cluster = self.cluster.as_ref()?;
+        let mut forward = |node: ByteStr| {
             ops.push(Op::from(ClusterOp::Forward {
                 node,
                 entry: BusEntry::Publish {
@@ -217,7 +215,18 @@ impl<R: Runtime> Node<R> {
                     message: message.clone(),
                 },
             }));
+        };
+        if message.retain {
+            let peers = cluster.retained_peers();
+            tracing::trace!(topic = %message.topic, nodes = ?peers.nodes, "forwarding retained");
+            peers.nodes.iter().cloned().for_each(&mut forward);
+            return Some(peers);
         }
+        let mut nodes = Vec::new();
+        self.remote_nodes(&message.topic, &mut nodes);
+        tracing::trace!(topic = %message.topic, ?nodes, "forwarding to nodes");
+        nodes.into_iter().for_each(forward);
+        None
     }
 
     /// The cluster half of an in-memory route (QoS 0, or a node without
@@ -237,7 +246,8 @@ impl<R: Runtime> Node<R> {
             let qos = message.qos.min(*granted);
             !self.forward_if_given_up(&key.0.client_id, id, message, qos, &mut ops)
         });
-        self.forward_to_nodes(id, message, &mut ops);
+        // Not durable: no retained state stored to follow up.
+        let _ = self.forward_to_nodes(id, message, &mut ops);
         let essential = message.qos != QoS::AtMostOnce;
         for op in ops {
             cluster.send_later(op, essential);
@@ -367,6 +377,11 @@ impl<R: Runtime> Node<R> {
                 }
                 BusEntry::Released { client_id, epoch } => self.released(&client_id, epoch),
                 BusEntry::RoutesChanged { .. } => self.routes_stale(),
+                BusEntry::ReadRetained => {
+                    if let Some(cluster) = self.cluster.as_ref() {
+                        cluster.read_retained.store(true, Ordering::Release);
+                    }
+                }
             }
             ops.push(Op::from(ClusterOp::InboxAck {
                 node: inbox.clone(),

@@ -1,8 +1,8 @@
 //! Membership and lease: the heartbeat that keeps this node's lease, the
 //! dead nodes it finds (and adopts, see `adopt.rs`), fencing, route
-//! refreshes and the retained catch-up on the same beat; the writes of the
-//! cluster's own tasks (retried while the node may write); leaving at
-//! shutdown.
+//! refreshes and the retained catch-up (see `retained.rs`) on the same
+//! beat; the writes of the cluster's own tasks (retried while the node may
+//! write); leaving at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ use easy_mqtt_core::cluster::{ClusterOp, Liveness};
 use easy_mqtt_core::storage::{Op, StorageError};
 
 use super::bus;
+use super::retained::CatchUp;
 use crate::node::Node;
 use crate::runtime::{Runtime, sleep_until};
 use crate::sessions::lock;
@@ -103,29 +104,36 @@ async fn run_membership<R: Runtime>(node: Arc<Node<R>>) {
     };
     let config = cluster.config;
     let mut last_refresh: Option<Instant> = None;
-    // Retained messages set while the other nodes did not know this one
-    // yet were not sent to it: read them again once they all do.
-    let mut catch_up = Some(node.runtime.now() + config.heartbeat_interval * 3);
+    // Retained messages (see `retained.rs`): set while the other nodes did
+    // not know this one yet, they were not sent to it, so it reads them
+    // again once they all do.
+    let mut catch_up = CatchUp::default();
+    catch_up.at_or_after(node.runtime.now() + config.heartbeat_interval * 3);
     while !node.is_shutting_down() {
         let started = node.runtime.now();
         if cluster.retained_stale.swap(false, Ordering::AcqRel) {
-            catch_up = Some(started + config.heartbeat_interval * 3);
+            catch_up.at_or_after(started + config.heartbeat_interval * 3);
         }
-        if catch_up.is_some_and(|at| started >= at) && node.catch_up_retained().await {
-            catch_up = None;
+        if cluster.take_read_retained() {
+            catch_up.at_or_after(started);
+        }
+        if catch_up.due(started) && node.catch_up_retained().await {
+            catch_up.done();
         }
         let leased_before = cluster.lease_valid(started);
         heartbeat(&node, started).await;
-        let leased = cluster.lease_valid(node.runtime.now());
+        let now = node.runtime.now();
+        let leased = cluster.lease_valid(now);
         if leased && !leased_before {
-            // Registered (again) only now: the others send this node the
-            // retained messages set from their next member read on, so
-            // what was set before must be read again after that, whatever
-            // catch-up ran while this node had no lease (sim seed 233024:
-            // a fenced node read them before its new incarnation had ever
-            // heartbeat, and a retained message set just after its read
-            // reached the nodes the publisher knew, not it).
-            catch_up = Some(started + config.heartbeat_interval * 3);
+            // Registered (again) only now, by the end of that heartbeat:
+            // the others send this node the retained messages set from
+            // their next member read on, so what was set before must be
+            // read again after that, whatever catch-up ran while this node
+            // had no lease (sim seed 233024: a fenced node read them before
+            // its new incarnation had ever heartbeat, and a retained
+            // message set just after its read reached the nodes the
+            // publisher knew, not it).
+            catch_up.at_or_after(now + config.heartbeat_interval * 3);
         }
         if leased {
             node.adopt_dead_nodes().await;
@@ -178,6 +186,9 @@ pub(super) async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant)
         .await
     {
         Ok(Liveness::Alive) => {
+            // Taken before the membership read: the late batches were
+            // stored before it, so it names every node they missed.
+            let late_retained = cluster.take_late_retained();
             // A margin for the time the request took to reach storage is
             // already in `started`; a fifth of the TTL covers clock rates.
             let lease = started + cluster.config.node_ttl - cluster.config.node_ttl / 5;
@@ -190,6 +201,7 @@ pub(super) async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant)
                     "cluster lease regained; catching up with the inbox"
                 );
             }
+            let read_at = node.runtime.now();
             match store.members().await {
                 Ok(members) => {
                     let own = cluster.name();
@@ -217,10 +229,36 @@ pub(super) async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant)
                             }
                         }
                     }
-                    *crate::node::write(&cluster.live) = live;
-                    *crate::node::write(&cluster.retained_peers) = retained_peers;
+                    let ended = {
+                        let mut known = crate::node::write(&cluster.live);
+                        let ended = known
+                            .iter()
+                            .filter(|node| **node != own && !live.contains(node))
+                            .cloned()
+                            .collect::<Vec<_>>();
+                        *known = live;
+                        ended
+                    };
+                    if !ended.is_empty() {
+                        // A retained batch an ended incarnation stored
+                        // late may have missed this node, and it can no
+                        // longer tell (see `retained.rs`).
+                        tracing::debug!(
+                            ?ended,
+                            "incarnations ended; reading the retained state again"
+                        );
+                        cluster.retained_stale.store(true, Ordering::Release);
+                    }
+                    let notices =
+                        cluster.set_retained_peers(retained_peers, read_at, late_retained);
+                    for op in notices {
+                        cluster.send_later(op, true);
+                    }
                 }
-                Err(error) => node.storage_failed("members", &error),
+                Err(error) => {
+                    cluster.restore_late_retained(late_retained);
+                    node.storage_failed("members", &error);
+                }
             }
         }
         Ok(Liveness::Fenced) => {
@@ -329,48 +367,6 @@ impl<R: Runtime> Node<R> {
         {
             Ok(_) => tracing::info!(incarnation, "left the cluster"),
             Err(error) => self.storage_failed("leave", &error),
-        }
-    }
-}
-
-impl<R: Runtime> Node<R> {
-    /// Replaces the retained index with what storage holds (see
-    /// `run_membership`); false when storage failed. A topic changed in
-    /// memory while storage was read (routed here, or read from the inbox)
-    /// keeps its value: the one read may be older, and installing it would
-    /// undo a change that no later message repairs.
-    async fn catch_up_retained(&self) -> bool {
-        *lock(&self.retained_touched) = Some(std::collections::HashSet::new());
-        let loaded = self.storage.load_retained().await;
-        let mut retained = crate::node::write(&self.retained);
-        let touched = lock(&self.retained_touched).take().unwrap_or_default();
-        match loaded {
-            Ok(stored) => {
-                let mut index = easy_mqtt_core::topic::RetainedIndex::new();
-                let count = stored.len();
-                for message in stored {
-                    let topic = message.topic.clone();
-                    index.insert(&topic, message);
-                }
-                for topic in &touched {
-                    match retained.get(topic) {
-                        Some(message) => {
-                            index.insert(topic, message.clone());
-                        }
-                        None => {
-                            index.remove(topic);
-                        }
-                    }
-                }
-                *retained = index;
-                drop(retained);
-                tracing::debug!(count, "retained messages read again from storage");
-                true
-            }
-            Err(error) => {
-                self.storage_failed("retained catch-up", &error);
-                false
-            }
         }
     }
 }

@@ -36,12 +36,14 @@ mod adopt;
 mod bus;
 mod membership;
 mod received;
+mod retained;
 mod routes;
 mod takeover;
 
 pub use membership::run;
 pub(crate) use membership::{apply_until_stored, apply_until_stored_as, apply_while_leased};
 pub use received::{RECEIVED_KEEP, RECEIVED_SPACE, forget_received, log_received};
+pub(crate) use retained::RetainedPeers;
 pub use routes::RoutePin;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -178,16 +180,17 @@ pub struct ClusterState {
     pub(crate) dropped_bus: AtomicU64,
     /// Live nodes (this one included), from the last membership read.
     pub(crate) live: RwLock<Vec<ByteStr>>,
-    /// The other nodes a retained message goes to: the live ones, and those
-    /// whose heartbeat expired but that nobody adopted yet. Cut off from
-    /// storage for about a time to live, such a node may heartbeat again
-    /// without ever being fenced, and so without reading the retained
-    /// state again: what was not sent to its inbox meanwhile it would miss
-    /// for good.
-    pub(crate) retained_peers: RwLock<Vec<ByteStr>>,
-    /// The retained index must be read again from storage (after joining,
-    /// or after this node was fenced).
+    /// The other nodes a retained message goes to (see `retained.rs`).
+    retained_peers: RwLock<RetainedPeers>,
+    /// The retained index must be read again from storage, three
+    /// heartbeats from now (this node was fenced, or another node's
+    /// incarnation ended).
     pub(crate) retained_stale: AtomicBool,
+    /// An inbox entry asked for the retained index to be read again.
+    pub(crate) read_retained: AtomicBool,
+    /// Retained batches stored late, not yet followed up: the nodes that
+    /// every one of them was sent to (see `retained.rs`).
+    late_retained: Mutex<Option<Vec<ByteStr>>>,
     /// The lease is back after a loss: serving resumes once the inbox is
     /// drained and the releases it asked for are done.
     pub(crate) catching_up: AtomicBool,
@@ -346,8 +349,10 @@ impl ClusterState {
             outbox_room: event_listener::Event::new(),
             dropped_bus: AtomicU64::new(0),
             live: RwLock::new(Vec::new()),
-            retained_peers: RwLock::new(Vec::new()),
+            retained_peers: RwLock::new(RetainedPeers::default()),
             retained_stale: AtomicBool::new(false),
+            read_retained: AtomicBool::new(false),
+            late_retained: Mutex::new(None),
             catching_up: AtomicBool::new(false),
             pending_releases: AtomicUsize::new(0),
             unfinished_adoptions: Mutex::new(Vec::new()),

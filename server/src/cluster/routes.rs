@@ -305,20 +305,12 @@ impl<R: Runtime> Node<R> {
         }
     }
 
-    /// The other nodes a message on `topic` must reach: those with a
-    /// matching route, or for a retained message every node that may serve
-    /// again without reading the retained state anew (every node keeps every
-    /// retained message; see `ClusterState::retained_peers`).
-    pub(crate) fn remote_nodes(&self, topic: &str, retain: bool, out: &mut Vec<ByteStr>) {
+    /// The other nodes whose routes match `topic`.
+    pub(crate) fn remote_nodes(&self, topic: &str, out: &mut Vec<ByteStr>) {
         out.clear();
-        let Some(cluster) = self.cluster.as_ref() else {
-            return;
-        };
-        if retain {
-            out.extend(read(&cluster.retained_peers).iter().cloned());
-            return;
+        if let Some(cluster) = self.cluster.as_ref() {
+            read(&cluster.routes).nodes_for(topic, out);
         }
-        read(&cluster.routes).nodes_for(topic, out);
     }
 
     /// Marks the route cache stale and wakes the cluster task.
