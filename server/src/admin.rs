@@ -411,7 +411,9 @@ impl<R: Runtime> Node<R> {
     }
 
     /// [`Node::delete_retained`] through storage on a durable node: cleared
-    /// in storage first, so that a restart does not bring it back.
+    /// in storage first, so that a restart does not bring it back; in a
+    /// cluster, the other nodes then read the retained state again (they
+    /// keep every retained message too).
     pub async fn delete_retained_stored(&self, topic: &str) -> Result<bool, StorageError> {
         if !self.durable {
             return Ok(self.delete_retained(topic));
@@ -424,6 +426,7 @@ impl<R: Runtime> Node<R> {
             message: None,
         }])
         .await?;
+        self.tell_peers_read_retained();
         Ok(self.delete_retained(topic))
     }
 

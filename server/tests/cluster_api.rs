@@ -76,6 +76,11 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap())
     }
 
+    fn delete(&self, path: &str) -> (u16, Value) {
+        let (status, text) = Api::answer(self.agent.delete(format!("{}{path}", self.base)).call());
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
     fn get_ok(&self, path: &str) -> Value {
         let (status, body) = self.get(path);
         assert_eq!(status, 200, "GET {path}: {body}");
@@ -165,6 +170,40 @@ async fn one_to_one_publish_reaches_a_client_on_another_node() {
         "{metrics}"
     );
     assert!(metrics.contains("\n# TYPE easy_mqtt_bus_received_total counter\n"));
+}
+
+/// A retained message deleted through one node's API is gone from every
+/// node: each keeps every retained message in memory, and is told to read
+/// them again once the delete is stored.
+#[tokio::test(flavor = "current_thread")]
+async fn a_retained_message_deleted_on_one_node_is_gone_on_the_other() {
+    let (_redis, n1, n2) = two_nodes();
+    let (api1, api2) = (Api::of(&n1), Api::of(&n2));
+    mosquitto_pub_ok(n1.port(), &["-t", "r/door", "-q", "1", "-r", "-m", "open"]);
+    mosquitto_pub_ok(n1.port(), &["-t", "r/kept", "-q", "1", "-r", "-m", "kept"]);
+    let path = "/api/v1/retained/message?topic=r/door";
+    wait_until(WAIT, "the retained message on n2", || {
+        api2.get(path).0 == 200
+    });
+
+    let (status, body) = api1.delete(path);
+    assert_eq!(
+        (status, &body),
+        (200, &json!({ "topic": "r/door", "deleted": true }))
+    );
+    wait_until(WAIT, "the delete to reach n2", || api2.get(path).0 == 404);
+    // The other retained message stays, and a subscriber on n2 gets it
+    // alone.
+    let kept = api2.get_ok("/api/v1/retained/message?topic=r/kept");
+    assert_eq!(kept["payload"], "kept");
+    let mut sub = Client::connect(n2.addr(), "r-sub").await;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await;
+    let got = sub.recv().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("r/kept", &b"kept"[..])
+    );
+    sub.expect_no_message(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

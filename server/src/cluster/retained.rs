@@ -5,7 +5,7 @@
 //! inbox of every node in this node's last membership read (its
 //! [`RetainedPeers`]). A node that joins reads the retained state from
 //! storage three heartbeats after it registered, by when every other node's
-//! membership read names it. Two ways a change could still miss it, and
+//! membership read names it. Three ways a change could still miss it, and
 //! what closes each:
 //!
 //! - **A batch stored late**: built from a membership read taken before the
@@ -20,6 +20,8 @@
 //! - **The sender died before telling**: the other nodes see its
 //!   incarnation end in their membership read, and read the retained state
 //!   again three heartbeats later.
+//! - **A retained message deleted through the HTTP API**: stored, then
+//!   every peer is told to read again.
 //!
 //! A catch-up read keeps the in-memory value of every topic changed while
 //! it ran (`Node::retained_touched`): the stored value it read may be older.
@@ -167,6 +169,23 @@ impl<R: Runtime> Node<R> {
     pub(crate) fn retained_stored(&self, peers: Option<&RetainedPeers>) {
         if let (Some(cluster), Some(peers)) = (self.cluster.as_ref(), peers) {
             cluster.retained_stored(peers, self.runtime.now());
+        }
+    }
+
+    /// Tells every other node to read the retained state again (a retained
+    /// message was deleted through the HTTP API, and is stored so).
+    pub(crate) fn tell_peers_read_retained(&self) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        for node in cluster.retained_peers().nodes.iter() {
+            cluster.send_later(
+                Op::from(ClusterOp::Forward {
+                    node: node.clone(),
+                    entry: BusEntry::ReadRetained,
+                }),
+                true,
+            );
         }
     }
 
