@@ -732,7 +732,7 @@ impl<R: Runtime> Node<R> {
         if let (Some(cluster), Some(peers)) = (self.cluster.as_ref(), &retained_peers) {
             // Storage may hold the retained change or not: this node reads
             // it back, and the nodes it may have missed are told to.
-            cluster.read_retained.store(true, Ordering::Release);
+            cluster.read_retained_soon();
             cluster.retained_stored(peers, now);
         }
         for (key, granted, stored) in targets {

@@ -379,7 +379,7 @@ impl<R: Runtime> Node<R> {
                 BusEntry::RoutesChanged { .. } => self.routes_stale(),
                 BusEntry::ReadRetained => {
                     if let Some(cluster) = self.cluster.as_ref() {
-                        cluster.read_retained.store(true, Ordering::Release);
+                        cluster.read_retained_soon();
                     }
                 }
             }

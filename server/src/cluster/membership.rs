@@ -233,7 +233,7 @@ pub(super) async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant)
                         let mut known = crate::node::write(&cluster.live);
                         let ended = known
                             .iter()
-                            .filter(|node| **node != own && !live.contains(node))
+                            .filter(|name| **name != own && !live.contains(name))
                             .cloned()
                             .collect::<Vec<_>>();
                         *known = live;

@@ -186,8 +186,9 @@ pub struct ClusterState {
     /// heartbeats from now (this node was fenced, or another node's
     /// incarnation ended).
     pub(crate) retained_stale: AtomicBool,
-    /// An inbox entry asked for the retained index to be read again.
-    pub(crate) read_retained: AtomicBool,
+    /// The retained index must be read again from storage at once (an
+    /// inbox entry asked, or a route's outcome is unknown).
+    read_retained: AtomicBool,
     /// Retained batches stored late, not yet followed up: the nodes that
     /// every one of them was sent to (see `retained.rs`).
     late_retained: Mutex<Option<Vec<ByteStr>>>,

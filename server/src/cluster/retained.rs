@@ -156,8 +156,14 @@ impl ClusterState {
         });
     }
 
-    /// Whether an inbox entry asked for the retained state to be read again
-    /// since the last call.
+    /// Has the retained state read again from storage at the next
+    /// heartbeat.
+    pub(crate) fn read_retained_soon(&self) {
+        self.read_retained.store(true, Ordering::Release);
+    }
+
+    /// Whether [`ClusterState::read_retained_soon`] was called since the
+    /// last call.
     pub(super) fn take_read_retained(&self) -> bool {
         self.read_retained.swap(false, Ordering::AcqRel)
     }
