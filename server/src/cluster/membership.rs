@@ -229,28 +229,7 @@ pub(super) async fn heartbeat<R: Runtime>(node: &Arc<Node<R>>, started: Instant)
                             }
                         }
                     }
-                    let ended = {
-                        let mut known = crate::node::write(&cluster.live);
-                        let ended = known
-                            .iter()
-                            .filter(|name| **name != own && !live.contains(name))
-                            .cloned()
-                            .collect::<Vec<_>>();
-                        *known = live;
-                        ended
-                    };
-                    if !ended.is_empty() {
-                        // A retained batch an ended incarnation stored
-                        // late may have missed this node, and it can no
-                        // longer tell (see `retained.rs`).
-                        tracing::debug!(
-                            ?ended,
-                            "incarnations ended; reading the retained state again"
-                        );
-                        cluster.retained_stale.store(true, Ordering::Release);
-                    }
-                    let notices =
-                        cluster.set_retained_peers(retained_peers, read_at, late_retained);
+                    let notices = cluster.set_members(live, retained_peers, read_at, late_retained);
                     for op in notices {
                         cluster.send_later(op, true);
                     }

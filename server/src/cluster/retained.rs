@@ -100,10 +100,41 @@ impl ClusterState {
         });
     }
 
-    /// Installs a membership read that started at `read_at`; the ops that
-    /// tell the nodes late retained batches missed (taken from
+    /// Installs a membership read that started at `read_at`: the `live`
+    /// nodes (this one included) and the retained peers. Returns the ops
+    /// that tell the nodes late retained batches missed (`late`, taken with
     /// [`ClusterState::take_late_retained`] before the read started).
-    pub(super) fn set_retained_peers(
+    pub(super) fn set_members(
+        &self,
+        live: Vec<ByteStr>,
+        retained_peers: Vec<ByteStr>,
+        read_at: Instant,
+        late: Option<Vec<ByteStr>>,
+    ) -> Vec<Op> {
+        let own = self.name();
+        let ended: Vec<ByteStr> = {
+            let mut known = crate::node::write(&self.live);
+            let ended = known
+                .iter()
+                .filter(|name| **name != own && !live.contains(name))
+                .cloned()
+                .collect();
+            *known = live;
+            ended
+        };
+        if !ended.is_empty() {
+            // A retained batch an ended incarnation stored late may have
+            // missed this node, and it can no longer tell.
+            tracing::debug!(
+                ?ended,
+                "incarnations ended; reading the retained state again"
+            );
+            self.retained_stale.store(true, Ordering::Release);
+        }
+        self.set_retained_peers(retained_peers, read_at, late)
+    }
+
+    fn set_retained_peers(
         &self,
         nodes: Vec<ByteStr>,
         read_at: Instant,
@@ -328,6 +359,32 @@ mod tests {
                 .set_retained_peers(names(&["b", "c", "e"]), now, cluster.take_late_retained())
                 .is_empty()
         );
+    }
+
+    /// Another node's incarnation that leaves the live nodes (dead, or
+    /// replaced by its next) makes this node read the retained state
+    /// again; a node joining does not.
+    #[test]
+    fn an_incarnation_that_ends_makes_the_retained_state_read_again() {
+        let cluster = cluster();
+        let own = cluster.name();
+        let stale = || cluster.retained_stale.swap(false, Ordering::AcqRel);
+        let now = Instant::now();
+        let live = |others: &[&str]| {
+            let mut nodes = names(others);
+            nodes.push(own.clone());
+            nodes
+        };
+        let _ = cluster.set_members(live(&["b@1"]), names(&["b@1"]), now, None);
+        assert!(!stale(), "the first read");
+        let _ = cluster.set_members(live(&["b@1", "c@1"]), names(&["b@1", "c@1"]), now, None);
+        assert!(!stale(), "a node joined");
+        let _ = cluster.set_members(live(&["b@2", "c@1"]), names(&["b@2", "c@1"]), now, None);
+        assert!(stale(), "b's first incarnation ended");
+        let _ = cluster.set_members(live(&["b@2"]), names(&["b@2", "c@1"]), now, None);
+        assert!(stale(), "c's heartbeat expired");
+        let _ = cluster.set_members(live(&["b@2"]), names(&["b@2"]), now, None);
+        assert!(!stale(), "nothing changed");
     }
 
     /// Before its first membership read, a node cannot know whom a
