@@ -89,12 +89,18 @@ impl ClusterState {
         if !late {
             return;
         }
+        self.merge_late_retained(&peers.nodes);
+    }
+
+    /// Adds a late batch that reached `nodes`: told later are the nodes
+    /// missing from any of them, so only those that every late batch
+    /// reached are kept.
+    fn merge_late_retained(&self, nodes: &[ByteStr]) {
         let mut pending = lock(&self.late_retained);
         *pending = Some(match pending.take() {
-            None => peers.nodes.to_vec(),
-            // Told are only the nodes that every late batch went to.
+            None => nodes.to_vec(),
             Some(mut reached) => {
-                reached.retain(|node| peers.nodes.contains(node));
+                reached.retain(|node| nodes.contains(node));
                 reached
             }
         });
@@ -150,10 +156,7 @@ impl ClusterState {
                         %node,
                         "a retained message stored late did not reach this node: telling it to read them again"
                     );
-                    Op::from(ClusterOp::Forward {
-                        node: node.clone(),
-                        entry: BusEntry::ReadRetained,
-                    })
+                    read_retained_notice(node)
                 })
                 .collect()
         });
@@ -174,17 +177,9 @@ impl ClusterState {
     /// Puts back what [`ClusterState::take_late_retained`] took, after a
     /// membership read failed.
     pub(super) fn restore_late_retained(&self, late: Option<Vec<ByteStr>>) {
-        let Some(reached) = late else {
-            return;
-        };
-        let mut pending = lock(&self.late_retained);
-        *pending = Some(match pending.take() {
-            None => reached,
-            Some(mut newer) => {
-                newer.retain(|node| reached.contains(node));
-                newer
-            }
-        });
+        if let Some(reached) = late {
+            self.merge_late_retained(&reached);
+        }
     }
 
     /// Has the retained state read again from storage at the next
@@ -198,6 +193,14 @@ impl ClusterState {
     pub(super) fn take_read_retained(&self) -> bool {
         self.read_retained.swap(false, Ordering::AcqRel)
     }
+}
+
+/// The op that tells `node` to read the retained state again.
+fn read_retained_notice(node: &ByteStr) -> Op {
+    Op::from(ClusterOp::Forward {
+        node: node.clone(),
+        entry: BusEntry::ReadRetained,
+    })
 }
 
 impl<R: Runtime> Node<R> {
@@ -216,13 +219,7 @@ impl<R: Runtime> Node<R> {
             return;
         };
         for node in cluster.retained_peers().nodes.iter() {
-            cluster.send_later(
-                Op::from(ClusterOp::Forward {
-                    node: node.clone(),
-                    entry: BusEntry::ReadRetained,
-                }),
-                true,
-            );
+            cluster.send_later(read_retained_notice(node), true);
         }
     }
 
